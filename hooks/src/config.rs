@@ -1,0 +1,411 @@
+//! The deploy config: `deploy.yml` at the root of the revision bundle.
+//!
+//! ```yaml
+//! service: sample              # unit names: sample.socket, sample-hold.service, sample@<release>.service
+//! listen: ["127.0.0.1:8080"]   # the socket unit's ListenStream= addresses
+//! strategy: handoff            # or "restart" for services that cannot run two instances at once
+//! app:
+//!   command: bin/sample-app    # relative to the release directory
+//!   args: ["-v"]
+//!   environment: { RUST_LOG: info }
+//! health:
+//!   path: /healthz
+//!   instance_header: X-Instance  # the app echoes its INSTANCE (the release id) here
+//!   stable_for: 2s               # validate-service watches the instance this long
+//! deadlines:
+//!   start: 60s                   # READY=1 within this, or the new release is stopped
+//!   validate: 30s                # health checks retry until this
+//! drain:
+//!   budget: 30s                  # the unit's TimeoutStopSec=; keep above the app's own deadline
+//! releases:
+//!   keep: 3
+//! ```
+//!
+//! Parsed with serde-saphyr under a resource budget, then validated; every error names the
+//! field, what is wrong with it and what to write instead.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Component, Path};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Deserializer};
+
+/// The name of the deploy config in a revision bundle and in every release directory.
+pub const FILE_NAME: &str = "deploy.yml";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Base name of the systemd units. Letters, digits, `-` and `_`.
+    pub service: String,
+    /// Addresses of the listening socket (IP:port). At least one.
+    pub listen: Vec<String>,
+    /// How a release replaces the serving one.
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub app: App,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub deadlines: Deadlines,
+    #[serde(default)]
+    pub drain: Drain,
+    #[serde(default)]
+    pub releases: Releases,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Start the new release beside the serving one on the same socket, verify it, then drain
+    /// the old one. No stall, no failed request.
+    #[default]
+    Handoff,
+    /// Stop the serving release, then start the new one; the socket queues connections in
+    /// between, so nothing is refused, but clients wait for the drain and the start.
+    Restart,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    /// The executable, relative to the release directory.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment of the app, written to the release's `app.env`.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    pub path: String,
+    /// Response header in which the app names its instance (the release id); when set, the
+    /// hooks confirm through the real port that the new release is the one answering.
+    pub instance_header: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub stable_for: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            path: "/healthz".into(),
+            instance_header: None,
+            stable_for: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Deadlines {
+    #[serde(deserialize_with = "duration")]
+    pub start: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub validate: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            start: Duration::from_secs(60),
+            validate: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Drain {
+    #[serde(deserialize_with = "duration")]
+    pub budget: Duration,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            budget: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Releases {
+    /// Release directories kept; the serving and the previous one are never pruned.
+    pub keep: usize,
+}
+
+impl Default for Releases {
+    fn default() -> Self {
+        Self { keep: 3 }
+    }
+}
+
+/// "500ms", "2s", "1m", or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("'{text}' is not a duration; write e.g. 500ms, 30s or 2m"))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" | "min" => value * 60.0,
+        other => bail!("'{text}': unknown unit '{other}'; use ms, s or m"),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Num(n) if n >= 0.0 => Ok(Duration::from_secs_f64(n)),
+        Raw::Num(n) => Err(serde::de::Error::custom(format!("{n} is negative"))),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Letters, digits, `-`, `_` (and `.` where `dots`): safe in unit names and paths alike.
+pub fn is_safe_name(s: &str, dots: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (dots && c == '.'))
+}
+
+impl DeployConfig {
+    /// Reads and validates `deploy.yml`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the deploy config {}; is it in the bundle?",
+                path.display()
+            )
+        })?;
+        Self::parse(&text).with_context(|| format!("invalid deploy config {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        // A small budget: a deploy config is a few dozen lines, never a YAML bomb.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_reader_input_bytes: Some(256 * 1024),
+                max_events: 10_000,
+                max_aliases: 0,
+                max_anchors: 0,
+                max_depth: 16,
+            },
+        };
+        let config: Self =
+            serde_saphyr::from_str_with_options(text, options).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !is_safe_name(&self.service, false) {
+            bail!(
+                "service: '{}' is not a usable unit name; use letters, digits, '-' and '_' (at most 64), e.g. service: my-api",
+                self.service
+            );
+        }
+        if self.listen.is_empty() {
+            bail!("listen: needs at least one address, e.g. listen: [\"127.0.0.1:8080\"]");
+        }
+        for a in &self.listen {
+            let addr: SocketAddr = a.parse().with_context(|| {
+                format!("listen: '{a}' is not IP:port; write e.g. 127.0.0.1:8080 or [::]:8080")
+            })?;
+            if addr.port() == 0 {
+                bail!("listen: '{a}' has port 0; the socket needs a fixed port");
+            }
+        }
+        let cmd = Path::new(&self.app.command);
+        if self.app.command.is_empty()
+            || cmd.is_absolute()
+            || cmd.components().any(|c| !matches!(c, Component::Normal(_)))
+        {
+            bail!(
+                "app.command: '{}' must be a path inside the release, relative and without '..', e.g. bin/my-api",
+                self.app.command
+            );
+        }
+        for a in &self.app.args {
+            if a.contains(['\n', '"', '\\', '%', '$']) {
+                bail!(
+                    "app.args: '{a}' contains a newline, quote, backslash, '%' or '$'; pass such values through app.environment"
+                );
+            }
+        }
+        for (k, v) in &self.app.environment {
+            let ok_key = !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit());
+            if !ok_key {
+                bail!("app.environment: '{k}' is not a valid variable name (letters, digits, '_')");
+            }
+            if v.contains('\n') {
+                bail!(
+                    "app.environment.{k}: the value contains a newline; systemd environment files take one line per variable"
+                );
+            }
+        }
+        if !self.health.path.starts_with('/') || self.health.path.contains(char::is_whitespace) {
+            bail!(
+                "health.path: '{}' must start with '/' and contain no spaces, e.g. /healthz",
+                self.health.path
+            );
+        }
+        if let Some(h) = &self.health.instance_header
+            && (h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            bail!("health.instance_header: '{h}' is not a header name, e.g. X-Instance");
+        }
+        for (field, d) in [
+            ("deadlines.start", self.deadlines.start),
+            ("deadlines.validate", self.deadlines.validate),
+            ("drain.budget", self.drain.budget),
+        ] {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                bail!(
+                    "{field}: {} s is out of range; use between 1s and 1h",
+                    d.as_secs_f64()
+                );
+            }
+        }
+        if self.releases.keep < 2 {
+            bail!(
+                "releases.keep: {} is too few; keep at least 2 so the previous release can serve again on rollback",
+                self.releases.keep
+            );
+        }
+        Ok(())
+    }
+
+    /// Where releases, state and the lock of this service live.
+    pub fn root(&self) -> std::path::PathBuf {
+        Path::new("/opt").join(&self.service)
+    }
+
+    pub fn socket_unit(&self) -> String {
+        format!("{}.socket", self.service)
+    }
+    pub fn holder_unit(&self) -> String {
+        format!("{}-hold.service", self.service)
+    }
+    pub fn template_unit(&self) -> String {
+        format!("{}@.service", self.service)
+    }
+    pub fn instance_unit(&self, release: &str) -> String {
+        format!("{}@{release}.service", self.service)
+    }
+    pub fn instance_pattern(&self) -> String {
+        format!("{}@*.service", self.service)
+    }
+
+    /// The addresses the hooks probe: a wildcard listen address is probed on loopback.
+    pub fn probe_addrs(&self) -> Vec<SocketAddr> {
+        self.listen
+            .iter()
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+            .map(|mut a| {
+                if a.ip().is_unspecified() {
+                    a.set_ip(if a.is_ipv4() {
+                        [127, 0, 0, 1].into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                a
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "service: sample\nlisten: [\"127.0.0.1:8080\"]\napp:\n  command: bin/sample-app\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = DeployConfig::parse(GOOD).unwrap();
+        assert_eq!(c.strategy, Strategy::Handoff);
+        assert_eq!(c.releases.keep, 3);
+        assert_eq!(c.deadlines.start, Duration::from_secs(60));
+        assert_eq!(c.health.path, "/healthz");
+        assert_eq!(c.instance_unit("d-1"), "sample@d-1.service");
+    }
+
+    #[test]
+    fn durations_parse_in_every_form() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("2h").is_err());
+        let c = DeployConfig::parse(&format!(
+            "{GOOD}drain:\n  budget: 1500ms\ndeadlines:\n  start: 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.drain.budget, Duration::from_millis(1500));
+        assert_eq!(c.deadlines.start, Duration::from_secs(5));
+    }
+
+    fn err(yaml: &str) -> String {
+        format!("{:#}", DeployConfig::parse(yaml).unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_fix() {
+        assert!(err(&GOOD.replace("sample\n", "../etc\n")).contains("service: '../etc'"));
+        assert!(
+            err(&GOOD.replace("127.0.0.1:8080", "localhost")).contains("listen: 'localhost' is not IP:port")
+        );
+        assert!(err(&GOOD.replace("bin/sample-app", "../../bin/sh")).contains("app.command"));
+        assert!(err(&GOOD.replace("bin/sample-app", "/bin/sh")).contains("app.command"));
+        assert!(err(&format!("{GOOD}releases:\n  keep: 1\n")).contains("releases.keep"));
+        assert!(err(&format!("{GOOD}drain:\n  budget: 0s\n")).contains("drain.budget"));
+        assert!(err(&format!("{GOOD}health:\n  path: healthz\n")).contains("health.path"));
+        assert!(err(&format!("{GOOD}colour: blue\n")).contains("colour"));
+        assert!(err(&format!("{GOOD}strategy: blue-green\n")).contains("blue-green"));
+    }
+
+    #[test]
+    fn yaml_aliases_are_refused() {
+        let yaml = "service: &s sample\nlisten: [\"127.0.0.1:8080\"]\napp:\n  command: *s\n";
+        assert!(DeployConfig::parse(yaml).is_err());
+    }
+
+    #[test]
+    fn wildcard_listen_is_probed_on_loopback() {
+        let c = DeployConfig::parse(&GOOD.replace("127.0.0.1:8080", "0.0.0.0:9000")).unwrap();
+        assert_eq!(c.probe_addrs(), vec!["127.0.0.1:9000".parse().unwrap()]);
+    }
+
+    #[test]
+    fn unit_name_safety() {
+        assert!(is_safe_name("d-ABC123", false));
+        assert!(!is_safe_name("../x", true));
+        assert!(!is_safe_name("a b", true));
+        assert!(!is_safe_name("a@b", true));
+        assert!(!is_safe_name("", true));
+    }
+}

@@ -1,0 +1,473 @@
+//! A typed client for systemd's manager, over the system bus (never by running `systemctl`).
+//!
+//! Every state-changing call waits for its **job result**: the client subscribes to
+//! `JobRemoved` *before* it queues the job, so a job that finishes at once is never missed,
+//! then waits for the signal that names the job's object path. The result string ("done",
+//! "failed", "timeout", "canceled", "dependency", "skipped") becomes an error that names the
+//! unit, the result and where to look next.
+//!
+//! Starting a service that crashes while its start job is pending is detected early: with
+//! `Restart=` the job would stay queued through every automatic restart, so the wait also
+//! watches the unit and gives up as soon as it has failed or is scheduled to restart.
+//!
+//! With `dry_run`, reads still go to systemd, but every call that would change something is
+//! printed instead of made.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use zbus::{Connection, proxy};
+use zbus::{OwnedObjectPath, OwnedVariant as OwnedValue};
+
+#[proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reload(&self) -> zbus::Result<()>;
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+    fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
+}
+
+/// What systemd reports about one unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitStatus {
+    pub name: String,
+    /// "loaded", "not-found", "bad-setting", "error", "masked".
+    pub load_state: String,
+    /// "active", "activating", "deactivating", "inactive", "failed", "reloading".
+    pub active_state: String,
+    pub sub_state: String,
+    /// Whether the unit file changed on disk since systemd loaded it.
+    pub need_daemon_reload: bool,
+    /// Services only: 0 when no main process runs.
+    pub main_pid: u32,
+    /// Services only: automatic restarts since the unit was last started by hand.
+    pub n_restarts: u32,
+    /// Services and sockets: "success", "exit-code", "signal", "timeout", "start-limit-hit", …
+    pub result: String,
+    /// Services only: the exit status of the main process's last run.
+    pub exec_main_status: i32,
+    /// Services only: the STATUS= the service last sent.
+    pub status_text: String,
+}
+
+impl UnitStatus {
+    pub fn is_active(&self) -> bool {
+        self.active_state == "active"
+    }
+    pub fn is_running_or_starting(&self) -> bool {
+        matches!(self.active_state.as_str(), "active" | "activating" | "reloading")
+    }
+    /// Failed, or scheduled for an automatic restart after a crash.
+    pub fn has_crashed(&self) -> bool {
+        self.active_state == "failed" || self.sub_state == "auto-restart"
+    }
+    /// One line for logs and error messages.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} is {} ({})", self.name, self.active_state, self.sub_state);
+        if self.main_pid != 0 {
+            s.push_str(&format!(", main pid {}", self.main_pid));
+        }
+        if !self.result.is_empty() && self.result != "success" {
+            s.push_str(&format!(", result {}", self.result));
+            if self.exec_main_status != 0 {
+                s.push_str(&format!(" (exit status {})", self.exec_main_status));
+            }
+        }
+        if self.n_restarts > 0 {
+            s.push_str(&format!(", restarted {} times", self.n_restarts));
+        }
+        s
+    }
+}
+
+/// The systemd manager on the system bus.
+pub struct Systemd {
+    conn: Connection,
+    manager: ManagerProxy<'static>,
+    dry_run: bool,
+}
+
+/// The next step an operator can take for a unit that misbehaves.
+pub fn journal_hint(unit: &str) -> String {
+    format!("see `journalctl -u {unit} -n 50` and `systemctl status {unit}`")
+}
+
+impl Systemd {
+    /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides its address).
+    pub async fn connect(dry_run: bool) -> Result<Self> {
+        Self::connect_to(None, dry_run).await
+    }
+
+    /// Connects to the system bus at `address` (a D-Bus address), or the default one.
+    pub async fn connect_to(address: Option<&str>, dry_run: bool) -> Result<Self> {
+        let builder = match address {
+            Some(a) => zbus::conn::Builder::address(a),
+            None => zbus::conn::Builder::system(),
+        };
+        let conn = builder.build().await.map_err(|e| {
+            anyhow!(
+                "cannot reach systemd over the system bus: {e}; is this a systemd host with dbus running \
+                 (`systemctl status dbus.socket`)? DBUS_SYSTEM_BUS_ADDRESS overrides the bus address"
+            )
+        })?;
+        let manager = ManagerProxy::new(&conn)
+            .await
+            .context("cannot create a proxy for org.freedesktop.systemd1")?;
+        // Without Subscribe(), systemd sends no JobRemoved signals to this client.
+        manager
+            .subscribe()
+            .await
+            .map_err(|e| anyhow!("systemd did not answer on the system bus: {e}; is systemd PID 1 here?"))?;
+        Ok(Self {
+            conn,
+            manager,
+            dry_run,
+        })
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    fn planned(&self, op: &str) {
+        println!("dry-run: would call {op}");
+    }
+
+    /// Makes systemd read changed unit files (`daemon-reload`).
+    pub async fn reload(&self) -> Result<()> {
+        if self.dry_run {
+            self.planned("Manager.Reload()");
+            return Ok(());
+        }
+        tracing::debug!("D-Bus Manager.Reload()");
+        self.manager
+            .reload()
+            .await
+            .map_err(|e| denied_or(e, "reload systemd's unit files"))
+    }
+
+    /// Starts a unit and waits (up to `deadline`) for its start job: for a `Type=notify`
+    /// service, until it sent READY=1.
+    pub async fn start(&self, unit: &str, deadline: Duration) -> Result<()> {
+        self.run_job("StartUnit", unit, deadline, true).await
+    }
+
+    /// Stops a unit and waits for its stop job: for a service, until it has drained and exited.
+    pub async fn stop(&self, unit: &str, deadline: Duration) -> Result<()> {
+        self.run_job("StopUnit", unit, deadline, false).await
+    }
+
+    pub async fn reset_failed(&self, unit: &str) -> Result<()> {
+        if self.dry_run {
+            self.planned(&format!("Manager.ResetFailedUnit({unit})"));
+            return Ok(());
+        }
+        tracing::debug!("D-Bus Manager.ResetFailedUnit({unit})");
+        match self.manager.reset_failed_unit(unit).await {
+            Ok(()) => Ok(()),
+            // Not loaded, or nothing to reset: both fine.
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => Ok(()),
+            Err(e) => Err(denied_or(e, &format!("reset the failed state of {unit}"))),
+        }
+    }
+
+    /// Enables unit files (their `[Install]` symlinks), so they come back after a reboot.
+    pub async fn enable(&self, units: &[&str]) -> Result<()> {
+        if self.dry_run {
+            self.planned(&format!(
+                "Manager.EnableUnitFiles({units:?}, runtime=false, force=true)"
+            ));
+            return Ok(());
+        }
+        tracing::debug!("D-Bus Manager.EnableUnitFiles({units:?})");
+        self.manager
+            .enable_unit_files(units, false, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| denied_or(e, &format!("enable {units:?}")))
+    }
+
+    pub async fn disable(&self, units: &[&str]) -> Result<()> {
+        if self.dry_run {
+            self.planned(&format!("Manager.DisableUnitFiles({units:?}, runtime=false)"));
+            return Ok(());
+        }
+        tracing::debug!("D-Bus Manager.DisableUnitFiles({units:?})");
+        self.manager
+            .disable_unit_files(units, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| denied_or(e, &format!("disable {units:?}")))
+    }
+
+    /// "enabled", "disabled", "static", … or "not-found".
+    pub async fn unit_file_state(&self, unit: &str) -> Result<String> {
+        match self.manager.get_unit_file_state(unit).await {
+            Ok(s) => Ok(s),
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {
+                Ok("not-found".into())
+            }
+            Err(e) => Err(anyhow!("cannot read the unit file state of {unit}: {e}")),
+        }
+    }
+
+    /// Names of loaded units matching a glob (e.g. `app@*.service`) that are not inactive.
+    pub async fn list_live(&self, pattern: &str) -> Result<Vec<String>> {
+        let units = self
+            .manager
+            .list_units_by_patterns(
+                &["active", "activating", "deactivating", "reloading", "failed"],
+                &[pattern],
+            )
+            .await
+            .with_context(|| format!("cannot list units matching {pattern}"))?;
+        let mut names: Vec<String> = units.into_iter().map(|u| u.0).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Loads (if needed) and reads a unit's state.
+    pub async fn status(&self, unit: &str) -> Result<UnitStatus> {
+        let path = self
+            .manager
+            .load_unit(unit)
+            .await
+            .map_err(|e| anyhow!("systemd cannot load unit {unit}: {e}"))?;
+        let props = self.properties(&path, "org.freedesktop.systemd1.Unit").await?;
+        let mut st = UnitStatus {
+            name: unit.to_string(),
+            load_state: string(&props, "LoadState"),
+            active_state: string(&props, "ActiveState"),
+            sub_state: string(&props, "SubState"),
+            need_daemon_reload: boolean(&props, "NeedDaemonReload"),
+            ..Default::default()
+        };
+        let iface = if unit.ends_with(".service") {
+            Some("org.freedesktop.systemd1.Service")
+        } else if unit.ends_with(".socket") {
+            Some("org.freedesktop.systemd1.Socket")
+        } else {
+            None
+        };
+        if let Some(iface) = iface.filter(|_| st.load_state == "loaded") {
+            let props = self.properties(&path, iface).await?;
+            st.result = string(&props, "Result");
+            st.main_pid = u32_of(&props, "MainPID");
+            st.n_restarts = u32_of(&props, "NRestarts");
+            st.exec_main_status = props
+                .get("ExecMainStatus")
+                .and_then(|v| i32::try_from(v).ok())
+                .unwrap_or(0);
+            st.status_text = string(&props, "StatusText");
+        }
+        Ok(st)
+    }
+
+    async fn properties(&self, path: &OwnedObjectPath, iface: &str) -> Result<HashMap<String, OwnedValue>> {
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")
+            .path(path.as_ref())
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        let iface = zbus::names::InterfaceName::try_from(iface)?;
+        props
+            .get_all(iface)
+            .await
+            .with_context(|| format!("cannot read properties of {}", path.as_str()))
+    }
+
+    /// Queues a start or stop job and waits for it to be removed, with its result.
+    async fn run_job(&self, method: &str, unit: &str, deadline: Duration, watch_crash: bool) -> Result<()> {
+        if self.dry_run {
+            self.planned(&format!(
+                "Manager.{method}({unit}, \"replace\") and wait for JobRemoved"
+            ));
+            return Ok(());
+        }
+        let started = Instant::now();
+        // Subscribe before queueing the job, so its JobRemoved cannot slip past.
+        let mut removed = self.manager.receive_job_removed().await?;
+        tracing::debug!("D-Bus Manager.{method}({unit}, \"replace\")");
+        let job = match method {
+            "StartUnit" => self.manager.start_unit(unit, "replace").await,
+            "StopUnit" => self.manager.stop_unit(unit, "replace").await,
+            "RestartUnit" => self.manager.restart_unit(unit, "replace").await,
+            other => bail!("unknown job method {other}"),
+        }
+        .map_err(|e| denied_or(e, &format!("{method} {unit}")))?;
+
+        let wait_for_removal = async {
+            while let Some(signal) = removed.next().await {
+                let args = signal.args()?;
+                if args.job.as_str() == job.as_str() {
+                    return Ok::<String, anyhow::Error>(args.result.to_string());
+                }
+            }
+            Err(anyhow!(
+                "the system bus connection closed while waiting for {unit}"
+            ))
+        };
+        let watch = async {
+            if !watch_crash {
+                return std::future::pending::<Result<UnitStatus>>().await;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let st = self.status(unit).await?;
+                if st.has_crashed() {
+                    return Ok(st);
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            r = wait_for_removal => JobOutcome::Removed(r?),
+            st = watch => JobOutcome::Crashed(st?),
+            _ = tokio::time::sleep(deadline) => JobOutcome::TimedOut,
+        };
+        let took = started.elapsed();
+        match outcome {
+            JobOutcome::Removed(result) if result == "done" => {
+                tracing::debug!("{method} {unit}: done in {:.1} ms", took.as_secs_f64() * 1e3);
+                Ok(())
+            }
+            JobOutcome::Removed(result) => {
+                let st = self.status(unit).await.unwrap_or_default();
+                bail!(
+                    "{method} {unit} ended with job result \"{result}\" after {:.1} s: {}; {}",
+                    took.as_secs_f64(),
+                    st.describe(),
+                    journal_hint(unit)
+                )
+            }
+            JobOutcome::Crashed(st) => bail!(
+                "{unit} crashed while starting: {}; {}",
+                st.describe(),
+                journal_hint(unit)
+            ),
+            JobOutcome::TimedOut => {
+                let st = self.status(unit).await.unwrap_or_default();
+                bail!(
+                    "{method} {unit} did not finish within {} s: {}; {}",
+                    deadline.as_secs_f64(),
+                    st.describe(),
+                    journal_hint(unit)
+                )
+            }
+        }
+    }
+}
+
+enum JobOutcome {
+    Removed(String),
+    Crashed(UnitStatus),
+    TimedOut,
+}
+
+/// Turns an access-denied error into one that says what rights are missing.
+fn denied_or(e: zbus::Error, what: &str) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("AccessDenied") || text.contains("InteractiveAuthorizationRequired") {
+        anyhow!(
+            "not allowed to {what}: {text}; the hooks manage systemd units and must run as root \
+             (CodeDeploy's default; remove `runas:` from appspec.yml or run with sudo)"
+        )
+    } else {
+        anyhow!("systemd refused to {what}: {text}")
+    }
+}
+
+fn string(props: &HashMap<String, OwnedValue>, key: &str) -> String {
+    props
+        .get(key)
+        .and_then(|v| <&str>::try_from(v).ok().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn boolean(props: &HashMap<String, OwnedValue>, key: &str) -> bool {
+    props
+        .get(key)
+        .and_then(|v| bool::try_from(v).ok())
+        .unwrap_or(false)
+}
+
+fn u32_of(props: &HashMap<String, OwnedValue>, key: &str) -> u32 {
+    props.get(key).and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_states_are_recognised() {
+        let mut st = UnitStatus {
+            active_state: "activating".into(),
+            sub_state: "auto-restart".into(),
+            ..Default::default()
+        };
+        assert!(st.has_crashed());
+        st.sub_state = "start".into();
+        assert!(!st.has_crashed());
+        st.active_state = "failed".into();
+        assert!(st.has_crashed());
+    }
+
+    #[test]
+    fn describe_names_result_and_exit_status() {
+        let st = UnitStatus {
+            name: "app@v2.service".into(),
+            active_state: "failed".into(),
+            sub_state: "failed".into(),
+            result: "exit-code".into(),
+            exec_main_status: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            st.describe(),
+            "app@v2.service is failed (failed), result exit-code (exit status 3)"
+        );
+    }
+}

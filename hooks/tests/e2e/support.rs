@@ -1,0 +1,152 @@
+//! Test support: a real systemd per test, commands that explain themselves on failure, ports.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (hooks/..).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A binary of the workspace, built by `cargo build --workspace` (the Makefile does this).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let own = PathBuf::from(env!("CARGO_BIN_EXE_application-start"));
+    let path = own.parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; build it first: cargo build --workspace",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command; on failure panics with the command, its status and its output.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(out.status.success(), "command failed:\n{}", explain(cmd, &out));
+    out
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn explain(cmd: &Command, out: &Output) -> String {
+    format!(
+        "command: {cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real systemd in its own namespaces (scripts/sandbox), stopped when dropped. A watchdog in
+/// the script also stops it if this test process dies without dropping it.
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub pid: u32,
+}
+
+impl Sandbox {
+    pub fn start() -> Sandbox {
+        let out = run_ok(Command::new(script()).args(["start", "--owner", &std::process::id().to_string()]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("sandbox start printed no {key}: {text}"))
+                .to_string()
+        };
+        Sandbox {
+            dir: PathBuf::from(field("SANDBOX_DIR=")),
+            pid: field("SANDBOX_PID=").parse().unwrap(),
+        }
+    }
+
+    /// A command that runs inside the sandbox (its mounts, its bus, its PID namespace).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(script());
+        cmd.arg("exec").arg(&self.dir).arg("--").arg(program);
+        cmd
+    }
+
+    /// Copies unit files into the sandbox's unit folder and reloads systemd.
+    pub fn install_units(&self, files: &[&Path]) {
+        run_ok(Command::new(script()).arg("install").arg(&self.dir).args(files));
+    }
+
+    /// The sandbox's system bus, reachable from the host.
+    pub fn bus_address(&self) -> String {
+        format!("unix:path=/proc/{}/root/run/dbus/system_bus_socket", self.pid)
+    }
+
+    /// A path inside the sandbox, seen from the host.
+    pub fn host_path(&self, inside: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{}", self.pid, inside))
+    }
+
+    /// The sandbox's folder for test files (units, logs); visible inside at the same path.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.dir.join("scratch").join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        p
+    }
+
+    pub async fn systemd(&self) -> handoff::systemd::Systemd {
+        handoff::systemd::Systemd::connect_to(Some(&self.bus_address()), false)
+            .await
+            .expect("connect to the sandbox's system bus")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let out = run(Command::new(script()).arg("stop").arg(&self.dir));
+        if !out.status.success() && !std::thread::panicking() {
+            panic!(
+                "sandbox teardown failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn script() -> PathBuf {
+    workspace().join("scripts/sandbox")
+}
+
+/// Every process whose PID namespace is `ns` (as `readlink /proc/PID/ns/pid` prints it).
+pub fn processes_in_namespace(ns: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|l| l.to_string_lossy() == ns)
+        })
+        .collect()
+}
+
+/// One HTTP/1.0 GET over a new connection; the whole response as text.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
