@@ -78,6 +78,9 @@ pub struct App {
     /// Environment of the app, written to the release's `app.env`.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// Append the app's output to `/opt/<service>/logs/<release>.log` instead of the journal.
+    #[serde(default)]
+    pub log_to_file: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

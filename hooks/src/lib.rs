@@ -1,3 +1,24 @@
-//! handoff: CodeDeploy lifecycle hooks that switch releases behind a systemd socket.
+//! handoff: CodeDeploy lifecycle hooks that switch a service's releases behind one systemd
+//! socket without refusing, resetting or stalling a request.
+//!
+//! The folder layout is the architecture:
+//!
+//! - [`lifecycle`] — the four hooks (ApplicationStop, BeforeInstall, ApplicationStart,
+//!   ValidateService) and the operator's status and rollback;
+//! - [`deploy`] — the release switch itself: start beside, confirm, drain the old;
+//! - [`release`] — release folders under `/opt/<service>/releases`, and which one serves;
+//! - [`units`] — the socket, holder and instance units rendered from `units/`;
+//! - [`systemd`] — a typed client for systemd over the system bus (zbus);
+//! - [`health`] — HTTP probes through the real port (reqwest);
+//! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
+//! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place.
+pub mod cli;
 pub mod config;
+pub mod deploy;
+pub mod fault;
+pub mod health;
+pub mod lifecycle;
+pub mod lock;
+pub mod release;
 pub mod systemd;
+pub mod units;

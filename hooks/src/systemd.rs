@@ -375,6 +375,13 @@ impl Systemd {
             }
             JobOutcome::Removed(result) => {
                 let st = self.status(unit).await.unwrap_or_default();
+                if watch_crash && st.has_crashed() {
+                    bail!(
+                        "{unit} crashed while starting: {}; {}",
+                        st.describe(),
+                        journal_hint(unit)
+                    );
+                }
                 bail!(
                     "{method} {unit} ended with job result \"{result}\" after {:.1} s: {}; {}",
                     took.as_secs_f64(),

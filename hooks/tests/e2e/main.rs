@@ -1,4 +1,7 @@
 //! End-to-end tests against a real systemd (scripts/sandbox). They need root.
 
+mod hooks;
+mod load;
 mod sandbox;
+mod service;
 mod support;

@@ -1,0 +1,177 @@
+//! What every hook executable shares: its arguments (the CodeDeploy environment, as flags
+//! too), logging to stderr without timestamps (the agent adds them), finding its revision,
+//! and turning the outcome into an exit code.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::config::{self, DeployConfig};
+use crate::fault::{self, Fault};
+
+/// Arguments every hook takes. CodeDeploy passes them as environment variables; by hand,
+/// pass them as flags.
+#[derive(Debug, Clone, Args)]
+pub struct HookArgs {
+    /// The deployment id; it names the release (CodeDeploy sets DEPLOYMENT_ID).
+    #[arg(long, env = "DEPLOYMENT_ID")]
+    pub deployment_id: Option<String>,
+
+    /// The lifecycle event being run (CodeDeploy sets LIFECYCLE_EVENT); for the logs.
+    #[arg(long, env = "LIFECYCLE_EVENT", hide_env_values = true)]
+    pub lifecycle_event: Option<String>,
+
+    /// The CodeDeploy application (CodeDeploy sets APPLICATION_NAME); for the logs.
+    #[arg(long, env = "APPLICATION_NAME", hide_env_values = true)]
+    pub application_name: Option<String>,
+
+    /// The deployment group (CodeDeploy sets DEPLOYMENT_GROUP_NAME); for the logs.
+    #[arg(long, env = "DEPLOYMENT_GROUP_NAME", hide_env_values = true)]
+    pub deployment_group_name: Option<String>,
+
+    /// The revision folder holding deploy.yml (the agent's deployment-archive). Default: found
+    /// from this executable's own path.
+    #[arg(long, value_name = "DIR")]
+    pub revision: Option<PathBuf>,
+
+    /// Print the D-Bus operations and file writes this hook would make, and make none.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// How long to wait for another deployment step that holds the lock.
+    #[arg(long, default_value = "60s", value_parser = config::parse_duration, value_name = "DURATION")]
+    pub lock_wait: Duration,
+
+    /// More output: -v shows each D-Bus call and its timing, -vv everything.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl HookArgs {
+    /// The release this deployment installs: the deployment id.
+    pub fn release(&self) -> Result<String> {
+        let id = self.deployment_id.clone().ok_or_else(|| {
+            Fault::input("no deployment id: CodeDeploy sets DEPLOYMENT_ID; by hand, pass --deployment-id ID")
+        })?;
+        if !config::is_safe_name(&id, false) {
+            anyhow::bail!(Fault::input(format!(
+                "deployment id '{id}' is not a usable release name; use letters, digits, '-' and '_'"
+            )));
+        }
+        Ok(id)
+    }
+
+    pub fn deployment(&self) -> String {
+        self.deployment_id.clone().unwrap_or_else(|| "-".into())
+    }
+
+    /// The revision folder: --revision, or the nearest folder above this executable that
+    /// holds deploy.yml (the bundle puts hooks in `hooks/`).
+    pub fn revision_dir(&self) -> Result<PathBuf> {
+        if let Some(dir) = &self.revision {
+            if !dir.join(config::FILE_NAME).is_file() {
+                anyhow::bail!(Fault::input(format!(
+                    "--revision {}: no {} there; point it at the unpacked bundle",
+                    dir.display(),
+                    config::FILE_NAME
+                )));
+            }
+            return Ok(dir.clone());
+        }
+        let exe = std::env::current_exe()?;
+        find_revision(&exe).ok_or_else(|| {
+            Fault::input(format!(
+                "cannot find {} in any folder above {}; run the hook from its bundle or pass --revision DIR",
+                config::FILE_NAME,
+                exe.display()
+            ))
+            .into()
+        })
+    }
+
+    pub fn config(&self) -> Result<(PathBuf, DeployConfig)> {
+        let dir = self.revision_dir()?;
+        let cfg =
+            DeployConfig::load(&dir.join(config::FILE_NAME)).map_err(|e| Fault::input(format!("{e:#}")))?;
+        Ok((dir, cfg))
+    }
+}
+
+pub fn find_revision(exe: &Path) -> Option<PathBuf> {
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .find(|d| d.join(config::FILE_NAME).is_file())
+        .map(Path::to_path_buf)
+}
+
+/// Logs to stderr, no timestamps, no targets: the agent's scripts.log adds the time.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,handoff={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Runs a hook to completion and decides its exit code. SIGTERM (the agent's timeout) ends it
+/// with a message saying what to do; jobs already queued in systemd go on, and running the
+/// hook again converges.
+pub fn run<F>(name: &str, verbose: u8, hook: F) -> ExitCode
+where
+    F: Future<Output = Result<()>>,
+{
+    init_logging(verbose);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let outcome = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = hook => r,
+            _ = term.recv() => Err(anyhow::anyhow!(
+                "interrupted by SIGTERM (the agent's hook timeout?); systemd finishes the jobs already queued. \
+                 Run the hook again or redeploy: every hook converges from where this one stopped"
+            )),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{name} failed: {e:#}");
+            ExitCode::from(fault::exit_code(&e) as u8)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_is_found_above_the_hook() {
+        let d = std::env::temp_dir().join(format!("handoff-cli-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("hooks")).unwrap();
+        std::fs::write(d.join("deploy.yml"), "").unwrap();
+        assert_eq!(find_revision(&d.join("hooks/application-start")), Some(d.clone()));
+        assert_eq!(find_revision(Path::new("/nonexistent/a/b/c/d")), None);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -1,0 +1,523 @@
+//! The four CodeDeploy lifecycle hooks, and the operator's status and rollback.
+//!
+//! | hook | runs from | does |
+//! |---|---|---|
+//! | ApplicationStop | the **previous** revision | checks and records; never interrupts service (unless `--stop-service`) |
+//! | BeforeInstall | the new revision | preflight: rights, config, units, systemd, disk, lock; changes nothing |
+//! | ApplicationStart | the new revision | copies the release, installs units, switches traffic to it |
+//! | ValidateService | the new revision | health through the port, stable; else rolls back in place |
+//!
+//! Every hook is idempotent: run again after a crash or a timeout, it converges.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::HookArgs;
+use crate::config::DeployConfig;
+use crate::deploy::Deployer;
+use crate::fault::Fault;
+use crate::lock::DeployLock;
+use crate::release::{ReleaseStore, State};
+use crate::systemd::Systemd;
+use crate::units;
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(Fault::environment(
+            "the hooks manage systemd units and /opt, so they must run as root; CodeDeploy runs hooks as root \
+             unless appspec.yml says `runas:` — remove it, or run by hand with sudo"
+        ));
+    }
+    Ok(())
+}
+
+async fn connect(args: &HookArgs) -> Result<Systemd> {
+    Systemd::connect(args.dry_run)
+        .await
+        .map_err(|e| Fault::environment(format!("{e:#}")).into())
+}
+
+fn lock(cfg: &DeployConfig, hook: &str, args: &HookArgs) -> Result<Option<DeployLock>> {
+    if args.dry_run {
+        return Ok(None);
+    }
+    DeployLock::acquire(
+        &cfg.service,
+        &format!("{hook} {}", args.deployment()),
+        args.lock_wait,
+    )
+    .map(Some)
+}
+
+/// ApplicationStop: runs the *previous* revision's hook, with the *new* deployment's id. It
+/// must never interrupt service: the new release takes over in ApplicationStart. It reports
+/// what serves and records that the deployment began. Its command line stays stable across
+/// versions, because any older or newer revision may be the one that runs it.
+pub async fn application_stop(args: &HookArgs, stop_service: bool) -> Result<()> {
+    let (_, cfg) = args.config()?;
+    let store = ReleaseStore::for_config(&cfg);
+    if stop_service {
+        require_root()?;
+        let systemd = connect(args).await?;
+        let _lock = lock(&cfg, "application-stop", args)?;
+        return stop_service_now(&cfg, &systemd, &store, args).await;
+    }
+    let state = store.load_state().unwrap_or_else(|e| {
+        tracing::warn!("{e:#}");
+        State::default()
+    });
+    match &state.serving {
+        Some(r) => tracing::info!(
+            "{} serves release {r}; it keeps serving until the new release has taken over",
+            cfg.service
+        ),
+        None => tracing::info!(
+            "{} has no serving release recorded; nothing to leave running",
+            cfg.service
+        ),
+    }
+    // Checks that cannot fail the deployment: a broken old release is what a deploy fixes.
+    match Systemd::connect(false).await {
+        Ok(systemd) => {
+            for unit in [cfg.socket_unit()]
+                .into_iter()
+                .chain(state.serving.iter().map(|r| cfg.instance_unit(r)))
+            {
+                match systemd.status(&unit).await {
+                    Ok(st) if st.is_active() => tracing::info!("{}", st.describe()),
+                    Ok(st) => tracing::warn!("{} (the new release will take over anyway)", st.describe()),
+                    Err(e) => tracing::warn!("{e:#}"),
+                }
+            }
+        }
+        Err(e) => tracing::warn!("{e:#}"),
+    }
+    if !args.dry_run && store.root().exists() {
+        let message = format!(
+            "deployment {} begins; serving {}",
+            args.deployment(),
+            state.serving.as_deref().unwrap_or("nothing")
+        );
+        if let Err(e) = store.record("application-stop", &args.deployment(), &message) {
+            tracing::warn!("cannot record the event: {e:#}");
+        }
+    }
+    tracing::info!(
+        "application-stop: nothing stopped (pass --stop-service to really stop {})",
+        cfg.service
+    );
+    Ok(())
+}
+
+/// Really stops the service: every instance drains, then the holder and the socket stop.
+async fn stop_service_now(
+    cfg: &DeployConfig,
+    systemd: &Systemd,
+    store: &ReleaseStore,
+    args: &HookArgs,
+) -> Result<()> {
+    let deployer = Deployer::new(cfg, systemd, store)?;
+    let deadline = cfg.drain.budget + Duration::from_secs(10);
+    for r in deployer.live_releases().await? {
+        let unit = cfg.instance_unit(&r);
+        tracing::info!("stopping {unit} (it drains)");
+        systemd.stop(&unit, deadline).await?;
+        systemd.disable(&[&unit]).await?;
+    }
+    for unit in [cfg.holder_unit(), cfg.socket_unit()] {
+        tracing::info!("stopping {unit}");
+        systemd.stop(&unit, Duration::from_secs(30)).await?;
+        systemd.disable(&[&unit]).await?;
+    }
+    if !args.dry_run {
+        store.update(
+            "application-stop",
+            &args.deployment(),
+            "service stopped on request",
+            |s| s.serving = None,
+        )?;
+    }
+    tracing::info!(
+        "{} is stopped: the port is closed; the next ApplicationStart brings it back",
+        cfg.service
+    );
+    Ok(())
+}
+
+/// BeforeInstall: everything that can be checked before anything changes.
+pub async fn before_install(args: &HookArgs) -> Result<()> {
+    require_root()?;
+    let release = args.release()?;
+    let (revision, cfg) = args.config()?;
+    units::render(&cfg, &revision).map_err(|e| Fault::input(format!("{e:#}")))?;
+    let command = revision.join(&cfg.app.command);
+    if !command.is_file() {
+        bail!(Fault::input(format!(
+            "app.command {} is not in the bundle ({}); build the bundle with the app inside",
+            cfg.app.command,
+            command.display()
+        )));
+    }
+    let systemd = connect(args).await?;
+    let store = ReleaseStore::for_config(&cfg);
+    check_disk_space(&revision, store.root())?;
+    let _lock = lock(&cfg, "before-install", args)?;
+    let socket = systemd.status(&cfg.socket_unit()).await?;
+    tracing::info!(
+        "preflight passed for release {release} of {}: config, units, systemd, disk space, lock; socket {}",
+        cfg.service,
+        if socket.load_state == "loaded" {
+            socket.active_state
+        } else {
+            "not installed yet".into()
+        }
+    );
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn check_disk_space(revision: &Path, root: &Path) -> Result<()> {
+    let need = dir_size(revision) * 2 + 16 * 1024 * 1024;
+    let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let st = nix::sys::statvfs::statvfs(existing)
+        .with_context(|| format!("cannot stat {}", existing.display()))?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    if free < need {
+        bail!(Fault::environment(format!(
+            "{} has {} MiB free; the release needs {} MiB; free space (or lower releases.keep) and retry",
+            existing.display(),
+            free >> 20,
+            need >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// ApplicationStart: copy the release, install its units, switch traffic to it.
+pub async fn application_start(args: &HookArgs) -> Result<()> {
+    let t0 = Instant::now();
+    require_root()?;
+    let release = args.release()?;
+    let (revision, cfg) = args.config()?;
+    let systemd = connect(args).await?;
+    let _lock = lock(&cfg, "application-start", args)?;
+    let store = ReleaseStore::for_config(&cfg);
+    let deployer = Deployer::new(&cfg, &systemd, &store)?;
+
+    if args.dry_run {
+        println!(
+            "dry-run: would copy {} to {}",
+            revision.display(),
+            store.dir(&release).display()
+        );
+        if !store.is_complete(&release) {
+            println!("dry-run: (release not staged yet: the rest of the plan uses the revision's own units)");
+            let rendered = units::render(&cfg, &revision)?;
+            units::install(&rendered, Path::new(units::UNIT_DIR), true)?;
+            println!(
+                "dry-run: would start {} and stop {:?}",
+                cfg.instance_unit(&release),
+                deployer.live_releases().await?
+            );
+            return Ok(());
+        }
+    } else if store.stage(&revision, &release, &cfg)? {
+        tracing::info!("release {release} copied to {}", store.dir(&release).display());
+    }
+
+    let changes = deployer.install_units(&release).await?;
+    deployer.ensure_socket(changes.listen_changed()).await?;
+
+    let state = store.load_state()?;
+    let live = deployer.live_releases().await?;
+    let before = state
+        .serving
+        .clone()
+        .filter(|r| r != &release)
+        .or_else(|| live.iter().find(|r| **r != release).cloned());
+    match deployer.switch_to(&release).await {
+        Ok(switch) => {
+            if !args.dry_run {
+                store.update(
+                    "application-start",
+                    &args.deployment(),
+                    &format!("{release} serves"),
+                    |s| {
+                        if before.is_some() {
+                            s.previous = before.clone();
+                        }
+                        s.serving = Some(release.clone());
+                        s.failed.retain(|r| r != &release);
+                    },
+                )?;
+                let protect: Vec<&str> = [Some(release.as_str()), before.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let removed = store.prune(cfg.releases.keep, &protect)?;
+                if !removed.is_empty() {
+                    tracing::info!("removed old releases: {}", removed.join(", "));
+                }
+            }
+            let total = t0.elapsed();
+            tracing::info!(
+                "release {release} serves{}; took {:.0} ms, of which {:.0} ms waiting on the app (hook overhead {:.0} ms)",
+                before.map(|b| format!(" (was {b})")).unwrap_or_default(),
+                total.as_secs_f64() * 1e3,
+                switch.waited_on_app.as_secs_f64() * 1e3,
+                (total - switch.waited_on_app.min(total)).as_secs_f64() * 1e3
+            );
+            Ok(())
+        }
+        Err(e) => {
+            if !args.dry_run {
+                store.update(
+                    "application-start",
+                    &args.deployment(),
+                    &format!("{release} failed to start: {e:#}"),
+                    |s| {
+                        if !s.failed.contains(&release) {
+                            s.failed.push(release.clone());
+                        }
+                    },
+                )?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// ValidateService: the new release must answer healthy through the real port and stay up;
+/// otherwise the previous release serves again (in place, without a failed request) and the
+/// hook fails so CodeDeploy marks the deployment failed.
+pub async fn validate_service(args: &HookArgs) -> Result<()> {
+    let t0 = Instant::now();
+    require_root()?;
+    let release = args.release()?;
+    let (_, cfg) = args.config()?;
+    let systemd = connect(args).await?;
+    let _lock = lock(&cfg, "validate-service", args)?;
+    let store = ReleaseStore::for_config(&cfg);
+    let deployer = Deployer::new(&cfg, &systemd, &store)?;
+    let state = store.load_state()?;
+
+    let verdict = validate(&cfg, &systemd, &deployer, &release).await;
+    let Err(problem) = verdict else {
+        tracing::info!(
+            "release {release} is healthy and stable; validated in {:.0} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+        return Ok(());
+    };
+    tracing::error!("release {release} failed validation: {problem:#}");
+    if args.dry_run {
+        println!("dry-run: would roll back to {:?}", state.previous);
+        return Err(problem);
+    }
+    let target = state
+        .previous
+        .clone()
+        .filter(|p| p != &release && !state.failed.contains(p) && store.is_complete(p));
+    let Some(target) = target else {
+        store.update(
+            "validate-service",
+            &args.deployment(),
+            &format!("{release} failed validation; nothing to roll back to"),
+            |s| {
+                if !s.failed.contains(&release) {
+                    s.failed.push(release.clone());
+                }
+            },
+        )?;
+        bail!(Fault::deployment(format!(
+            "release {release} failed validation: {problem:#}. There is no previous release to roll back to \
+             (first deployment); fix the release and deploy again"
+        )));
+    };
+    tracing::info!("rolling back in place: {target} serves again, then {release} stops");
+    rollback_to(
+        &systemd,
+        &store,
+        &target,
+        Some(&release),
+        "validate-service",
+        &args.deployment(),
+    )
+    .await?;
+    bail!(Fault::deployment(format!(
+        "release {release} failed validation: {problem:#}. Rolled back: {target} serves again. \
+         Fix the release and deploy again ({})",
+        crate::systemd::journal_hint(&cfg.instance_unit(&release))
+    )))
+}
+
+async fn validate(
+    cfg: &DeployConfig,
+    systemd: &Systemd,
+    deployer: &Deployer<'_>,
+    release: &str,
+) -> Result<()> {
+    let unit = cfg.instance_unit(release);
+    let st = systemd.status(&unit).await?;
+    if !st.is_active() {
+        bail!("{}; was ApplicationStart run for this deployment?", st.describe());
+    }
+    deployer.probe.wait_for(release, cfg.deadlines.validate).await?;
+    // Stable: same process, no restart, for health.stable_for.
+    let pid = st.main_pid;
+    let until = Instant::now() + cfg.health.stable_for;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = systemd.status(&unit).await?;
+        if !now.is_active() || now.main_pid != pid || now.n_restarts > 0 {
+            bail!(
+                "{} within {:.1} s of validation (was pid {pid})",
+                now.describe(),
+                cfg.health.stable_for.as_secs_f64()
+            );
+        }
+    }
+    deployer.probe.wait_for(release, Duration::from_secs(1)).await?;
+    Ok(())
+}
+
+/// Switches back to a kept release and records it. `failed` is the release it replaces
+/// because it failed (None for a manual rollback). The target is started, probed and
+/// described by its own deploy.yml and unit templates, as it was deployed.
+async fn rollback_to(
+    systemd: &Systemd,
+    store: &ReleaseStore,
+    target: &str,
+    failed: Option<&str>,
+    hook: &str,
+    deployment: &str,
+) -> Result<()> {
+    let cfg = DeployConfig::load(&store.dir(target).join(crate::config::FILE_NAME))
+        .map_err(|e| Fault::deployment(format!("cannot roll back to {target}: {e:#}")))?;
+    let deployer = Deployer::new(&cfg, systemd, store)?;
+    let changes = deployer.install_units(target).await?;
+    deployer.ensure_socket(changes.listen_changed()).await?;
+    let from = store.load_state()?.serving;
+    deployer.switch_to(target).await.map_err(|e| {
+        Fault::deployment(format!(
+            "rollback to {target} failed: {e:#}; see `handoff status --service {}`",
+            deployer.cfg.service
+        ))
+    })?;
+    store.update(hook, deployment, &format!("rolled back to {target}"), |s| {
+        s.serving = Some(target.to_string());
+        s.previous = from.filter(|f| f != target);
+        if let Some(f) = failed
+            && !s.failed.iter().any(|x| x == f)
+        {
+            s.failed.push(f.to_string());
+        }
+    })?;
+    Ok(())
+}
+
+/// `handoff rollback`: serve a kept release again (default: the previous one), zero downtime.
+pub async fn manual_rollback(
+    service: &str,
+    to: Option<String>,
+    dry_run: bool,
+    lock_wait: Duration,
+) -> Result<()> {
+    require_root()?;
+    let store = ReleaseStore::new(Path::new("/opt").join(service));
+    let state = store.load_state()?;
+    let target = match to.or(state.previous.clone()) {
+        Some(t) => t,
+        None => bail!(Fault::input(format!(
+            "no previous release recorded for {service}; name one with --to (kept: {})",
+            store.list()?.join(", ")
+        ))),
+    };
+    if !store.is_complete(&target) {
+        bail!(Fault::input(format!(
+            "release {target} is not kept (kept: {}); pick one of those",
+            store.list()?.join(", ")
+        )));
+    }
+    let systemd = Systemd::connect(dry_run)
+        .await
+        .map_err(|e| Fault::environment(format!("{e:#}")))?;
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(DeployLock::acquire(service, "handoff rollback", lock_wait)?)
+    };
+    rollback_to(&systemd, &store, &target, None, "rollback", "-").await?;
+    tracing::info!("{target} serves {service}");
+    Ok(())
+}
+
+/// `handoff status`: the socket, the instances, the releases and which one serves.
+pub async fn status(service: &str) -> Result<String> {
+    use std::fmt::Write;
+    let store = ReleaseStore::new(Path::new("/opt").join(service));
+    let state = store.load_state()?;
+    let releases = store.list()?;
+    let mut out = String::new();
+    writeln!(out, "service {service} ({})", store.root().display())?;
+    let cfg = state
+        .serving
+        .iter()
+        .chain(releases.iter().rev())
+        .find_map(|r| DeployConfig::load(&store.dir(r).join(crate::config::FILE_NAME)).ok());
+    match Systemd::connect(false).await {
+        Ok(systemd) => {
+            let socket = format!("{service}.socket");
+            let st = systemd.status(&socket).await?;
+            let addrs = cfg.as_ref().map(|c| c.listen.join(", ")).unwrap_or_default();
+            writeln!(out, "socket    {} on {addrs}", st.describe())?;
+            writeln!(
+                out,
+                "holder    {}",
+                systemd
+                    .status(&format!("{service}-hold.service"))
+                    .await?
+                    .describe()
+            )?;
+            for unit in systemd.list_live(&format!("{service}@*.service")).await? {
+                writeln!(out, "instance  {}", systemd.status(&unit).await?.describe())?;
+            }
+        }
+        Err(e) => writeln!(out, "systemd   unreachable: {e:#}")?,
+    }
+    writeln!(out, "releases (oldest first):")?;
+    for r in &releases {
+        let mark = if state.serving.as_deref() == Some(r) {
+            "serving"
+        } else if state.previous.as_deref() == Some(r) {
+            "previous (rollback target)"
+        } else if state.failed.contains(r) {
+            "failed"
+        } else {
+            "kept"
+        };
+        writeln!(out, "  {r:<28} {mark}")?;
+    }
+    let events = store.recent_events(5);
+    if !events.is_empty() {
+        writeln!(out, "recent events:")?;
+        for e in events {
+            writeln!(out, "  {} {:<18} {} {}", e.at, e.hook, e.deployment, e.message)?;
+        }
+    }
+    Ok(out)
+}

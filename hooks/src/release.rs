@@ -1,0 +1,421 @@
+//! Releases on the instance: `/opt/<service>/releases/<release>/`, one per deployment.
+//!
+//! The agent's `files:` install deletes the previous revision's files and prunes old archives,
+//! so a release that must be able to serve again (rollback) lives in a folder of our own. A
+//! release is copied out of the revision once, into a staging folder that is renamed into
+//! place when complete; it is never written again after that. `state.json` beside the
+//! releases says which one serves and which served before.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, DeployConfig};
+use crate::fault::Fault;
+
+/// Marker written last into a release: its presence means the copy is complete.
+const COMPLETE: &str = ".release-complete";
+
+/// Which release serves, which served before, and what happened lately.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub serving: Option<String>,
+    pub previous: Option<String>,
+    /// Releases that failed to start or validate: never chosen as a rollback target.
+    #[serde(default)]
+    pub failed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub at: u64,
+    pub hook: String,
+    pub deployment: String,
+    pub message: String,
+}
+
+pub struct ReleaseStore {
+    root: PathBuf,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl ReleaseStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn for_config(cfg: &DeployConfig) -> Self {
+        Self::new(cfg.root())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn releases_dir(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+
+    pub fn dir(&self, release: &str) -> PathBuf {
+        self.releases_dir().join(release)
+    }
+
+    pub fn is_complete(&self, release: &str) -> bool {
+        self.dir(release).join(COMPLETE).is_file()
+    }
+
+    /// Copies a revision into `releases/<release>` unless it is there already.
+    /// Returns whether it copied.
+    pub fn stage(&self, revision: &Path, release: &str, cfg: &DeployConfig) -> Result<bool> {
+        if !config::is_safe_name(release, false) {
+            bail!(Fault::input(format!(
+                "release id '{release}' is not usable as a folder and unit name; use letters, digits, '-' and '_' \
+                 (CodeDeploy deployment ids like d-ABC123 are)"
+            )));
+        }
+        if self.is_complete(release) {
+            tracing::debug!(
+                "release {release} is already staged at {}",
+                self.dir(release).display()
+            );
+            return Ok(false);
+        }
+        let releases = self.releases_dir();
+        create_private_dir(&self.root)?;
+        create_private_dir(&releases)?;
+        let staging = releases.join(format!(".staging-{release}"));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("cannot clear an interrupted copy at {}", staging.display()))?;
+        }
+        let final_dir = self.dir(release);
+        if final_dir.exists() {
+            // An incomplete release (no marker): a copy that was interrupted before the rename.
+            std::fs::remove_dir_all(&final_dir)
+                .with_context(|| format!("cannot clear the incomplete release {}", final_dir.display()))?;
+        }
+        let revision = revision
+            .canonicalize()
+            .with_context(|| format!("the revision folder {} is not readable", revision.display()))?;
+        copy_tree(&revision, &revision, &staging).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staging);
+            e
+        })?;
+        write_env_file(&staging.join("app.env"), cfg)?;
+        let mut marker = std::fs::File::create(staging.join(COMPLETE))?;
+        writeln!(marker, "{}", now())?;
+        marker.sync_all()?;
+        std::fs::rename(&staging, &final_dir)
+            .with_context(|| format!("cannot move the staged release into {}", final_dir.display()))?;
+        Ok(true)
+    }
+
+    /// Complete releases, oldest first.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let mut found: Vec<(u64, String)> = Vec::new();
+        let entries = match std::fs::read_dir(self.releases_dir()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).context("cannot list releases"),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') || !self.is_complete(&name) {
+                continue;
+            }
+            let staged = std::fs::read_to_string(entry.path().join(COMPLETE))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            found.push((staged, name));
+        }
+        found.sort();
+        Ok(found.into_iter().map(|(_, n)| n).collect())
+    }
+
+    /// Removes the oldest releases beyond `keep`, never one in `protect`. Returns what it removed.
+    pub fn prune(&self, keep: usize, protect: &[&str]) -> Result<Vec<String>> {
+        let all = self.list()?;
+        let mut removable: Vec<&String> = all.iter().filter(|r| !protect.contains(&r.as_str())).collect();
+        let excess = all.len().saturating_sub(keep);
+        removable.truncate(excess);
+        let mut removed = Vec::new();
+        for r in removable {
+            std::fs::remove_dir_all(self.dir(r)).with_context(|| format!("cannot remove old release {r}"))?;
+            removed.push(r.clone());
+        }
+        Ok(removed)
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    pub fn load_state(&self) -> Result<State> {
+        match std::fs::read_to_string(self.state_path()) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not valid; restore it or delete it (the hooks then treat the running instance as serving)",
+                    self.state_path().display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.state_path().display())),
+        }
+    }
+
+    /// Writes the state atomically (temp file, fsync, rename).
+    pub fn save_state(&self, state: &State) -> Result<()> {
+        create_private_dir(&self.root)?;
+        let tmp = self.root.join(".state.json.tmp");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.state_path())?;
+        Ok(())
+    }
+
+    /// Loads the state, applies `change`, saves, and records an event.
+    pub fn update(
+        &self,
+        hook: &str,
+        deployment: &str,
+        message: &str,
+        change: impl FnOnce(&mut State),
+    ) -> Result<State> {
+        let mut state = self.load_state()?;
+        change(&mut state);
+        self.save_state(&state)?;
+        self.record(hook, deployment, message)?;
+        Ok(state)
+    }
+
+    /// Appends an event to `events.log` (one JSON object a line). Append-only, so hooks of
+    /// any version can record without rewriting what newer ones wrote.
+    pub fn record(&self, hook: &str, deployment: &str, message: &str) -> Result<()> {
+        create_private_dir(&self.root)?;
+        let event = Event {
+            at: now(),
+            hook: hook.into(),
+            deployment: deployment.into(),
+            message: message.into(),
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.events_path())?;
+        writeln!(f, "{}", serde_json::to_string(&event)?)?;
+        Ok(())
+    }
+
+    pub fn events_path(&self) -> PathBuf {
+        self.root.join("events.log")
+    }
+
+    /// The last `n` events.
+    pub fn recent_events(&self, n: usize) -> Vec<Event> {
+        let text = std::fs::read_to_string(self.events_path()).unwrap_or_default();
+        let all: Vec<Event> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        all[all.len().saturating_sub(n)..].to_vec()
+    }
+}
+
+/// Root-owned, not writable by anyone else: the service's code must not be changeable by it.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+/// Copies `from` into `to`, refusing symlinks that leave the revision and anything that is not
+/// a file, a folder or a symlink. Files lose group/other write permission.
+fn copy_tree(top: &Path, from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let entry = entry?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::canonicalize(&src).map_err(|_| {
+                Fault::input(format!(
+                    "the bundle's symlink {} points nowhere; remove it from the bundle",
+                    src.display()
+                ))
+            })?;
+            if !target.starts_with(top) {
+                bail!(Fault::input(format!(
+                    "the bundle's symlink {} points outside the bundle (to {}); ship the file itself instead",
+                    src.display(),
+                    target.display()
+                )));
+            }
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if ft.is_dir() {
+            copy_tree(top, &src, &dst)?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst).map_err(|e| copy_error(&src, &dst, e))?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o755))?;
+        } else {
+            bail!(Fault::input(format!(
+                "{} is not a regular file or folder; remove it from the bundle",
+                src.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn copy_error(src: &Path, dst: &Path, e: std::io::Error) -> anyhow::Error {
+    if e.raw_os_error() == Some(nix::libc::ENOSPC) {
+        anyhow::Error::new(Fault::environment(format!(
+            "no space left to copy {} to {}; free disk space (old releases: lower releases.keep) and retry",
+            src.display(),
+            dst.display()
+        )))
+    } else {
+        anyhow::anyhow!("cannot copy {} to {}: {e}", src.display(), dst.display())
+    }
+}
+
+/// The app's environment as a systemd EnvironmentFile (one KEY=value a line, values quoted).
+fn write_env_file(path: &Path, cfg: &DeployConfig) -> Result<()> {
+    let mut text = String::from("# written by the deploy hooks from deploy.yml app.environment\n");
+    for (k, v) in &cfg.app.environment {
+        let escaped = v.replace('\\', "\\\\").replace('"', "\\\"");
+        text.push_str(&format!("{k}=\"{escaped}\"\n"));
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> DeployConfig {
+        DeployConfig::parse(
+            "service: t\nlisten: [\"127.0.0.1:1\"]\napp:\n  command: bin/app\n  environment:\n    GREETING: 'say \"hi\"'\n",
+        )
+        .unwrap()
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("handoff-release-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn revision(dir: &Path) {
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(dir.join("bin/app"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(dir.join("bin/app"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(dir.join("deploy.yml"), "x").unwrap();
+    }
+
+    #[test]
+    fn stage_copies_once_and_lists_in_order() {
+        let base = temp("stage");
+        let rev = base.join("rev");
+        revision(&rev);
+        let store = ReleaseStore::new(base.join("root"));
+        assert!(store.stage(&rev, "d-1", &cfg()).unwrap());
+        assert!(
+            !store.stage(&rev, "d-1", &cfg()).unwrap(),
+            "a staged release is never copied again"
+        );
+        let mode = std::fs::metadata(store.dir("d-1").join("bin/app"))
+            .unwrap()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o755, "group/other write bits are dropped");
+        let env = std::fs::read_to_string(store.dir("d-1").join("app.env")).unwrap();
+        assert!(env.contains("GREETING=\"say \\\"hi\\\"\""), "{env}");
+        assert_eq!(store.list().unwrap(), vec!["d-1"]);
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn symlinks_out_of_the_bundle_are_refused() {
+        let base = temp("symlink");
+        let rev = base.join("rev");
+        revision(&rev);
+        std::os::unix::fs::symlink("/etc/passwd", rev.join("passwd")).unwrap();
+        let store = ReleaseStore::new(base.join("root"));
+        let err = format!("{:#}", store.stage(&rev, "d-1", &cfg()).unwrap_err());
+        assert!(err.contains("points outside the bundle"), "{err}");
+        assert!(!store.dir("d-1").exists());
+        assert!(store.list().unwrap().is_empty());
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn unsafe_release_ids_are_refused() {
+        let base = temp("ids");
+        let store = ReleaseStore::new(base.join("root"));
+        for id in ["../x", "a/b", "", "a b", "x@y"] {
+            assert!(store.stage(&base, id, &cfg()).is_err(), "{id} accepted");
+        }
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_the_protected() {
+        let base = temp("prune");
+        let store = ReleaseStore::new(base.join("root"));
+        for (i, r) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let d = store.dir(r);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(COMPLETE), format!("{}\n", 100 + i)).unwrap();
+        }
+        // keep 3, and "a" (oldest) serves: b and c go.
+        assert_eq!(store.prune(3, &["a"]).unwrap(), vec!["b", "c"]);
+        assert_eq!(store.list().unwrap(), vec!["a", "d", "e"]);
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn state_round_trips_and_events_append() {
+        let base = temp("state");
+        let store = ReleaseStore::new(base.join("root"));
+        assert_eq!(store.load_state().unwrap(), State::default());
+        for i in 0..12 {
+            store
+                .update("test", "d", &format!("event {i}"), |s| {
+                    s.serving = Some("d-2".into())
+                })
+                .unwrap();
+        }
+        let s = store.load_state().unwrap();
+        assert_eq!(s.serving.as_deref(), Some("d-2"));
+        let events = store.recent_events(10);
+        assert_eq!(events.len(), 10);
+        assert_eq!(events.last().unwrap().message, "event 11");
+        // A state file written by a newer version, with fields this one does not know, loads.
+        std::fs::write(
+            store.state_path(),
+            r#"{"serving":"d-9","previous":null,"future":1}"#,
+        )
+        .unwrap();
+        assert_eq!(store.load_state().unwrap().serving.as_deref(), Some("d-9"));
+        std::fs::remove_dir_all(base).unwrap();
+    }
+}

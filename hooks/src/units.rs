@@ -1,0 +1,221 @@
+//! The service's three units, rendered from a release's `units/` templates with values from
+//! its `deploy.yml`, and installed into `/etc/systemd/system`.
+//!
+//! Installing compares before writing: systemd is reloaded only when a file changed, and a
+//! change of the socket's listen addresses is reported, because systemd applies it only when
+//! the socket is re-created (see [`crate::deploy`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::DeployConfig;
+use crate::fault::Fault;
+
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// Template file in `units/` → installed name.
+fn templates(cfg: &DeployConfig) -> [(&'static str, String); 3] {
+    [
+        ("app.socket", cfg.socket_unit()),
+        ("app-hold.service", cfg.holder_unit()),
+        ("app@.service", cfg.template_unit()),
+    ]
+}
+
+/// A unit file ready to install.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub name: String,
+    pub text: String,
+}
+
+/// Renders the units of the release at `release_dir` (its `units/` folder).
+pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
+    let root = cfg.root();
+    let args: String = cfg.app.args.iter().map(|a| format!(" \"{a}\"")).collect();
+    let listen: Vec<String> = cfg.listen.iter().map(|a| format!("ListenStream={a}")).collect();
+    let output = if cfg.app.log_to_file {
+        format!(
+            "StandardOutput=append:{}/logs/%i.log\nStandardError=inherit",
+            root.display()
+        )
+    } else {
+        "# Output goes to the journal: journalctl -u <unit>.".to_string()
+    };
+    let values = [
+        ("service", cfg.service.clone()),
+        ("root", root.display().to_string()),
+        ("command", cfg.app.command.clone()),
+        ("args", args),
+        ("listen_streams", listen.join("\n")),
+        ("start_timeout", format!("{}ms", cfg.deadlines.start.as_millis())),
+        ("stop_timeout", format!("{}ms", cfg.drain.budget.as_millis())),
+        ("output", output),
+    ];
+    let mut out = Vec::new();
+    for (file, name) in templates(cfg) {
+        let path = release_dir.join("units").join(file);
+        let mut text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read the unit template {}; the bundle must ship units/{file}",
+                path.display()
+            )
+        })?;
+        for (key, value) in &values {
+            text = text.replace(&format!("{{{{{key}}}}}"), value);
+        }
+        if let Some(at) = text.find("{{") {
+            let end = text[at..].find("}}").map(|e| at + e + 2).unwrap_or(text.len());
+            bail!(Fault::input(format!(
+                "units/{file}: unknown placeholder {}; known: {}",
+                &text[at..end],
+                values
+                    .iter()
+                    .map(|(k, _)| format!("{{{{{k}}}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        out.push(Rendered { name, text });
+    }
+    Ok(out)
+}
+
+/// What installing changed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    /// Units whose file was created or changed.
+    pub written: Vec<String>,
+    /// The socket's ListenStream= lines before, when they changed (None on first install).
+    pub listen_before: Option<Vec<String>>,
+}
+
+impl Changes {
+    pub fn any(&self) -> bool {
+        !self.written.is_empty()
+    }
+    pub fn listen_changed(&self) -> bool {
+        self.listen_before.is_some()
+    }
+}
+
+/// Writes the rendered units into `dir` (atomically each), only those that differ.
+pub fn install(units: &[Rendered], dir: &Path, dry_run: bool) -> Result<Changes> {
+    let mut changes = Changes::default();
+    for unit in units {
+        let path: PathBuf = dir.join(&unit.name);
+        let before = std::fs::read_to_string(&path).ok();
+        if before.as_deref() == Some(unit.text.as_str()) {
+            continue;
+        }
+        if unit.name.ends_with(".socket")
+            && let Some(before) = &before
+        {
+            let old = listen_lines(before);
+            if old != listen_lines(&unit.text) {
+                changes.listen_before = Some(old);
+            }
+        }
+        changes.written.push(unit.name.clone());
+        if dry_run {
+            println!("dry-run: would write {}", path.display());
+            continue;
+        }
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{}.tmp", unit.name));
+        std::fs::write(&tmp, &unit.text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot install {}", path.display()))?;
+    }
+    Ok(changes)
+}
+
+pub fn listen_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.trim_start().starts_with("ListenStream="))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release_with_units() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "handoff-units-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("units")).unwrap();
+        let repo_units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../units");
+        for f in ["app.socket", "app-hold.service", "app@.service"] {
+            std::fs::copy(repo_units.join(f), d.join("units").join(f)).unwrap();
+        }
+        d
+    }
+
+    fn cfg(listen: &str) -> DeployConfig {
+        DeployConfig::parse(&format!(
+            "service: shop\nlisten: [\"{listen}\", \"[::1]:8081\"]\napp:\n  command: bin/shop\n  args: [\"-v\"]\ndrain:\n  budget: 20s\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn renders_every_placeholder() {
+        let dir = release_with_units();
+        let units = render(&cfg("127.0.0.1:8080"), &dir).unwrap();
+        let names: Vec<_> = units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["shop.socket", "shop-hold.service", "shop@.service"]);
+        for u in &units {
+            assert!(!u.text.contains("{{"), "{}: {}", u.name, u.text);
+        }
+        assert!(
+            units[0]
+                .text
+                .contains("ListenStream=127.0.0.1:8080\nListenStream=[::1]:8081\n")
+        );
+        assert!(units[0].text.contains("Service=shop-hold.service"));
+        assert!(
+            units[2]
+                .text
+                .contains("ExecStart=/opt/shop/releases/%i/bin/shop \"-v\"\n")
+        );
+        assert!(units[2].text.contains("Sockets=shop.socket"));
+        assert!(units[2].text.contains("TimeoutStopSec=20000ms"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn install_writes_only_changes_and_reports_a_new_address() {
+        let dir = release_with_units();
+        let target = dir.join("installed");
+        let first = install(&render(&cfg("127.0.0.1:8080"), &dir).unwrap(), &target, false).unwrap();
+        assert_eq!(first.written.len(), 3);
+        assert!(!first.listen_changed());
+        let again = install(&render(&cfg("127.0.0.1:8080"), &dir).unwrap(), &target, false).unwrap();
+        assert!(!again.any(), "nothing changed, nothing written");
+        let moved = install(&render(&cfg("127.0.0.1:9090"), &dir).unwrap(), &target, false).unwrap();
+        assert_eq!(moved.written, vec!["shop.socket"]);
+        assert_eq!(moved.listen_before.unwrap()[0], "ListenStream=127.0.0.1:8080");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_placeholders_are_named() {
+        let dir = release_with_units();
+        std::fs::write(
+            dir.join("units/app-hold.service"),
+            "[Service]\nExecStart={{nope}}\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", render(&cfg("127.0.0.1:8080"), &dir).unwrap_err());
+        assert!(
+            err.contains("units/app-hold.service: unknown placeholder {{nope}}"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

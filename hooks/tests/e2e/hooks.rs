@@ -1,0 +1,427 @@
+//! The hooks against a real systemd, under load: every switch, every broken release, every
+//! interruption must leave a release serving and lose no request.
+
+use std::time::Duration;
+
+use crate::load::{Load, percentiles};
+use crate::service::TestService;
+use crate::support::*;
+
+fn assert_no_failures(report: &crate::load::Report, what: &str) {
+    assert_eq!(
+        report.failures(),
+        0,
+        "{what}: requests failed under load:\n{}",
+        report.summary()
+    );
+    assert!(
+        report.ab.requests > 100 && report.wrk.requests > 100,
+        "{what}: too little load:\n{}",
+        report.summary()
+    );
+}
+
+/// Slow requests in flight across the switch: each must complete with 200.
+fn slow_requests(port: u16, n: usize) -> Vec<tokio::task::JoinHandle<String>> {
+    (0..n)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                http_get(port, "/?sleep_ms=1500").unwrap_or_else(|e| format!("error {e}"))
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deployments_switch_the_serving_release_under_load_without_a_failed_request() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("first deployment failed in {}:\n{}", f.hook, f.output));
+    assert_eq!(svc.serving().as_deref(), Some("d-1"));
+    assert_eq!(svc.answering_release(), "v1");
+    assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
+
+    // The new release takes 300 ms to start; slow requests are in flight on the old one.
+    let v2 = svc.revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "300")], "");
+    let load = Load::start(svc.port, Duration::from_secs(8), 4).await;
+    let slow = slow_requests(svc.port, 5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let switch_from = crate::load::clock();
+    svc.deploy_async("d-2", &v2)
+        .await
+        .unwrap_or_else(|f| panic!("second deployment failed in {}:\n{}", f.hook, f.output));
+    let switch_to = crate::load::clock();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let report = load.finish().await;
+    for s in slow {
+        let reply = s.await.unwrap();
+        assert!(
+            reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
+            "a slow request failed: {reply}"
+        );
+    }
+    assert_no_failures(&report, "switch v1 -> v2");
+    assert_eq!(report.last_release().as_deref(), Some("v2"));
+    assert!(
+        report.ws.closes_1012 >= 4,
+        "every WebSocket on v1 is closed with 1012:\n{}",
+        report.summary()
+    );
+    assert_eq!(
+        report.ws.releases_seen,
+        vec!["v1", "v2"],
+        "WebSockets reconnect to v2:\n{}",
+        report.summary()
+    );
+    if let (Some(base), Some(during)) = (
+        percentiles(&report.samples, Duration::ZERO, switch_from),
+        percentiles(&report.samples, switch_from, switch_to),
+    ) {
+        eprintln!("probe latency ms (p50/p99/max/n): baseline {base:?}, during the deployment {during:?}");
+    }
+
+    assert_eq!(svc.serving().as_deref(), Some("d-2"));
+    assert_eq!(svc.state()["previous"].as_str(), Some("d-1"));
+    assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
+    assert!(
+        svc.app_log("d-1").contains("drain"),
+        "the old release drained:\n{}",
+        svc.app_log("d-1")
+    );
+
+    let status = svc.handoff(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("shop@d-2.service is active (running)"), "{text}");
+    assert!(text.contains("d-1") && text.contains("previous"), "{text}");
+    // Enabled, so the socket and the serving release come back after a reboot.
+    let enabled = run(svc.sandbox.command("systemctl").args([
+        "is-enabled",
+        "shop.socket",
+        "shop@d-2.service",
+        "shop@d-1.service",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&enabled.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["enabled", "enabled", "disabled"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_releases_never_take_over_and_the_old_one_keeps_serving() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+
+    let cases = [
+        (
+            "d-2",
+            "crashes at start",
+            vec![("SAMPLE_FAIL_START", "1")],
+            "",
+            "crashed while starting",
+        ),
+        (
+            "d-3",
+            "never sends READY",
+            vec![("SAMPLE_NEVER_READY", "1")],
+            "deadlines:\n  start: 2s\n  validate: 10s\n",
+            "did not",
+        ),
+        (
+            "d-4",
+            "is unhealthy",
+            vec![("SAMPLE_UNHEALTHY", "1")],
+            "deadlines:\n  start: 2s\n  validate: 10s\n",
+            "HTTP 503",
+        ),
+    ];
+    let load = Load::start(svc.port, Duration::from_secs(18), 2).await;
+    for (id, what, env, extra, reason) in cases {
+        // `extra` replaces the default deadlines (a deploy.yml has one `deadlines:`).
+        let rev = if extra.is_empty() {
+            svc.revision(id, &env, "")
+        } else {
+            revision_with_deadlines(&svc, id, &env, extra)
+        };
+        let failure = svc
+            .deploy_async(id, &rev)
+            .await
+            .expect_err(&format!("a release that {what} was accepted"));
+        assert_eq!(failure.hook, "application-start", "{what}: {}", failure.output);
+        assert_eq!(failure.code, Some(1), "{what}: {}", failure.output);
+        assert!(
+            failure.output.contains(reason),
+            "{what}: expected '{reason}' in:\n{}",
+            failure.output
+        );
+        assert!(
+            failure.output.contains("d-1 keeps serving"),
+            "{what}:\n{}",
+            failure.output
+        );
+        assert_eq!(svc.serving().as_deref(), Some("d-1"), "{what}");
+        assert_eq!(svc.answering_release(), "v1", "{what}");
+        assert_eq!(
+            svc.live_instances(),
+            vec!["shop@d-1.service"],
+            "{what}: the broken instance is stopped"
+        );
+    }
+    let report = load.finish().await;
+    assert_no_failures(&report, "three broken releases");
+    assert_eq!(
+        report.ws.closes_1012,
+        0,
+        "nothing closed the WebSockets on v1:\n{}",
+        report.summary()
+    );
+    let state = svc.state();
+    assert_eq!(state["failed"], serde_json::json!(["d-2", "d-3", "d-4"]));
+    // The socket never failed: a crash-looping instance must not hit a start limit.
+    let socket = run_ok(
+        svc.sandbox
+            .command("systemctl")
+            .args(["is-active", "shop.socket"]),
+    );
+    assert_eq!(String::from_utf8_lossy(&socket.stdout).trim(), "active");
+}
+
+fn revision_with_deadlines(
+    svc: &TestService,
+    id: &str,
+    env: &[(&str, &str)],
+    deadlines: &str,
+) -> std::path::PathBuf {
+    let rev = svc.revision(id, env, "");
+    let path = rev.join("deploy.yml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("deadlines:\n  start: 10s\n  validate: 10s\n", deadlines);
+    std::fs::write(path, text).unwrap();
+    rev
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_that_crashes_after_starting_is_rolled_back_by_validate_service() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let v2 = svc.revision("v2", &[("SAMPLE_CRASH_AFTER_MS", "1500")], "");
+    let v2 = {
+        let path = v2.join("deploy.yml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("stable_for: 1s", "stable_for: 3s");
+        std::fs::write(path, text).unwrap();
+        v2
+    };
+    let failure = svc
+        .deploy_async("d-2", &v2)
+        .await
+        .expect_err("a crashing release passed validation");
+    assert_eq!(failure.hook, "validate-service", "{}", failure.output);
+    assert_eq!(failure.code, Some(1));
+    assert!(
+        failure.output.contains("Rolled back: d-1 serves again"),
+        "{}",
+        failure.output
+    );
+    assert_eq!(svc.serving().as_deref(), Some("d-1"));
+    assert_eq!(svc.answering_release(), "v1");
+    assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
+    assert_eq!(svc.state()["failed"], serde_json::json!(["d-2"]));
+
+    // The next deployment builds on that: its ApplicationStop comes from the failed revision
+    // (the agent's "last successful install"), and it must still go through.
+    let v3 = svc.revision("v3", &[], "");
+    svc.deploy_async("d-3", &v3)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    assert_eq!(svc.answering_release(), "v3");
+    assert_eq!(svc.state()["previous"].as_str(), Some("d-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unhealthy_after_switch_is_rolled_back_in_place_under_load() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let v2 = svc.revision("v2", &[], "");
+    svc.deploy_async("d-2", &v2)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+
+    // d-2 serves; make validate-service fail by asking it about a health path that fails,
+    // as a release whose dependency broke after the switch would.
+    let broken = {
+        let path = v2.join("deploy.yml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("path: /healthz", "path: /missing");
+        std::fs::write(&path, text).unwrap();
+        v2
+    };
+    let load = Load::start(svc.port, Duration::from_secs(8), 3).await;
+    let out = svc.hook("validate-service", "d-2", &broken);
+    let report = load.finish().await;
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("HTTP 404") && text.contains("Rolled back: d-1 serves again"),
+        "{text}"
+    );
+    assert_no_failures(&report, "rollback d-2 -> d-1");
+    assert_eq!(report.last_release().as_deref(), Some("v1"));
+    assert_eq!(report.ws.releases_seen, vec!["v2", "v1"], "{}", report.summary());
+    assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hooks_killed_mid_switch_converge_when_run_again() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let v2 = svc.revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "1500")], "");
+    let load = Load::start(svc.port, Duration::from_secs(12), 2).await;
+
+    // Killed while the new instance starts: SIGKILL, then the agent's SIGTERM.
+    for signal in ["KILL", "TERM"] {
+        let mut cmd = svc.sandbox.command("timeout");
+        cmd.args(["-s", signal, "0.7"])
+            .arg(workspace_bin("application-start"))
+            .arg("--revision")
+            .arg(&v2);
+        cmd.env("DEPLOYMENT_ID", "d-2");
+        let out = run(&mut cmd);
+        assert!(
+            !out.status.success(),
+            "application-start was not interrupted: {}",
+            explain(&cmd, &out)
+        );
+        if signal == "TERM" {
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                text.contains("interrupted by SIGTERM") && text.contains("Run the hook again"),
+                "{text}"
+            );
+        }
+    }
+    let out = svc.hook("application-start", "d-2", &v2);
+    assert!(
+        out.status.success(),
+        "re-run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = svc.hook("validate-service", "d-2", &v2);
+    assert!(
+        out.status.success(),
+        "validate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = load.finish().await;
+    assert_no_failures(&report, "interrupted and re-run switch");
+    assert_eq!(svc.serving().as_deref(), Some("d-2"));
+    assert_eq!(svc.state()["previous"].as_str(), Some("d-1"));
+    assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
+    assert_eq!(report.last_release().as_deref(), Some("v2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_rollback_serves_the_previous_release_without_a_failed_request() {
+    let mut svc = TestService::new();
+    for (id, label) in [("d-1", "v1"), ("d-2", "v2")] {
+        let rev = svc.revision(label, &[], "");
+        svc.deploy_async(id, &rev)
+            .await
+            .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    }
+    let load = Load::start(svc.port, Duration::from_secs(6), 2).await;
+    let out = tokio::task::block_in_place(|| svc.handoff(&["rollback"]));
+    let report = load.finish().await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_no_failures(&report, "manual rollback");
+    assert_eq!(svc.serving().as_deref(), Some("d-1"));
+    assert_eq!(svc.state()["previous"].as_str(), Some("d-2"));
+    assert_eq!(svc.answering_release(), "v1");
+
+    // A release that is not kept is refused with the list of those that are.
+    let out = svc.handoff(&["rollback", "--to", "d-9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kept: d-1, d-2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_prints_the_plan_and_changes_nothing_and_stop_service_really_stops() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let v2 = svc.revision("v2", &[], "");
+    let out = run_ok(svc.hook_command("application-start", "d-2", &v2).arg("--dry-run"));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains("would copy") && plan.contains("would start shop@d-2.service"),
+        "{plan}"
+    );
+    assert_eq!(svc.serving().as_deref(), Some("d-1"));
+    assert!(!svc.sandbox.host_path("/opt/shop/releases/d-2").exists());
+
+    // A normal ApplicationStop leaves the service serving...
+    run_ok(&mut svc.hook_command("application-stop", "d-2", &v1));
+    assert_eq!(svc.answering_release(), "v1");
+    // ...and --stop-service really stops it: the port closes.
+    run_ok(
+        svc.hook_command("application-stop", "d-2", &v1)
+            .arg("--stop-service"),
+    );
+    assert!(http_get(svc.port, "/").is_err(), "the port is still open");
+    assert!(svc.live_instances().is_empty());
+    // The next deployment brings it back.
+    svc.deploy_async("d-2", &v2)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    assert_eq!(svc.answering_release(), "v2");
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_changes() {
+    let svc = TestService::new();
+    let rev = svc.revision("v1", &[], "");
+    std::fs::write(
+        rev.join("deploy.yml"),
+        "service: ../etc\nlisten: [\"127.0.0.1:1\"]\napp:\n  command: bin/x\n",
+    )
+    .unwrap();
+    let out = svc.hook("before-install", "d-1", &rev);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("service: '../etc'"), "{text}");
+
+    let rev = svc.revision("v1", &[], "");
+    let out = svc.hook("application-start", "../../etc", &rev);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("deployment id '../../etc'"), "{text}");
+    assert!(
+        !svc.sandbox.host_path("/opt/shop").exists(),
+        "nothing was written"
+    );
+}

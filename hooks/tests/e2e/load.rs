@@ -1,0 +1,363 @@
+//! Load during deployments, from real clients: `ab -r -c 10` (a new connection per request),
+//! `wrk -c 10` (keep-alive, never retries a failed request), WebSocket clients (close code and
+//! reconnect), and a paced probe of our own that records every request's latency and release.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Counts for one client kind.
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub requests: u64,
+    pub failed: u64,
+    pub detail: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct WsCounts {
+    pub sessions: u64,
+    pub echoes: u64,
+    /// Close frames received from the server, by code.
+    pub closes_1012: u64,
+    pub other_closes: Vec<u16>,
+    /// Sessions that ended without a close frame (1006), or failed to connect.
+    pub abnormal: u64,
+    pub releases_seen: Vec<String>,
+}
+
+/// One probe request: when it started, how long it took, which release answered.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub at: Duration,
+    pub latency: Duration,
+    pub release: Option<String>,
+}
+
+pub struct Report {
+    pub ab: Counts,
+    pub wrk: Counts,
+    pub ws: WsCounts,
+    pub probe: Counts,
+    pub samples: Vec<Sample>,
+}
+
+impl Report {
+    pub fn failures(&self) -> u64 {
+        self.ab.failed
+            + self.wrk.failed
+            + self.probe.failed
+            + self.ws.abnormal
+            + self.ws.other_closes.len() as u64
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "ab: {} requests, {} failed {}\nwrk: {} requests, {} failed {}\nprobe: {} requests, {} failed {}\n\
+             ws: {} sessions, {} echoes, {} closed with 1012, other closes {:?}, {} abnormal, releases seen {:?}",
+            self.ab.requests,
+            self.ab.failed,
+            self.ab.detail,
+            self.wrk.requests,
+            self.wrk.failed,
+            self.wrk.detail,
+            self.probe.requests,
+            self.probe.failed,
+            self.probe.detail,
+            self.ws.sessions,
+            self.ws.echoes,
+            self.ws.closes_1012,
+            self.ws.other_closes,
+            self.ws.abnormal,
+            self.ws.releases_seen
+        )
+    }
+
+    /// The release that answered the last probe requests.
+    pub fn last_release(&self) -> Option<String> {
+        self.samples.iter().rev().find_map(|s| s.release.clone())
+    }
+}
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ab: tokio::task::JoinHandle<Counts>,
+    wrk: tokio::task::JoinHandle<Counts>,
+    ws: Vec<tokio::task::JoinHandle<WsCounts>>,
+    probe: tokio::task::JoinHandle<(Counts, Vec<Sample>)>,
+}
+
+impl Load {
+    /// Starts every client against 127.0.0.1:port for at most `max` (they stop earlier on
+    /// `finish`; ab and wrk are bounded by `max` themselves).
+    pub async fn start(port: u16, max: Duration, ws_clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let secs = max.as_secs().max(1).to_string();
+        let url = format!("http://127.0.0.1:{port}/");
+        let ab = tokio::spawn(run_ab(url.clone(), secs.clone()));
+        let wrk = tokio::spawn(run_wrk(url, secs));
+        let ws = (0..ws_clients)
+            .map(|_| tokio::spawn(ws_client(port, stop.clone())))
+            .collect();
+        let probe = tokio::spawn(probe(port, stop.clone()));
+        // Let every client connect before anything changes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Load {
+            stop,
+            ab,
+            wrk,
+            ws,
+            probe,
+        }
+    }
+
+    /// Stops the clients (ab and wrk run out their time) and collects the counts.
+    pub async fn finish(self) -> Report {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut ws = WsCounts::default();
+        for h in self.ws {
+            let c = h.await.unwrap();
+            ws.sessions += c.sessions;
+            ws.echoes += c.echoes;
+            ws.closes_1012 += c.closes_1012;
+            ws.other_closes.extend(c.other_closes);
+            ws.abnormal += c.abnormal;
+            for r in c.releases_seen {
+                if !ws.releases_seen.contains(&r) {
+                    ws.releases_seen.push(r);
+                }
+            }
+        }
+        let (probe, samples) = self.probe.await.unwrap();
+        Report {
+            ab: self.ab.await.unwrap(),
+            wrk: self.wrk.await.unwrap(),
+            ws,
+            probe,
+            samples,
+        }
+    }
+}
+
+async fn run_ab(url: String, secs: String) -> Counts {
+    let out = tokio::process::Command::new("ab")
+        .args(["-r", "-c", "10", "-n", "100000000", "-t", &secs, &url])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("ab (apache2-utils) must be installed: make setup");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(name.split_whitespace().count()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let complete = field("Complete requests:");
+    let failed = field("Failed requests:");
+    let non2xx = field("Non-2xx responses:");
+    assert!(
+        complete > 0,
+        "ab ran no request:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let detail = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("(Connect:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Counts {
+        requests: complete,
+        failed: failed + non2xx,
+        detail,
+    }
+}
+
+async fn run_wrk(url: String, secs: String) -> Counts {
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t", "2", "-c", "10", "-d", &format!("{secs}s"), &url])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("wrk must be installed: make setup");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(requests > 0, "wrk ran no request:\n{text}");
+    let mut failed = 0;
+    let mut detail = String::new();
+    if let Some(l) = text.lines().find(|l| l.contains("Socket errors:")) {
+        failed += l
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum::<u64>();
+        detail = l.trim().to_string();
+    }
+    if let Some(l) = text.lines().find(|l| l.contains("Non-2xx or 3xx responses:")) {
+        failed += l
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        detail.push_str(l.trim());
+    }
+    Counts {
+        requests,
+        failed,
+        detail,
+    }
+}
+
+/// A WebSocket client that stays connected, echoes every 100 ms, and reconnects after the
+/// server closes (expected: code 1012, service restart).
+async fn ws_client(port: u16, stop: Arc<AtomicBool>) -> WsCounts {
+    let mut c = WsCounts::default();
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    while !stop.load(Ordering::SeqCst) {
+        let (mut ws, _) = match tokio_tungstenite::connect_async(&url).await {
+            Ok(x) => x,
+            Err(_) => {
+                c.abnormal += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        c.sessions += 1;
+        let mut n = 0u64;
+        let mut closed = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        let t = t.to_string();
+                        if t.starts_with("echo ") { c.echoes += 1 } else if !c.releases_seen.contains(&t) { c.releases_seen.push(t) }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        match frame.map(|f| u16::from(f.code)) {
+                            Some(1012) => c.closes_1012 += 1,
+                            Some(code) => c.other_closes.push(code),
+                            None => c.other_closes.push(1005),
+                        }
+                        closed = true;
+                        // Finish the close handshake.
+                        let _ = ws.close(None).await;
+                        while let Some(Ok(_)) = ws.next().await {}
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => { c.abnormal += 1; break; }
+                },
+                _ = tick.tick() => {
+                    if stop.load(Ordering::SeqCst) {
+                        let _ = ws.close(None).await;
+                        closed = true;
+                        break;
+                    }
+                    n += 1;
+                    if ws.send(Message::text(format!("echo {n}"))).await.is_err() { c.abnormal += 1; break; }
+                }
+            }
+        }
+        let _ = closed;
+    }
+    c
+}
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Time since the first use in this test process: the probe's `Sample::at` is on this clock.
+pub fn clock() -> Duration {
+    START.get_or_init(Instant::now).elapsed()
+}
+
+/// Every 5 ms a new connection and one request; records latency and the answering release.
+async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>) {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new((0u64, String::new())));
+    let mut tasks = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    while !stop.load(Ordering::SeqCst) {
+        tick.tick().await;
+        let (samples, failures) = (samples.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let at = clock();
+            let t = Instant::now();
+            match tokio::time::timeout(Duration::from_secs(20), one_request(port)).await {
+                Ok(Ok(release)) => samples.lock().await.push(Sample {
+                    at,
+                    latency: t.elapsed(),
+                    release: Some(release),
+                }),
+                Ok(Err(e)) => {
+                    let mut f = failures.lock().await;
+                    f.0 += 1;
+                    f.1 = e.to_string();
+                }
+                Err(_) => failures.lock().await.0 += 1,
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut samples = Arc::try_unwrap(samples).unwrap().into_inner();
+    samples.sort_by_key(|s| s.at);
+    let (failed, last) = Arc::try_unwrap(failures).unwrap().into_inner();
+    (
+        Counts {
+            requests: samples.len() as u64 + failed,
+            failed,
+            detail: last,
+        },
+        samples,
+    )
+}
+
+async fn one_request(port: u16) -> std::io::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("unexpected answer: {:.60}", text)));
+    }
+    let release = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("x-release:")
+                .then(|| l[10..].trim().to_string())
+        })
+        .unwrap_or_default();
+    Ok(release)
+}
+
+/// p50, p99 and max of the samples whose start falls in [from, to).
+pub fn percentiles(samples: &[Sample], from: Duration, to: Duration) -> Option<(f64, f64, f64, usize)> {
+    let mut l: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.at >= from && s.at < to)
+        .map(|s| s.latency.as_secs_f64() * 1e3)
+        .collect();
+    if l.is_empty() {
+        return None;
+    }
+    l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p = |q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)];
+    Some((p(0.5), p(0.99), *l.last().unwrap(), l.len()))
+}

@@ -1,0 +1,174 @@
+//! A service deployed by the hooks into a sandbox, the way the CodeDeploy agent runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::*;
+
+pub struct TestService {
+    pub sandbox: Sandbox,
+    pub port: u16,
+    pub name: String,
+    /// The revision of the last successful Install: its ApplicationStop runs next time.
+    last_installed: Option<PathBuf>,
+}
+
+/// Which hook failed, and its output.
+#[derive(Debug)]
+pub struct HookFailure {
+    pub hook: String,
+    pub output: String,
+    pub code: Option<i32>,
+}
+
+impl TestService {
+    pub fn new() -> Self {
+        let sandbox = Sandbox::start();
+        Self {
+            sandbox,
+            port: free_port(),
+            name: "shop".into(),
+            last_installed: None,
+        }
+    }
+
+    /// A revision folder laid out like the bundle: deploy.yml, units/, bin/sample-app.
+    /// `env` goes into app.environment (the sample app's knobs); `extra` is appended to
+    /// deploy.yml.
+    pub fn revision(&self, label: &str, env: &[(&str, &str)], extra: &str) -> PathBuf {
+        let dir = self
+            .sandbox
+            .scratch(&format!("revisions/{label}-{}", free_port()));
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::create_dir_all(dir.join("units")).unwrap();
+        for f in ["app.socket", "app-hold.service", "app@.service"] {
+            std::fs::copy(workspace().join("units").join(f), dir.join("units").join(f)).unwrap();
+        }
+        // The test binary is large; a one-line launcher keeps the release copies small.
+        // `exec` keeps the PID, so the unit's main process is the app itself.
+        let app = workspace_bin("sample-app");
+        std::fs::write(
+            dir.join("bin/sample-app"),
+            format!("#!/bin/sh\nexec {} \"$@\"\n", app.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("bin/sample-app"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut environment = format!("    RELEASE: \"{label}\"\n    SAMPLE_HARD_DEADLINE_MS: \"8000\"\n");
+        for (k, v) in env {
+            environment.push_str(&format!("    {k}: \"{v}\"\n"));
+        }
+        let config = format!(
+            "service: {}\nlisten: [\"127.0.0.1:{}\"]\napp:\n  command: bin/sample-app\n  log_to_file: true\n  environment:\n{environment}\
+             health:\n  path: /healthz\n  instance_header: X-Instance\n  stable_for: 1s\n\
+             deadlines:\n  start: 10s\n  validate: 10s\ndrain:\n  budget: 10s\n{extra}",
+            self.name, self.port
+        );
+        std::fs::write(dir.join("deploy.yml"), config).unwrap();
+        dir
+    }
+
+    /// A hook run inside the sandbox with the agent's environment.
+    pub fn hook_command(&self, hook: &str, deployment: &str, revision: &Path) -> Command {
+        let mut cmd = self.sandbox.command(workspace_bin(hook));
+        cmd.arg("--revision").arg(revision);
+        cmd.env("DEPLOYMENT_ID", deployment)
+            .env("LIFECYCLE_EVENT", hook)
+            .env("APPLICATION_NAME", "test")
+            .env("DEPLOYMENT_GROUP_NAME", "test");
+        cmd
+    }
+
+    pub fn hook(&self, hook: &str, deployment: &str, revision: &Path) -> Output {
+        run(&mut self.hook_command(hook, deployment, revision))
+    }
+
+    /// The agent's in-place order: ApplicationStop from the last installed revision (none on
+    /// the first deployment), BeforeInstall, (Install), ApplicationStart, ValidateService.
+    pub fn deploy(&mut self, deployment: &str, revision: &Path) -> Result<String, HookFailure> {
+        let mut log = String::new();
+        let this = &*self;
+        let step = |hook: &str, rev: &Path, log: &mut String| -> Result<(), HookFailure> {
+            let mut cmd = this.hook_command(hook, deployment, rev);
+            let out = run(&mut cmd);
+            let text = explain(&cmd, &out);
+            log.push_str(&text);
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(HookFailure {
+                    hook: hook.into(),
+                    output: text,
+                    code: out.status.code(),
+                })
+            }
+        };
+        if let Some(prev) = &self.last_installed {
+            step("application-stop", prev, &mut log)?;
+        }
+        step("before-install", revision, &mut log)?;
+        // The agent records the last successful install right after Install.
+        let rest = step("application-start", revision, &mut log)
+            .and_then(|()| step("validate-service", revision, &mut log));
+        self.last_installed = Some(revision.to_path_buf());
+        rest.map(|()| log)
+    }
+
+    pub async fn deploy_async(&mut self, deployment: &str, revision: &Path) -> Result<String, HookFailure> {
+        tokio::task::block_in_place(|| self.deploy(deployment, revision))
+    }
+
+    /// serving/previous from the hooks' state file.
+    pub fn state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.sandbox.host_path(&format!("/opt/{}/state.json", self.name)))
+            .unwrap_or_else(|_| "{}".into());
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub fn serving(&self) -> Option<String> {
+        self.state()["serving"].as_str().map(str::to_string)
+    }
+
+    /// The release id the service answers `GET /` with.
+    pub fn answering_release(&self) -> String {
+        let reply = http_get(self.port, "/").expect("GET /");
+        reply
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("x-release:")
+                    .then(|| l[10..].trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no X-Release in {reply}"))
+    }
+
+    pub fn handoff(&self, args: &[&str]) -> Output {
+        let mut cmd = self.sandbox.command(workspace_bin("handoff"));
+        cmd.arg("--service").arg(&self.name).args(args);
+        run(&mut cmd)
+    }
+
+    /// Instances systemd has running (active or on their way).
+    pub fn live_instances(&self) -> Vec<String> {
+        let out = run_ok(self.sandbox.command("systemctl").args([
+            "list-units",
+            "--plain",
+            "--no-legend",
+            "--state=active,activating,deactivating,failed",
+            &format!("{}@*.service", self.name),
+        ]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// The app's own log of one release (units append it to /opt/<service>/logs).
+    pub fn app_log(&self, release: &str) -> String {
+        std::fs::read_to_string(
+            self.sandbox
+                .host_path(&format!("/opt/{}/logs/{release}.log", self.name)),
+        )
+        .unwrap_or_default()
+    }
+}
