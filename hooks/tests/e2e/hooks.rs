@@ -425,3 +425,93 @@ fn bad_input_is_refused_before_anything_changes() {
         "nothing was written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_strategy_loses_nothing_but_waits_for_the_drain_and_the_start() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "strategy: restart\n");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let v2 = svc.revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "300")], "strategy: restart\n");
+    let load = Load::start(svc.port, Duration::from_secs(8), 2).await;
+    let out = svc
+        .deploy_async("d-2", &v2)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = load.finish().await;
+    assert!(
+        out.contains("strategy restart: stopping d-1 before d-2 starts"),
+        "{out}"
+    );
+    assert_no_failures(&report, "restart strategy");
+    assert_eq!(report.last_release().as_deref(), Some("v2"));
+    // The price: while nothing serves, requests wait in the socket's queue.
+    let worst = report.samples.iter().map(|s| s.latency).max().unwrap();
+    assert!(
+        worst >= Duration::from_millis(250),
+        "expected a stall of at least the 300 ms start, worst was {worst:?}"
+    );
+    eprintln!("restart strategy: worst probe latency {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_listen_address_is_applied_and_reported() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let old_port = svc.port;
+    svc.port = free_port();
+    let v2 = svc.revision("v2", &[], "");
+    let log = svc
+        .deploy_async("d-2", &v2)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    assert!(
+        log.contains(&format!(
+            "addresses change from [ListenStream=127.0.0.1:{old_port}] to [127.0.0.1:{}]",
+            svc.port
+        )),
+        "{log}"
+    );
+    assert_eq!(svc.answering_release(), "v2");
+    assert!(
+        http_get(old_port, "/").is_err(),
+        "the old address still accepts connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deployment_step_at_a_time() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let slow = svc.revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "3000")], "");
+    let other = svc.revision("v3", &[], "");
+    let first = svc
+        .hook_command("application-start", "d-2", &slow)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let out = svc
+        .hook_command("application-start", "d-3", &other)
+        .args(["--lock-wait", "500ms"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("another deployment step holds") && text.contains("application-start d-2"),
+        "{text}"
+    );
+    let first = tokio::task::block_in_place(|| first.wait_with_output()).unwrap();
+    assert!(first.status.success());
+    assert_eq!(svc.serving().as_deref(), Some("d-2"));
+}
