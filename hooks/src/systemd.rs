@@ -244,6 +244,7 @@ impl Systemd {
 
     /// "enabled", "disabled", "static", … or "not-found".
     pub async fn unit_file_state(&self, unit: &str) -> Result<String> {
+        tracing::debug!("D-Bus Manager.GetUnitFileState({unit})");
         match self.manager.get_unit_file_state(unit).await {
             Ok(s) => Ok(s),
             Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {
@@ -255,6 +256,7 @@ impl Systemd {
 
     /// Names of loaded units matching a glob (e.g. `app@*.service`) that are not inactive.
     pub async fn list_live(&self, pattern: &str) -> Result<Vec<String>> {
+        tracing::debug!("D-Bus Manager.ListUnitsByPatterns({pattern})");
         let units = self
             .manager
             .list_units_by_patterns(
@@ -270,6 +272,17 @@ impl Systemd {
 
     /// Loads (if needed) and reads a unit's state.
     pub async fn status(&self, unit: &str) -> Result<UnitStatus> {
+        let started = Instant::now();
+        let st = self.read_status(unit).await?;
+        tracing::debug!(
+            "D-Bus Manager.LoadUnit({unit}) + Properties.GetAll: {} ({:.2} ms)",
+            st.active_state,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(st)
+    }
+
+    async fn read_status(&self, unit: &str) -> Result<UnitStatus> {
         let path = self
             .manager
             .load_unit(unit)
@@ -356,7 +369,7 @@ impl Systemd {
             }
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let st = self.status(unit).await?;
+                let st = self.read_status(unit).await?;
                 if st.has_crashed() {
                     return Ok(st);
                 }
