@@ -515,3 +515,35 @@ async fn one_deployment_step_at_a_time() {
     assert!(first.status.success());
     assert_eq!(svc.serving().as_deref(), Some("d-2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_the_socket_and_the_serving_release_come_back() {
+    let mut svc = TestService::new();
+    for (id, label) in [("d-1", "v1"), ("d-2", "v2")] {
+        let rev = svc.revision(label, &[], "");
+        svc.deploy_async(id, &rev)
+            .await
+            .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    }
+    let old_pid = svc.sandbox.pid;
+    svc.sandbox.reboot();
+    assert_ne!(svc.sandbox.pid, old_pid);
+    // Enabled units start at boot; the instance may still be starting.
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(reply) = http_get(svc.port, "/version") {
+            answered = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = answered.expect("nothing answers after the reboot");
+    assert!(reply.trim_end().ends_with("v2"), "{reply}");
+    assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
+    // And the next deployment builds on it.
+    let v3 = svc.revision("v3", &[], "");
+    svc.deploy_async("d-3", &v3)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    assert_eq!(svc.answering_release(), "v3");
+}

@@ -64,6 +64,18 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn start() -> Sandbox {
         let out = run_ok(Command::new(script()).args(["start", "--owner", &std::process::id().to_string()]));
+        Self::from_output(&out)
+    }
+
+    /// Kills this sandbox's systemd and boots a new one on the same folders: a reboot.
+    pub fn reboot(&mut self) {
+        let out = run_ok(Command::new(script()).arg("reboot").arg(&self.dir));
+        // Not `*self = …`: that would drop (and so stop) this sandbox.
+        let booted = std::mem::ManuallyDrop::new(Self::from_output(&out));
+        self.pid = booted.pid;
+    }
+
+    fn from_output(out: &Output) -> Sandbox {
         let text = String::from_utf8_lossy(&out.stdout);
         let field = |key: &str| {
             text.lines()
