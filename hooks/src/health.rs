@@ -71,44 +71,47 @@ impl Probe {
     }
 
     /// Retries until every address answers 200 from `release` (when the app names its
-    /// instance) or the deadline passes. Returns the last failure on timeout.
+    /// instance) or the deadline passes. Returns what the probes saw on timeout.
+    ///
+    /// Probes go in bursts of concurrent connections: while two instances share the socket,
+    /// a busy old instance tends to win every accept(); a burst wakes both.
     pub async fn wait_for(&self, release: &str, deadline: Duration) -> Result<()> {
+        const BURST: usize = 4;
         let started = Instant::now();
         for addr in &self.addrs {
-            let mut last;
-            let mut attempts = 0u32;
+            let (mut probes, mut from_others) = (0u32, 0u32);
+            let mut last_own: Option<String> = None;
+            let mut last_error: Option<String> = None;
             loop {
-                attempts += 1;
-                match self.get(*addr).await {
-                    Ok(r) if r.status == 200 && self.is_from(release, &r) => {
-                        tracing::debug!("{addr}{}: 200 from {release} after {attempts} probes", self.path);
-                        break;
+                let replies = futures_util::future::join_all((0..BURST).map(|_| self.get(*addr))).await;
+                let mut healthy = false;
+                for reply in replies {
+                    probes += 1;
+                    match reply {
+                        Ok(r) if !self.is_from(release, &r) => from_others += 1,
+                        Ok(r) if r.status == 200 => healthy = true,
+                        Ok(r) => last_own = Some(format!("HTTP {}", r.status)),
+                        Err(e) => last_error = Some(format!("{e:#}")),
                     }
-                    Ok(r) if r.status == 200 => {
-                        last = format!(
-                            "200 from instance {:?}, not {release}",
-                            r.instance.unwrap_or_default()
-                        )
-                    }
-                    Ok(r) => {
-                        last = format!(
-                            "HTTP {} from instance {:?}",
-                            r.status,
-                            r.instance.unwrap_or_default()
-                        )
-                    }
-                    Err(e) => last = format!("{e:#}"),
+                }
+                if healthy {
+                    tracing::debug!("{addr}{}: 200 from {release} after {probes} probes", self.path);
+                    break;
                 }
                 if started.elapsed() >= deadline {
+                    let seen = match (&last_own, &last_error) {
+                        (Some(own), _) => format!("{release} answered {own}"),
+                        (None, Some(e)) => format!("last error: {e}"),
+                        (None, None) => format!("no probe reached {release}"),
+                    };
                     bail!(
-                        "{release} did not answer healthy on {addr}{} within {:.1} s ({attempts} probes); last: {last}",
+                        "{release} did not answer healthy on {addr}{} within {:.1} s: {seen} \
+                         ({probes} probes, {from_others} answered by other instances)",
                         self.path,
                         deadline.as_secs_f64()
                     );
                 }
-                // Fast at first (two instances share the socket, a few probes reach the new
-                // one), then gently.
-                let pause = if attempts < 20 { 25 } else { 200 };
+                let pause = if probes < 80 { 20 } else { 200 };
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         }

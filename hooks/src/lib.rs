@@ -12,6 +12,7 @@
 //! - [`health`] — HTTP probes through the real port (reqwest);
 //! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place.
+pub mod appspec;
 pub mod cli;
 pub mod config;
 pub mod deploy;
@@ -19,6 +20,7 @@ pub mod fault;
 pub mod health;
 pub mod lifecycle;
 pub mod lock;
+pub mod rehearsal;
 pub mod release;
 pub mod systemd;
 pub mod units;

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 
 /// The release id baked in at build time (`RELEASE=... cargo build`, default `dev`).
@@ -37,7 +38,12 @@ pub struct Config {
     /// from systemd. For local runs only: without it, the server refuses to start
     /// unless LISTEN_FDS is set. Repeat the flag (or comma-separate in the env var)
     /// for several addresses.
-    #[arg(long = "bind", value_name = "ADDR", env = "SAMPLE_BIND", value_delimiter = ',')]
+    #[arg(
+        long = "bind",
+        value_name = "ADDR",
+        env = "SAMPLE_BIND",
+        value_delimiter = ','
+    )]
     pub bind: Vec<String>,
 
     /// Release id reported by every endpoint. Defaults to the value of RELEASE at
@@ -59,15 +65,15 @@ pub struct Config {
     pub startup_delay_ms: u64,
 
     /// Fail the start: exit 1 with a message before READY=1 (after the startup delay).
-    #[arg(long, env = "SAMPLE_FAIL_START")]
+    #[arg(long, env = "SAMPLE_FAIL_START", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub fail_start: bool,
 
     /// Serve and send READY=1, but answer /healthz with 503.
-    #[arg(long, env = "SAMPLE_UNHEALTHY")]
+    #[arg(long, env = "SAMPLE_UNHEALTHY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub unhealthy: bool,
 
     /// Serve, but never send READY=1 (systemd's start job then times out).
-    #[arg(long, env = "SAMPLE_NEVER_READY")]
+    #[arg(long, env = "SAMPLE_NEVER_READY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub never_ready: bool,
 
     /// Serve healthy, then exit with code 3 after this many ms without draining

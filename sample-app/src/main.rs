@@ -1,1 +1,115 @@
-fn main() {}
+//! `sample-app`: see the library documentation and README.md.
+//!
+//! Exit codes: 0 drained cleanly, 1 start failure / drain timeout / hard
+//! deadline, 2 usage error or no listening socket, 3 simulated crash.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sample_app::listen::{self, Listener};
+use sample_app::{Config, Outcome};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    init_tracing(config.verbose);
+    for w in config.warnings() {
+        warn!("{w}");
+    }
+
+    let listeners = match sockets(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    info!(
+        release = %config.release,
+        instance = %config.instance,
+        pid = std::process::id(),
+        sockets = %listeners.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        "starting"
+    );
+
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let hard_deadline = config.hard_deadline();
+    let result = runtime.block_on(async move {
+        let shutdown = shutdown_signal(hard_deadline)?;
+        let listeners = listeners.into_iter().map(|l| l.listener).collect();
+        sample_app::run(listeners, config, shutdown).await
+    });
+    match result {
+        Ok(Outcome::Crashed) => std::process::exit(3),
+        Ok(outcome) => {
+            let code = outcome.exit_code();
+            info!(code, "exit");
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            error!("{e:#}");
+            info!(code = 1, "exit");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Inherited sockets, or `--bind` ones; both at once is ambiguous and refused.
+fn sockets(config: &Config) -> Result<Vec<Listener>, String> {
+    let activated = std::env::var_os("LISTEN_FDS").is_some();
+    if !config.bind.is_empty() {
+        if activated {
+            return Err(
+                "both LISTEN_FDS (socket activation) and --bind/SAMPLE_BIND are set; use one".to_owned(),
+            );
+        }
+        warn!(bind = ?config.bind, "binding sockets myself (--bind): for local runs only");
+        return listen::bind(&config.bind).map_err(|e| e.to_string());
+    }
+    // SAFETY: no other thread exists yet (the runtime is built afterwards), and
+    // this is the only call.
+    unsafe { listen::from_systemd() }.map_err(|e| e.to_string())
+}
+
+/// Resolves at the first SIGTERM or SIGINT, and arms the hard deadline then.
+fn shutdown_signal(hard_deadline: std::time::Duration) -> anyhow::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!("{name}: shutting down");
+        sample_app::arm_hard_deadline(hard_deadline);
+    })
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "info",
+        1 => "info,sample_app=debug",
+        _ => "debug,sample_app=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .init();
+}

@@ -2,6 +2,7 @@
 
 mod hooks;
 mod load;
+mod rehearsal;
 mod sample_app;
 mod sandbox;
 mod service;

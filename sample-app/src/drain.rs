@@ -1,0 +1,364 @@
+//! The shutdown coordinator: serve, then drain without losing a request.
+//!
+//! [`run`] takes the listening sockets, the configuration and a `shutdown`
+//! future (SIGTERM/SIGINT in the binary, anything in tests), in the style of
+//! tokio-rs/mini-redis. It serves until `shutdown` resolves, then drains:
+//!
+//! 1. **Stop accepting at once.** Every accept loop ends and drops its
+//!    listener, which really closes our fd. systemd (and a successor instance)
+//!    hold their own copies of the socket, so connections that arrive from now
+//!    on queue in the kernel for the successor instead of landing on a process
+//!    that is going away.
+//! 2. **`STOPPING=1`** (with a `STATUS=` line) so systemd shows the drain.
+//! 3. **Lame duck** ([`Phase::LameDuck`], `--lame-duck-ms`): every further
+//!    response carries `Connection: close`, so keep-alive clients leave after
+//!    their current request and reconnect (to the successor). Closing an idle
+//!    keep-alive connection ourselves would race with the client's next
+//!    request on it: a client that does not retry would see a failure.
+//!    `/healthz` answers 503.
+//! 4. **First-request grace** (`--first-request-grace-ms`): hyper's
+//!    `graceful_shutdown()` closes a connection it has not read a byte from,
+//!    even when the request already sits in the kernel buffer, and the client
+//!    sees a reset. A connection that has not delivered its first request is
+//!    therefore not shut down before that request began or the grace (counted
+//!    from SIGTERM) has run out.
+//! 5. **Close HTTP connections** ([`Phase::Closing`], after the lame duck, or
+//!    as soon as nothing is open): `graceful_shutdown()` on every connection.
+//!    Idle ones close, in-flight requests finish and their connection closes
+//!    after the response.
+//! 6. **Close WebSockets** (same moment): a close frame with code 1012
+//!    (service restart), then up to `--ws-close-timeout-ms` for the client's
+//!    close frame.
+//! 7. **Exit** once nothing is open. Exit code 0 if that happened within
+//!    `--drain-timeout-ms` of SIGTERM; otherwise whatever is left is dropped
+//!    ([`Phase::Abort`]) and the outcome is [`Outcome::DrainTimedOut`]
+//!    (exit 1). The binary also arms [`arm_hard_deadline`] at SIGTERM: a plain
+//!    thread that exits(1) at `--hard-deadline-ms` whatever the runtime is
+//!    doing, before systemd's `TimeoutStopSec=` turns into SIGKILL.
+//!
+//! Connection tasks follow the phase through a `watch` channel
+//! ([`crate::state::Shared`]); the coordinator follows them through a
+//! counter of open connections ([`crate::state::Tracker`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::http;
+use crate::state::{Open, Phase, Shared, Stats};
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Shut down and drained completely within the drain budget (exit 0).
+    Drained(DrainReport),
+    /// The drain budget ran out; the connections still open were dropped (exit 1).
+    DrainTimedOut(DrainReport),
+    /// `--crash-after-ms` fired: the process should die at once (exit 3).
+    Crashed,
+}
+
+impl Outcome {
+    /// The process exit code for this outcome.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Drained(_) => 0,
+            Outcome::DrainTimedOut(_) => 1,
+            Outcome::Crashed => 3,
+        }
+    }
+}
+
+/// What the drain found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Open when shutdown began.
+    pub open_at_shutdown: Open,
+    /// Still open when the drain budget ran out (dropped).
+    pub dropped: Open,
+    /// Connections accepted over the life of the process.
+    pub connections: u64,
+    /// Requests received over the life of the process.
+    pub requests: u64,
+    /// WebSockets established over the life of the process.
+    pub websockets: u64,
+    /// WebSockets closed with 1012 whose client answered the close.
+    pub ws_close_acked: u64,
+    /// WebSockets closed with 1012 whose client did not answer in time.
+    pub ws_close_unacked: u64,
+    /// From shutdown to the end of the drain.
+    pub elapsed: Duration,
+}
+
+/// Talks to systemd, or not (`NOTIFY_SOCKET` unset, or disabled in tests).
+struct Notifier {
+    enabled: bool,
+}
+
+impl Notifier {
+    fn send(&self, states: &[NotifyState<'_>]) {
+        if !self.enabled {
+            return;
+        }
+        if let Err(e) = sd_notify::notify(states) {
+            warn!("sd_notify failed: {e}");
+        }
+    }
+
+    fn status(&self, s: &str) {
+        self.send(&[NotifyState::Status(s)]);
+    }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("{n} {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Serves `listeners` until `shutdown` resolves, then drains (see the module
+/// documentation). Must run inside a tokio runtime with IO and time enabled.
+///
+/// Errors are start failures (`--fail-start`, unusable listeners); they happen
+/// before `READY=1`.
+pub async fn run(
+    listeners: Vec<std::net::TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    tokio::pin!(shutdown);
+    let notifier = Notifier {
+        enabled: config.notify,
+    };
+    let shared = Shared::new(&config);
+    let release = shared.identity.release.clone();
+
+    if listeners.is_empty() {
+        bail!("no listening socket to serve");
+    }
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let mut tokio_listeners = Vec::new();
+    for l in listeners {
+        l.set_nonblocking(true).context("listener: set_nonblocking")?;
+        addrs.push(l.local_addr().context("listener: local_addr")?);
+        tokio_listeners.push(TcpListener::from_std(l).context("listener: register with tokio")?);
+    }
+
+    if !config.startup_delay().is_zero() {
+        notifier.status(&format!(
+            "starting release {release}: startup delay {} ms",
+            config.startup_delay_ms
+        ));
+        info!(delay_ms = config.startup_delay_ms, "startup delay");
+        tokio::select! {
+            () = sleep(config.startup_delay()) => {}
+            () = &mut shutdown => {
+                info!("shutdown requested during the startup delay: exiting");
+                return Ok(Outcome::Drained(DrainReport::default()));
+            }
+        }
+    }
+    if config.fail_start {
+        bail!("SAMPLE_FAIL_START is set: failing the start on purpose (before READY=1)");
+    }
+
+    // Start serving; READY=1 only once every accept loop runs.
+    let mut accept_loops = JoinSet::new();
+    let mut started = Vec::new();
+    for listener in tokio_listeners {
+        let (tx, rx) = oneshot::channel();
+        started.push(rx);
+        accept_loops.spawn(accept_loop(listener, shared.clone(), tx));
+    }
+    for rx in started {
+        rx.await.context("accept loop failed to start")?;
+    }
+    let serving = format!("serving release {release} on {}", plural(addrs.len(), "socket"));
+    if config.never_ready {
+        notifier.status(&format!("{serving} (never ready: SAMPLE_NEVER_READY)"));
+        warn!(?addrs, "serving, but never sending READY=1 (SAMPLE_NEVER_READY)");
+    } else if config.unhealthy {
+        let s = format!("{serving} (unhealthy: SAMPLE_UNHEALTHY)");
+        notifier.send(&[NotifyState::Status(&s), NotifyState::Ready]);
+        info!(?addrs, "ready (unhealthy on purpose: /healthz answers 503)");
+    } else {
+        notifier.send(&[NotifyState::Status(&serving), NotifyState::Ready]);
+        info!(?addrs, "ready");
+    }
+
+    let crash = async {
+        match config.crash_after() {
+            Some(d) => sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = &mut shutdown => {}
+        () = crash => {
+            error!(after_ms = config.crash_after_ms, "SAMPLE_CRASH_AFTER_MS: crashing on purpose (exit 3)");
+            return Ok(Outcome::Crashed);
+        }
+    }
+
+    // (1) Stop accepting: accept loops end and drop (close) their listeners.
+    let t0 = Instant::now();
+    let drain_deadline = t0 + config.drain_timeout();
+    let open_at_shutdown = shared.tracker.open();
+    shared.phase.send_replace(Phase::LameDuck);
+    while accept_loops.join_next().await.is_some() {}
+    // (2) Tell systemd.
+    let draining = |o: Open| {
+        format!(
+            "draining: {}, {}",
+            plural(o.http, "connection"),
+            plural(o.ws, "websocket")
+        )
+    };
+    notifier.send(&[
+        NotifyState::Stopping,
+        NotifyState::Status(&draining(open_at_shutdown)),
+    ]);
+    info!(
+        connections = open_at_shutdown.http,
+        websockets = open_at_shutdown.ws,
+        "draining: listeners closed, lame duck for {} ms",
+        config.lame_duck_ms
+    );
+
+    // (3) Lame duck, cut short when nothing is open.
+    tokio::select! {
+        () = sleep_until((t0 + config.lame_duck()).min(drain_deadline)) => {}
+        () = shared.tracker.wait_idle() => {}
+    }
+    // (4)-(6) Close HTTP connections (after their first-request grace) and
+    // WebSockets.
+    shared.phase.send_replace(Phase::Closing {
+        grace_until: t0 + config.first_request_grace(),
+    });
+    debug!(open = ?shared.tracker.open(), "closing connections");
+
+    // (7) Wait for everything to finish, within the drain budget.
+    let mut open_rx = shared.tracker.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = open_at_shutdown;
+    let timed_out = loop {
+        tokio::select! {
+            _ = open_rx.wait_for(|o| o.total() == 0) => break false,
+            () = sleep_until(drain_deadline) => break true,
+            _ = tick.tick() => {
+                let now = shared.tracker.open();
+                if now != reported {
+                    reported = now;
+                    notifier.status(&draining(now));
+                    debug!(connections = now.http, websockets = now.ws, "draining");
+                }
+            }
+        }
+    };
+    let dropped = if timed_out {
+        let left = shared.tracker.open();
+        warn!(
+            connections = left.http,
+            websockets = left.ws,
+            "drain timeout ({} ms): dropping what is still open",
+            config.drain_timeout_ms
+        );
+        shared.phase.send_replace(Phase::Abort);
+        // Aborted tasks end at their next poll; don't wait long for them.
+        let _ = tokio::time::timeout(Duration::from_millis(500), shared.tracker.wait_idle()).await;
+        left
+    } else {
+        Open::default()
+    };
+
+    let s = &shared.stats;
+    let report = DrainReport {
+        open_at_shutdown,
+        dropped,
+        connections: Stats::get(&s.connections),
+        requests: Stats::get(&s.requests),
+        websockets: Stats::get(&s.websockets),
+        ws_close_acked: Stats::get(&s.ws_close_acked),
+        ws_close_unacked: Stats::get(&s.ws_close_unacked),
+        elapsed: t0.elapsed(),
+    };
+    let summary = format!(
+        "drain {} in {} ms: {} and {} open at shutdown, {} dropped; {} on {} and {} served in total; {} closed with 1012 ({} unanswered)",
+        if timed_out { "timed out" } else { "finished" },
+        report.elapsed.as_millis(),
+        plural(open_at_shutdown.http, "connection"),
+        plural(open_at_shutdown.ws, "websocket"),
+        dropped.total(),
+        plural(report.requests as usize, "request"),
+        plural(report.connections as usize, "connection"),
+        plural(report.websockets as usize, "websocket"),
+        plural(
+            (report.ws_close_acked + report.ws_close_unacked) as usize,
+            "websocket"
+        ),
+        report.ws_close_unacked,
+    );
+    notifier.status(&summary);
+    if timed_out {
+        warn!("{summary}");
+        Ok(Outcome::DrainTimedOut(report))
+    } else {
+        info!("{summary}");
+        Ok(Outcome::Drained(report))
+    }
+}
+
+/// Accepts connections until the drain begins, then drops (closes) the listener.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, started: oneshot::Sender<()>) {
+    let addr = listener.local_addr().ok();
+    let _ = started.send(());
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.wait_phase(|p| !p.is_serving()) => break,
+            res = listener.accept() => match res {
+                Ok((stream, peer)) => http::spawn_connection(stream, peer, shared.clone()),
+                Err(e) => {
+                    // Per-connection errors (ECONNABORTED, …) and resource
+                    // exhaustion (EMFILE, …): log, breathe, go on.
+                    warn!("accept on {addr:?} failed: {e}");
+                    sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    debug!(?addr, "listener closed");
+}
+
+/// Arms the hard deadline: a plain OS thread (independent of the async
+/// runtime, which may be wedged) that logs and exits the process with code 1
+/// once `deadline` has passed. Keep it below the unit's `TimeoutStopSec=`.
+pub fn arm_hard_deadline(deadline: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("hard-deadline".to_owned())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            error!(
+                deadline_ms = deadline.as_millis() as u64,
+                "hard deadline reached during the drain: exiting with code 1"
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        error!("cannot arm the hard deadline: {e}");
+    }
+}

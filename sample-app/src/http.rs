@@ -1,0 +1,272 @@
+//! HTTP: one hyper `http1` connection per accepted socket, the routes, and the
+//! per-connection part of the drain protocol.
+//!
+//! Each connection task owns its `hyper::server::conn::http1` connection, so it
+//! decides when `graceful_shutdown` is called:
+//!
+//! * while [`Phase::Serving`] or [`Phase::LameDuck`]: never (in lame duck, the
+//!   routes add `Connection: close`, and hyper closes after that response);
+//! * at [`Phase::Closing`]: at once if the client has sent at least one byte;
+//!   otherwise once it does or once the first-request grace has run out.
+//!   hyper closes a connection from which it has not read a byte, even if the
+//!   request is already waiting in the kernel buffer, and the client then sees
+//!   a reset. [`FirstRead`] tells us when the first byte was read.
+//! * at [`Phase::Abort`]: the task is dropped, and the socket with it.
+//!
+//! [`Phase::Serving`]: crate::state::Phase::Serving
+//! [`Phase::LameDuck`]: crate::state::Phase::LameDuck
+//! [`Phase::Closing`]: crate::state::Phase::Closing
+//! [`Phase::Abort`]: crate::state::Phase::Abort
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tracing::{debug, trace};
+
+use crate::state::{Body, Phase, Shared, Stats};
+use crate::ws;
+
+/// Longest `?sleep_ms=` honoured.
+pub const MAX_SLEEP_MS: u64 = 600_000;
+
+/// Wraps a stream and fires a oneshot when the first byte has been read from it.
+#[derive(Debug)]
+pub struct FirstRead<S> {
+    inner: S,
+    first_read: Option<oneshot::Sender<()>>,
+}
+
+impl<S> FirstRead<S> {
+    /// Wraps `inner`; `tx` fires on the first non-empty read.
+    pub fn new(inner: S, tx: oneshot::Sender<()>) -> Self {
+        Self {
+            inner,
+            first_read: Some(tx),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && let Some(tx) = self.first_read.take()
+        {
+            let _ = tx.send(());
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Serves one accepted connection in its own task, counted by the tracker
+/// until it ends.
+pub(crate) fn spawn_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let guard = shared.tracker.http();
+    Stats::inc(&shared.stats.connections);
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        let _guard = guard;
+        tokio::select! {
+            () = serve_connection(stream, peer, shared.clone()) => {}
+            _ = shared.wait_phase(Phase::is_abort) => debug!(%peer, "drain timeout: dropping connection"),
+        }
+    });
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let (first_tx, mut first_rx) = oneshot::channel();
+    let io = TokioIo::new(FirstRead::new(stream, first_tx));
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| handle(req, shared.clone()))
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+
+    let phase = tokio::select! {
+        res = conn.as_mut() => return finished(peer, res),
+        phase = shared.wait_phase(Phase::is_closing) => phase,
+    };
+    let grace_until = match phase {
+        Phase::Closing { grace_until } => grace_until,
+        _ => tokio::time::Instant::now(),
+    };
+    // First-request grace: don't let hyper close a connection whose first
+    // request may already be on its way.
+    if matches!(first_rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+        trace!(%peer, "closing: waiting for the first request (grace)");
+        tokio::select! {
+            res = conn.as_mut() => return finished(peer, res),
+            _ = &mut first_rx => {}
+            () = tokio::time::sleep_until(grace_until) => {}
+        }
+    }
+    trace!(%peer, "graceful shutdown");
+    conn.as_mut().graceful_shutdown();
+    finished(peer, conn.await);
+}
+
+fn finished(peer: SocketAddr, res: hyper::Result<()>) {
+    match res {
+        Ok(()) => trace!(%peer, "connection closed"),
+        Err(e) => debug!(%peer, "connection error: {e}"),
+    }
+}
+
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Body>, Infallible> {
+    Stats::inc(&shared.stats.requests);
+    let mut resp = route(req, &shared).await;
+    let upgrading = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let id = &shared.identity;
+    let h = resp.headers_mut();
+    h.insert("x-release", id.h_release.clone());
+    h.insert("x-instance", id.h_instance.clone());
+    h.insert("x-pid", id.h_pid.clone());
+    // Lame duck: decided when the response is ready, so a request that was in
+    // flight at SIGTERM also tells its client to leave.
+    if !shared.phase().is_serving() && !upgrading {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
+    let path = req.uri().path();
+    if !matches!(path, "/" | "/healthz" | "/version" | "/ws") {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/" => {
+            match sleep_ms(req.uri().query()) {
+                Ok(0) => {}
+                Ok(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                Err(e) => return text(StatusCode::BAD_REQUEST, e),
+            }
+            body(StatusCode::OK, shared.identity.body.clone())
+        }
+        "/healthz" => {
+            if shared.unhealthy {
+                text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+            } else if !shared.phase().is_serving() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ok\n")
+            }
+        }
+        "/version" => body(
+            StatusCode::OK,
+            Bytes::from(format!("{}\n", shared.identity.release)),
+        ),
+        _ => ws::upgrade(req, shared),
+    }
+}
+
+/// Parses `sleep_ms=N` from a query string (0 when absent).
+fn sleep_ms(query: Option<&str>) -> Result<u64, &'static str> {
+    let Some(q) = query else { return Ok(0) };
+    for pair in q.split('&') {
+        if let Some(v) = pair.strip_prefix("sleep_ms=") {
+            return v
+                .parse::<u64>()
+                .map(|ms| ms.min(MAX_SLEEP_MS))
+                .map_err(|_| "sleep_ms must be a number of milliseconds\n");
+        }
+    }
+    Ok(0)
+}
+
+pub(crate) fn text(status: StatusCode, s: &'static str) -> Response<Body> {
+    body(status, Bytes::from_static(s.as_bytes()))
+}
+
+fn body(status: StatusCode, b: Bytes) -> Response<Body> {
+    let mut r = Response::new(Body::new(b));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_ms_query() {
+        assert_eq!(sleep_ms(None), Ok(0));
+        assert_eq!(sleep_ms(Some("a=1")), Ok(0));
+        assert_eq!(sleep_ms(Some("a=1&sleep_ms=25")), Ok(25));
+        assert_eq!(sleep_ms(Some("sleep_ms=99999999")), Ok(MAX_SLEEP_MS));
+        assert!(sleep_ms(Some("sleep_ms=x")).is_err());
+    }
+
+    #[tokio::test]
+    async fn first_read_fires_once_on_data() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, mut b) = tokio::io::duplex(64);
+        let (tx, mut rx) = oneshot::channel();
+        let mut fr = FirstRead::new(a, tx);
+        assert!(rx.try_recv().is_err());
+        b.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(fr.read(&mut buf).await.unwrap(), 1);
+        assert!(rx.try_recv().is_ok());
+    }
+}

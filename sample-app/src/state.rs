@@ -1,0 +1,324 @@
+//! State shared by the coordinator and every connection task: who we are
+//! (release, instance, pid), which drain phase we are in, what is open, and
+//! counters for the final report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::HeaderValue;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::Config;
+
+/// Width of the release and instance fields in the `GET /` body.
+pub const FIELD_WIDTH: usize = 24;
+
+/// The `GET /` body: the same length whatever the release, pid or instance
+/// (load generators such as `ab` count a differing length as a failure).
+///
+/// Non-printable and non-ASCII characters are replaced by `?` so that the byte
+/// length, not just the character count, is fixed.
+pub fn fixed_body(release: &str, pid: u32, instance: &str) -> String {
+    format!(
+        "release={} pid={:010} instance={}\n",
+        fixed_width(release, FIELD_WIDTH),
+        pid,
+        fixed_width(instance, FIELD_WIDTH)
+    )
+}
+
+/// Length in bytes of every `GET /` body.
+pub const BODY_LEN: usize = "release= pid= instance=\n".len() + 2 * FIELD_WIDTH + 10;
+
+fn fixed_width(s: &str, width: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .take(width)
+        .collect();
+    while out.len() < width {
+        out.push(' ');
+    }
+    out
+}
+
+/// A header value from arbitrary text (invalid bytes become `?`).
+fn header_value(s: &str) -> HeaderValue {
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect();
+    HeaderValue::from_str(clean.trim()).unwrap_or_else(|_| HeaderValue::from_static("?"))
+}
+
+/// Who is answering: release, instance and pid, pre-rendered.
+#[derive(Debug)]
+pub struct Identity {
+    /// Release id.
+    pub release: String,
+    /// Instance name (`INSTANCE`, `-` by default).
+    pub instance: String,
+    /// Our pid.
+    pub pid: u32,
+    /// The fixed-length `GET /` body.
+    pub body: Bytes,
+    pub(crate) h_release: HeaderValue,
+    pub(crate) h_instance: HeaderValue,
+    pub(crate) h_pid: HeaderValue,
+}
+
+impl Identity {
+    /// Renders the identity of this process.
+    pub fn new(release: &str, instance: &str, pid: u32) -> Self {
+        Self {
+            release: release.to_owned(),
+            instance: instance.to_owned(),
+            pid,
+            body: Bytes::from(fixed_body(release, pid, instance)),
+            h_release: header_value(release),
+            h_instance: header_value(instance),
+            h_pid: HeaderValue::from(pid),
+        }
+    }
+}
+
+/// Where the drain stands. Only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting and serving normally.
+    Serving,
+    /// Listeners closed; every response says `Connection: close`; nothing is
+    /// closed by us yet.
+    LameDuck,
+    /// HTTP connections get `graceful_shutdown` (a connection still waiting for
+    /// its first request not before `grace_until`); WebSockets get close 1012.
+    Closing {
+        /// End of the first-request grace (SIGTERM + first-request grace).
+        grace_until: Instant,
+    },
+    /// Drain budget exhausted: drop whatever is still open.
+    Abort,
+}
+
+impl Phase {
+    fn rank(&self) -> u8 {
+        match self {
+            Phase::Serving => 0,
+            Phase::LameDuck => 1,
+            Phase::Closing { .. } => 2,
+            Phase::Abort => 3,
+        }
+    }
+
+    /// Still accepting and keeping connections alive.
+    pub fn is_serving(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// Time to close HTTP connections and WebSockets.
+    pub fn is_closing(&self) -> bool {
+        self.rank() >= 2
+    }
+
+    /// Time to drop everything.
+    pub fn is_abort(&self) -> bool {
+        self.rank() >= 3
+    }
+}
+
+/// Open connections, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Open {
+    /// HTTP connections (not upgraded).
+    pub http: usize,
+    /// WebSockets (including upgrades in progress).
+    pub ws: usize,
+}
+
+impl Open {
+    /// Total open.
+    pub fn total(&self) -> usize {
+        self.http + self.ws
+    }
+}
+
+/// Counts open connections; the drain waits on it.
+#[derive(Debug)]
+pub struct Tracker {
+    open: watch::Sender<Open>,
+}
+
+/// Keeps a connection counted as open until dropped.
+#[derive(Debug)]
+pub struct Guard {
+    open: watch::Sender<Open>,
+    ws: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let ws = self.ws;
+        self.open
+            .send_modify(|o| if ws { o.ws -= 1 } else { o.http -= 1 });
+    }
+}
+
+impl Tracker {
+    fn new() -> Self {
+        Self {
+            open: watch::Sender::new(Open::default()),
+        }
+    }
+
+    /// Counts an HTTP connection.
+    pub fn http(&self) -> Guard {
+        self.open.send_modify(|o| o.http += 1);
+        Guard {
+            open: self.open.clone(),
+            ws: false,
+        }
+    }
+
+    /// Counts a WebSocket.
+    pub fn ws(&self) -> Guard {
+        self.open.send_modify(|o| o.ws += 1);
+        Guard {
+            open: self.open.clone(),
+            ws: true,
+        }
+    }
+
+    /// What is open now.
+    pub fn open(&self) -> Open {
+        *self.open.borrow()
+    }
+
+    /// Subscribes to changes of [`Tracker::open`].
+    pub fn subscribe(&self) -> watch::Receiver<Open> {
+        self.open.subscribe()
+    }
+
+    /// Resolves once nothing is open.
+    pub async fn wait_idle(&self) {
+        let mut rx = self.open.subscribe();
+        // The sender lives in `self`, so this cannot fail.
+        let _ = rx.wait_for(|o| o.total() == 0).await;
+    }
+}
+
+/// Totals over the life of the process.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) connections: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) websockets: AtomicU64,
+    pub(crate) ws_close_acked: AtomicU64,
+    pub(crate) ws_close_unacked: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything connection tasks need.
+#[derive(Debug)]
+pub struct Shared {
+    pub(crate) identity: Identity,
+    pub(crate) unhealthy: bool,
+    pub(crate) ws_close_timeout: Duration,
+    pub(crate) phase: watch::Sender<Phase>,
+    pub(crate) tracker: Tracker,
+    pub(crate) stats: Stats,
+}
+
+impl Shared {
+    pub(crate) fn new(config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            identity: Identity::new(&config.release, &config.instance, std::process::id()),
+            unhealthy: config.unhealthy,
+            ws_close_timeout: config.ws_close_timeout(),
+            phase: watch::Sender::new(Phase::Serving),
+            tracker: Tracker::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The current phase.
+    pub(crate) fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Resolves once the phase satisfies `pred` (immediately if it already does).
+    pub(crate) async fn wait_phase(&self, pred: impl Fn(&Phase) -> bool) -> Phase {
+        let mut rx = self.phase.subscribe();
+        // The sender lives in `self`, so this cannot fail.
+        match rx.wait_for(|p| pred(p)).await {
+            Ok(p) => *p,
+            Err(_) => Phase::Abort,
+        }
+    }
+}
+
+/// A response body.
+pub(crate) type Body = Full<Bytes>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_fixed_length() {
+        let a = fixed_body("v1", 7, "-");
+        let b = fixed_body("a-very-long-release-identifier-2024-11-22", 4_000_000_000, "blue");
+        let c = fixed_body("röllout\tx", 1, "ïnstance with spaces and more");
+        for body in [&a, &b, &c] {
+            assert_eq!(body.len(), BODY_LEN, "{body:?}");
+            assert!(body.ends_with('\n'));
+        }
+        assert_eq!(
+            a,
+            "release=v1                       pid=0000000007 instance=-                       \n"
+        );
+        assert!(b.starts_with("release=a-very-long-release-iden pid=4000000000 instance=blue "));
+        assert!(c.is_ascii());
+    }
+
+    #[test]
+    fn phases_only_move_forward_in_rank() {
+        let g = Instant::now();
+        let order = [
+            Phase::Serving,
+            Phase::LameDuck,
+            Phase::Closing { grace_until: g },
+            Phase::Abort,
+        ];
+        for w in order.windows(2) {
+            assert!(w[0].rank() < w[1].rank());
+        }
+        assert!(Phase::Serving.is_serving() && !Phase::LameDuck.is_serving());
+        assert!(!Phase::LameDuck.is_closing() && Phase::Closing { grace_until: g }.is_closing());
+        assert!(Phase::Abort.is_closing() && Phase::Abort.is_abort());
+    }
+
+    #[test]
+    fn tracker_counts_guards() {
+        let t = Tracker::new();
+        let a = t.http();
+        let b = t.ws();
+        assert_eq!(t.open(), Open { http: 1, ws: 1 });
+        drop(a);
+        assert_eq!(t.open(), Open { http: 0, ws: 1 });
+        drop(b);
+        assert_eq!(t.open().total(), 0);
+    }
+}
