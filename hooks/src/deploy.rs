@@ -86,6 +86,14 @@ impl<'a> Deployer<'a> {
                 changes.written.join(", ")
             );
             self.systemd.reload().await?;
+            if let Err(e) = self.check_units_load(release).await {
+                // Never leave units behind that systemd cannot use: the serving release
+                // must still be stoppable, and the next deployment must start from good units.
+                tracing::error!("{e:#}; restoring the previous unit files");
+                units::undo(&changes)?;
+                self.systemd.reload().await?;
+                return Err(e);
+            }
         } else {
             tracing::debug!("unit files unchanged; no reload");
         }
@@ -104,6 +112,28 @@ impl<'a> Deployer<'a> {
             }
         }
         Ok(changes)
+    }
+
+    /// Every unit of the service must load after a reload ("loaded", not "bad-setting").
+    async fn check_units_load(&self, release: &str) -> Result<()> {
+        if self.systemd.dry_run() {
+            return Ok(());
+        }
+        for unit in [
+            self.cfg.socket_unit(),
+            self.cfg.holder_unit(),
+            self.cfg.instance_unit(release),
+        ] {
+            let st = self.systemd.status(&unit).await?;
+            if st.load_state != "loaded" {
+                bail!(Fault::input(format!(
+                    "{unit} does not load ({}): the bundle's units/ template is invalid; check it with \
+                     `lint-bundle` or `systemd-analyze verify` and see `journalctl -b -u {unit}` for the line",
+                    st.load_state
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the socket is listening and its holder active; re-creates the socket when

@@ -191,7 +191,8 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 fn check_disk_space(revision: &Path, root: &Path) -> Result<()> {
-    let need = dir_size(revision) * 2 + 16 * 1024 * 1024;
+    // The copy, and as much again for headroom (logs, the next release).
+    let need = dir_size(revision) * 2 + 4 * 1024 * 1024;
     let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     let st = nix::sys::statvfs::statvfs(existing)
         .with_context(|| format!("cannot stat {}", existing.display()))?;
@@ -331,7 +332,20 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
     let target = state
         .previous
         .clone()
-        .filter(|p| p != &release && !state.failed.contains(p) && store.is_complete(p));
+        .filter(|p| p != &release && !state.failed.contains(p));
+    if let Some(gone) = target.as_ref().filter(|p| !store.is_complete(p)) {
+        let message = format!("{release} failed validation; {gone} is gone");
+        store.update("validate-service", &args.deployment(), &message, |s| {
+            if !s.failed.contains(&release) {
+                s.failed.push(release.clone());
+            }
+        })?;
+        bail!(Fault::deployment(format!(
+            "release {release} failed validation: {problem:#}. Cannot roll back: the previous release {gone} is no \
+             longer in {} (deleted by hand?). {release} is left serving; deploy a fixed release",
+            store.releases_dir().display()
+        )));
+    }
     let Some(target) = target else {
         store.update(
             "validate-service",

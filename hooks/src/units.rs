@@ -89,6 +89,8 @@ pub struct Changes {
     pub written: Vec<String>,
     /// The socket's ListenStream= lines before, when they changed (None on first install).
     pub listen_before: Option<Vec<String>>,
+    /// What each written file held before (None: it did not exist), to undo the install.
+    pub previous: Vec<(PathBuf, Option<String>)>,
 }
 
 impl Changes {
@@ -118,6 +120,7 @@ pub fn install(units: &[Rendered], dir: &Path, dry_run: bool) -> Result<Changes>
             }
         }
         changes.written.push(unit.name.clone());
+        changes.previous.push((path.clone(), before.clone()));
         if dry_run {
             println!("dry-run: would write {}", path.display());
             continue;
@@ -128,6 +131,18 @@ pub fn install(units: &[Rendered], dir: &Path, dry_run: bool) -> Result<Changes>
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot install {}", path.display()))?;
     }
     Ok(changes)
+}
+
+/// Puts back what `install` replaced.
+pub fn undo(changes: &Changes) -> Result<()> {
+    for (path, before) in &changes.previous {
+        match before {
+            Some(text) => std::fs::write(path, text),
+            None => std::fs::remove_file(path),
+        }
+        .with_context(|| format!("cannot restore {}", path.display()))?;
+    }
+    Ok(())
 }
 
 pub fn listen_lines(text: &str) -> Vec<String> {
@@ -199,7 +214,18 @@ mod tests {
         assert!(!again.any(), "nothing changed, nothing written");
         let moved = install(&render(&cfg("127.0.0.1:9090"), &dir).unwrap(), &target, false).unwrap();
         assert_eq!(moved.written, vec!["shop.socket"]);
-        assert_eq!(moved.listen_before.unwrap()[0], "ListenStream=127.0.0.1:8080");
+        assert_eq!(
+            moved.listen_before.as_ref().unwrap()[0],
+            "ListenStream=127.0.0.1:8080"
+        );
+        undo(&moved).unwrap();
+        let restored = std::fs::read_to_string(target.join("shop.socket")).unwrap();
+        assert!(restored.contains("ListenStream=127.0.0.1:8080\n"), "{restored}");
+        undo(&first).unwrap();
+        assert!(
+            !target.join("shop.socket").exists(),
+            "a unit that did not exist before is removed"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -46,10 +46,10 @@ impl TestService {
         }
         // The test binary is large; a one-line launcher keeps the release copies small.
         // `exec` keeps the PID, so the unit's main process is the app itself.
-        let app = workspace_bin("sample-app");
+        let app = self.sandbox.test_binary("sample-app");
         std::fs::write(
             dir.join("bin/sample-app"),
-            format!("#!/bin/sh\nexec {} \"$@\"\n", app.display()),
+            format!("#!/bin/sh\nexec {app} \"$@\"\n"),
         )
         .unwrap();
         use std::os::unix::fs::PermissionsExt;

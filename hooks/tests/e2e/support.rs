@@ -111,6 +111,22 @@ impl Sandbox {
         PathBuf::from(format!("/proc/{}/root{}", self.pid, inside))
     }
 
+    /// Puts a workspace binary where a hardened unit can run it (`/opt/.test-bin/NAME` inside:
+    /// PrivateTmp= hides /tmp and /var/tmp, where a checkout may live). A hard link when the
+    /// file systems allow, else a copy. Returns the path inside the sandbox.
+    pub fn test_binary(&self, name: &str) -> String {
+        let dir = self.dir.join("opt/.test-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join(name);
+        if !dest.exists() {
+            let src = workspace_bin(name);
+            if std::fs::hard_link(&src, &dest).is_err() {
+                std::fs::copy(&src, &dest).unwrap();
+            }
+        }
+        format!("/opt/.test-bin/{name}")
+    }
+
     /// The sandbox's folder for test files (units, logs); visible inside at the same path.
     pub fn scratch(&self, name: &str) -> PathBuf {
         let p = self.dir.join("scratch").join(name);

@@ -1,0 +1,328 @@
+//! Faults, bad input and least privilege: each case ends in a clear message, a consistent
+//! state the next deployment builds on, and the old release serving where there is one.
+
+use std::time::{Duration, Instant};
+
+use crate::load::Load;
+use crate::service::TestService;
+use crate::support::*;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn deployed(label: &str) -> (TestService, std::path::PathBuf) {
+    let mut svc = TestService::new();
+    let rev = svc.revision(label, &[], "");
+    svc.deploy("d-1", &rev)
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    (svc, rev)
+}
+
+#[test]
+fn an_invalid_unit_template_is_refused_and_the_working_units_stay() {
+    let (mut svc, _) = deployed("v1");
+    let installed = svc.sandbox.host_path("/etc/systemd/system/shop@.service");
+    let before = std::fs::read_to_string(&installed).unwrap();
+    let bad = svc.revision("v2", &[], "");
+    let template = bad.join("units/app@.service");
+    let text = std::fs::read_to_string(&template).unwrap();
+    let without_exec: String = text
+        .lines()
+        .filter(|l| !l.starts_with("ExecStart="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&template, without_exec).unwrap();
+
+    let failure = svc
+        .deploy("d-2", &bad)
+        .expect_err("a template without ExecStart= was accepted");
+    assert_eq!(
+        (failure.hook.as_str(), failure.code),
+        ("application-start", Some(2)),
+        "{}",
+        failure.output
+    );
+    assert!(
+        failure
+            .output
+            .contains("shop@d-2.service does not load (bad-setting)"),
+        "{}",
+        failure.output
+    );
+    assert_eq!(
+        std::fs::read_to_string(&installed).unwrap(),
+        before,
+        "the working template was not restored"
+    );
+    assert_eq!(svc.answering_release(), "v1");
+    // The next deployment builds on it.
+    let good = svc.revision("v3", &[], "");
+    svc.deploy("d-3", &good)
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    assert_eq!(svc.answering_release(), "v3");
+}
+
+#[test]
+fn a_socket_address_in_use_is_named() {
+    let mut svc = TestService::new();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", svc.port)).unwrap();
+    let rev = svc.revision("v1", &[], "");
+    let failure = svc.deploy("d-1", &rev).expect_err("deployed onto a port in use");
+    assert_eq!(
+        (failure.hook.as_str(), failure.code),
+        ("application-start", Some(3)),
+        "{}",
+        failure.output
+    );
+    assert!(
+        failure.output.contains(&format!(
+            "is another process listening on 127.0.0.1:{}?",
+            svc.port
+        )) && failure.output.contains("ss -ltnp"),
+        "{}",
+        failure.output
+    );
+    // Once the port is free, deploying again works: the failed socket is recovered.
+    drop(squatter);
+    let out = svc.hook("application-start", "d-1", &rev);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(svc.answering_release(), "v1");
+}
+
+#[test]
+fn without_dbus_or_without_root_a_hook_fails_at_once_saying_why() {
+    let svc = TestService::new();
+    let rev = svc.revision("v1", &[], "");
+    let started = Instant::now();
+    let out = run(svc
+        .hook_command("before-install", "d-1", &rev)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/nowhere"));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach systemd over the system bus"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let mut cmd = svc.sandbox.command("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+    cmd.arg(workspace_bin("before-install"))
+        .arg("--revision")
+        .arg(&rev)
+        .env("DEPLOYMENT_ID", "d-1");
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&cmd, &out));
+    assert!(stderr(&out).contains("must run as root"), "{}", stderr(&out));
+    assert!(!svc.sandbox.host_path("/opt/shop").exists());
+}
+
+#[test]
+fn a_full_disk_is_refused_before_copying_and_cleaned_up_when_it_fills_during_the_copy() {
+    let mut svc = TestService::new();
+    // A small file system for the service's releases.
+    run_ok(svc.sandbox.command("mkdir").args(["-p", "/opt/shop"]));
+    run_ok(
+        svc.sandbox
+            .command("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs", "/opt/shop"]),
+    );
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy("d-1", &v1)
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let big = svc.revision("v2", &[], "");
+    std::fs::write(big.join("bin/blob"), vec![7u8; 20 << 20]).unwrap();
+
+    let failure = svc
+        .deploy("d-2", &big)
+        .expect_err("a release larger than the disk was accepted");
+    assert_eq!(
+        (failure.hook.as_str(), failure.code),
+        ("before-install", Some(3)),
+        "{}",
+        failure.output
+    );
+    assert!(
+        failure.output.contains("MiB free; the release needs"),
+        "{}",
+        failure.output
+    );
+
+    // Space that vanished between BeforeInstall and ApplicationStart: the copy fails cleanly.
+    let out = svc.hook("application-start", "d-2", &big);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no space left"), "{}", stderr(&out));
+    let releases: Vec<String> = std::fs::read_dir(svc.sandbox.host_path("/opt/shop/releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(releases, vec!["d-1"], "a partial copy was left behind");
+    assert_eq!(svc.answering_release(), "v1");
+}
+
+#[test]
+fn a_deleted_previous_release_is_reported_when_a_rollback_would_need_it() {
+    let (mut svc, _) = deployed("v1");
+    let v2 = svc.revision("v2", &[], "");
+    svc.deploy("d-2", &v2)
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    std::fs::remove_dir_all(svc.sandbox.host_path("/opt/shop/releases/d-1")).unwrap();
+    let path = v2.join("deploy.yml");
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("path: /healthz", "path: /missing"),
+    )
+    .unwrap();
+    let out = svc.hook("validate-service", "d-2", &v2);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Cannot roll back: the previous release d-1 is no longer"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(svc.answering_release(), "v2", "d-2 is left serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_longer_than_the_drain_budget_does_not_hold_the_switch() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[("SAMPLE_DRAIN_TIMEOUT_MS", "1000")], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let port = svc.port;
+    let long = tokio::task::spawn_blocking(move || http_get(port, "/?sleep_ms=8000"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v2 = svc.revision("v2", &[], "");
+    let started = Instant::now();
+    let out = svc.hook("application-start", "d-2", &v2);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        took < Duration::from_secs(5),
+        "the switch waited {took:?} for a request beyond the drain budget"
+    );
+    let long = long.await.unwrap();
+    assert!(
+        !long.as_deref().is_ok_and(|r| r.contains(" 200 ")),
+        "the request beyond the budget was cut: {long:?}"
+    );
+    assert_eq!(svc.answering_release(), "v2");
+    assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployment_started_while_the_old_instance_drains_and_rapid_deployments_lose_nothing() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let load = Load::start(svc.port, Duration::from_secs(25), 2).await;
+    let port = svc.port;
+    let slow: Vec<_> = (0..3)
+        .map(|_| tokio::task::spawn_blocking(move || http_get(port, "/?sleep_ms=3000")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // ApplicationStart for d-2 is stopped by the agent's timeout while d-1 drains.
+    let v2 = svc.revision("v2", &[], "");
+    let mut cmd = svc.sandbox.command("timeout");
+    cmd.args(["-s", "TERM", "1.5"])
+        .arg(workspace_bin("application-start"))
+        .arg("--revision")
+        .arg(&v2);
+    cmd.env("DEPLOYMENT_ID", "d-2");
+    let out = tokio::task::block_in_place(|| run(&mut cmd));
+    assert!(!out.status.success(), "{}", explain(&cmd, &out));
+    assert!(
+        svc.live_instances().contains(&"shop@d-1.service".to_string()),
+        "d-1 should still be draining: {:?}",
+        svc.live_instances()
+    );
+    // The next deployment goes ahead at once, then more, back to back.
+    for (id, label) in [("d-3", "v3"), ("d-4", "v4"), ("d-5", "v5"), ("d-6", "v6")] {
+        let rev = svc.revision(label, &[], "");
+        svc.deploy_async(id, &rev)
+            .await
+            .unwrap_or_else(|f| panic!("{id}: {}:\n{}", f.hook, f.output));
+        assert_eq!(svc.live_instances(), vec![format!("shop@{id}.service")]);
+    }
+    let report = load.finish().await;
+    for s in slow {
+        let reply = s.await.unwrap().expect("slow request");
+        assert!(
+            reply.contains(" 200 "),
+            "a slow request on the draining instance failed: {reply}"
+        );
+    }
+    assert_eq!(report.failures(), 0, "{}", report.summary());
+    assert_eq!(report.last_release().as_deref(), Some("v6"));
+    assert_eq!(svc.serving().as_deref(), Some("d-6"));
+}
+
+#[test]
+fn the_app_runs_unprivileged_from_root_owned_files() {
+    let (svc, _) = deployed("v1");
+    let out = run_ok(
+        svc.sandbox
+            .command("systemctl")
+            .args(["show", "-P", "MainPID", "shop@d-1.service"]),
+    );
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let status = std::fs::read_to_string(svc.sandbox.host_path(&format!("/proc/{pid}/status"))).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(uid, 0, "the app runs as root");
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(caps, "0000000000000000", "the app has capabilities");
+
+    use std::os::unix::fs::MetadataExt;
+    for path in [
+        "/opt/shop/releases/d-1",
+        "/opt/shop/releases/d-1/bin/sample-app",
+        "/opt/shop/releases/d-1/deploy.yml",
+    ] {
+        let meta = std::fs::metadata(svc.sandbox.host_path(path)).unwrap();
+        assert_eq!(meta.uid(), 0, "{path} is not owned by root");
+        assert_eq!(meta.mode() & 0o022, 0, "{path} is writable by group or others");
+    }
+
+    let out =
+        run_ok(
+            svc.sandbox
+                .command("systemd-analyze")
+                .args(["security", "--no-pager", "shop@d-1.service"]),
+        );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .expect("an exposure level");
+    let level: f64 = line
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!("{line}");
+    assert!(level <= 2.0, "the instance unit is exposed: {line}");
+}
