@@ -72,6 +72,11 @@ pub struct Config {
     #[arg(long, env = "SAMPLE_UNHEALTHY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub unhealthy: bool,
 
+    /// Serve healthy, then answer /healthz with 503 from this many ms after start on
+    /// (a release whose dependency breaks after the switch; deploy validation rolls it back).
+    #[arg(long, value_name = "MS", env = "SAMPLE_UNHEALTHY_AFTER_MS")]
+    pub unhealthy_after_ms: Option<u64>,
+
     /// Serve, but never send READY=1 (systemd's start job then times out).
     #[arg(long, env = "SAMPLE_NEVER_READY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub never_ready: bool,
@@ -126,6 +131,7 @@ impl Default for Config {
             startup_delay_ms: 0,
             fail_start: false,
             unhealthy: false,
+            unhealthy_after_ms: None,
             never_ready: false,
             crash_after_ms: None,
             first_request_grace_ms: DEFAULT_FIRST_REQUEST_GRACE_MS,

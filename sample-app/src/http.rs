@@ -200,7 +200,7 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
             body(StatusCode::OK, shared.identity.body.clone())
         }
         "/healthz" => {
-            if shared.unhealthy {
+            if shared.is_unhealthy() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
             } else if !shared.phase().is_serving() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")

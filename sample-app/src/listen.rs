@@ -117,12 +117,17 @@ pub fn diagnose(listen_fds: Option<&str>, listen_pid: Option<&str>, my_pid: u32)
 /// and at most once (it takes ownership of the fds).
 pub unsafe fn from_systemd() -> Result<Vec<Listener>, ListenError> {
     let get = |k: &str| std::env::var(k).ok();
-    let diagnosis = diagnose(get("LISTEN_FDS").as_deref(), get("LISTEN_PID").as_deref(), std::process::id());
+    let diagnosis = diagnose(
+        get("LISTEN_FDS").as_deref(),
+        get("LISTEN_PID").as_deref(),
+        std::process::id(),
+    );
     // SAFETY: the caller guarantees there is only one thread.
     let passed = unsafe { sd_notify::listen_fds_with_names_and_unset_env() };
     diagnosis?;
-    let passed: Vec<(RawFd, String)> =
-        passed.map_err(|e| ListenError::Invalid(format!("LISTEN_* variables: {e}")))?.collect();
+    let passed: Vec<(RawFd, String)> = passed
+        .map_err(|e| ListenError::Invalid(format!("LISTEN_* variables: {e}")))?
+        .collect();
     let mut out = Vec::new();
     let mut rejected = Vec::new();
     for (fd, name) in passed {
@@ -134,7 +139,12 @@ pub unsafe fn from_systemd() -> Result<Vec<Listener>, ListenError> {
                 let _ = fcntl(bfd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
                 // SAFETY: the fd is a listening TCP socket we own from now on.
                 let listener = unsafe { TcpListener::from_raw_fd(fd) };
-                out.push(Listener { listener, name, fd: Some(fd), addr });
+                out.push(Listener {
+                    listener,
+                    name,
+                    fd: Some(fd),
+                    addr,
+                });
             }
             Err(why) => {
                 tracing::warn!(fd, name, "ignoring passed fd: {why}");
@@ -201,10 +211,7 @@ mod tests {
 
     #[test]
     fn not_activated_without_listen_fds() {
-        assert_eq!(
-            diagnose(None, Some("1"), 1),
-            Err(ListenError::NotActivated)
-        );
+        assert_eq!(diagnose(None, Some("1"), 1), Err(ListenError::NotActivated));
         let msg = ListenError::NotActivated.to_string();
         assert!(msg.contains("LISTEN_FDS") && msg.contains("--bind"), "{msg}");
     }

@@ -235,6 +235,8 @@ impl Stats {
 pub struct Shared {
     pub(crate) identity: Identity,
     pub(crate) unhealthy: bool,
+    /// SAMPLE_UNHEALTHY_AFTER_MS: unhealthy from this instant on.
+    pub(crate) unhealthy_from: Option<std::time::Instant>,
     pub(crate) ws_close_timeout: Duration,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) tracker: Tracker,
@@ -246,11 +248,22 @@ impl Shared {
         Arc::new(Self {
             identity: Identity::new(&config.release, &config.instance, std::process::id()),
             unhealthy: config.unhealthy,
+            unhealthy_from: config
+                .unhealthy_after_ms
+                .map(|ms| std::time::Instant::now() + Duration::from_millis(ms)),
             ws_close_timeout: config.ws_close_timeout(),
             phase: watch::Sender::new(Phase::Serving),
             tracker: Tracker::new(),
             stats: Stats::default(),
         })
+    }
+
+    /// Whether /healthz must say 503 (the unhealthy knobs).
+    pub(crate) fn is_unhealthy(&self) -> bool {
+        self.unhealthy
+            || self
+                .unhealthy_from
+                .is_some_and(|t| std::time::Instant::now() >= t)
     }
 
     /// The current phase.

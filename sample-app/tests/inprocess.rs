@@ -175,6 +175,22 @@ async fn healthz_503_when_configured_unhealthy() {
     s.outcome(Duration::from_secs(5)).await;
 }
 
+#[tokio::test]
+async fn healthz_turns_503_after_the_configured_time() {
+    let mut s = Server::start(Config {
+        unhealthy_after_ms: Some(300),
+        ..cfg()
+    });
+    let r = get(s.addr, "/healthz").await.unwrap();
+    assert_eq!(r.status, 200, "healthy at first");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = get(s.addr, "/healthz").await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (503, "unhealthy\n"));
+    assert_eq!(get(s.addr, "/").await.unwrap().status, 200, "still serves");
+    s.shutdown();
+    s.outcome(Duration::from_secs(5)).await;
+}
+
 /// The whole drain protocol, observed from clients: listener closed at once,
 /// lame duck (`Connection: close`, /healthz 503), in-flight request finished,
 /// WebSocket closed with 1012 after the lame duck, clean outcome.

@@ -94,14 +94,14 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts every client against 127.0.0.1:port for at most `max` (they stop earlier on
-    /// `finish`; ab and wrk are bounded by `max` themselves).
+    /// Starts every client against 127.0.0.1:port for at most `max` (ab and wrk are bounded by
+    /// it themselves); `finish` stops them all.
     pub async fn start(port: u16, max: Duration, ws_clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let secs = max.as_secs().max(1).to_string();
         let url = format!("http://127.0.0.1:{port}/");
-        let ab = tokio::spawn(run_ab(url.clone(), secs.clone()));
-        let wrk = tokio::spawn(run_wrk(url, secs));
+        let ab = tokio::spawn(run_ab(url.clone(), secs.clone(), stop.clone()));
+        let wrk = tokio::spawn(run_wrk(url, secs, stop.clone()));
         let ws = (0..ws_clients)
             .map(|_| tokio::spawn(ws_client(port, stop.clone())))
             .collect();
@@ -145,14 +145,33 @@ impl Load {
     }
 }
 
-async fn run_ab(url: String, secs: String) -> Counts {
-    let out = tokio::process::Command::new("ab")
-        .args(["-r", "-c", "10", "-n", "100000000", "-t", &secs, &url])
+/// Runs a load tool until `stop`, then interrupts it: ab and wrk print their totals on SIGINT.
+async fn run_until_stopped(mut cmd: tokio::process::Command, stop: Arc<AtomicBool>) -> (String, String) {
+    let child = cmd
         .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("ab (apache2-utils) must be installed: make setup");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}; install it with: make setup"));
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    let waiter = tokio::spawn(child.wait_with_output());
+    while !stop.load(Ordering::SeqCst) && !waiter.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let out = waiter.await.unwrap().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+async fn run_ab(url: String, secs: String, stop: Arc<AtomicBool>) -> Counts {
+    // -t implies -n 50000, so -n must come after it to lift that cap.
+    let mut cmd = tokio::process::Command::new("ab");
+    cmd.args(["-r", "-c", "10", "-t", &secs, "-n", "100000000", &url]);
+    let (text, stderr) = run_until_stopped(cmd, stop).await;
     let field = |name: &str| -> u64 {
         text.lines()
             .find(|l| l.starts_with(name))
@@ -163,11 +182,7 @@ async fn run_ab(url: String, secs: String) -> Counts {
     let complete = field("Complete requests:");
     let failed = field("Failed requests:");
     let non2xx = field("Non-2xx responses:");
-    assert!(
-        complete > 0,
-        "ab ran no request:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(complete > 0, "ab ran no request:\n{text}\n{stderr}");
     let detail = text
         .lines()
         .find(|l| l.trim_start().starts_with("(Connect:"))
@@ -181,14 +196,10 @@ async fn run_ab(url: String, secs: String) -> Counts {
     }
 }
 
-async fn run_wrk(url: String, secs: String) -> Counts {
-    let out = tokio::process::Command::new("wrk")
-        .args(["-t", "2", "-c", "10", "-d", &format!("{secs}s"), &url])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("wrk must be installed: make setup");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+async fn run_wrk(url: String, secs: String, stop: Arc<AtomicBool>) -> Counts {
+    let mut cmd = tokio::process::Command::new("wrk");
+    cmd.args(["-t", "2", "-c", "10", "-d", &format!("{secs}s"), &url]);
+    let (text, _) = run_until_stopped(cmd, stop).await;
     let requests = text
         .lines()
         .find(|l| l.contains(" requests in "))

@@ -286,3 +286,79 @@ fn a_script_past_its_timeout_gets_one_sigterm_to_its_process_group() {
         }
     }
 }
+
+/// The zero-downtime claim through the agent's whole lifecycle: five consecutive deployments
+/// with deploy-local under ab, wrk and WebSocket clients, then a release that turns unhealthy
+/// after the switch and is rolled back by ValidateService, all without a failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_deployments_and_a_rollback_through_the_lifecycle_lose_no_request() {
+    let svc = TestService::new();
+    let sandbox = &svc.sandbox;
+    let v1 = bundle(&svc, "v1");
+    let out = tokio::task::block_in_place(|| deploy_local(sandbox, &v1, "d-FIVE1"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let load = crate::load::Load::start(svc.port, Duration::from_secs(60), 3).await;
+    let mut closes = 0;
+    for n in 2..=6 {
+        let label = format!("v{n}");
+        let b = bundle(&svc, &label);
+        let id = format!("d-FIVE{n}");
+        let out = tokio::task::block_in_place(|| deploy_local(sandbox, &b, &id));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(svc.answering_release(), label, "{id} serves");
+        assert_eq!(svc.serving().as_deref(), Some(id.as_str()));
+        closes += 1;
+    }
+
+    // v7 answers healthy at first, then /healthz says 503: ApplicationStart lets it take over,
+    // ValidateService sees it fail and rolls back to v6 in place.
+    let broken = bundle(&svc, "v7");
+    let config = broken.join("deploy.yml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace(
+            "    RELEASE: \"v7\"\n",
+            "    RELEASE: \"v7\"\n    SAMPLE_UNHEALTHY_AFTER_MS: \"1500\"\n",
+        )
+        .replace("stable_for: 1s", "stable_for: 3s");
+    std::fs::write(&config, text).unwrap();
+    let out = tokio::task::block_in_place(|| deploy_local(sandbox, &broken, "d-FIVE7"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ValidateService") && stderr.contains("Rolled back: d-FIVE6 serves again"),
+        "{stderr}"
+    );
+    closes += 2;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let report = load.finish().await;
+    assert_eq!(report.failures(), 0, "{}", report.summary());
+    assert!(
+        report.ab.requests > 100 && report.wrk.requests > 100,
+        "{}",
+        report.summary()
+    );
+    assert_eq!(svc.answering_release(), "v6");
+    assert_eq!(report.last_release().as_deref(), Some("v6"));
+    // Every switch (five, then to v7 and back) closed each WebSocket with 1012; they reconnected.
+    assert!(report.ws.closes_1012 >= 3 * closes, "{}", report.summary());
+    assert_eq!(
+        report.ws.releases_seen,
+        ["v1", "v2", "v3", "v4", "v5", "v6", "v7"].map(String::from),
+        "{}",
+        report.summary()
+    );
+    eprintln!("{}", report.summary());
+}

@@ -69,6 +69,15 @@ async fn socket_unit_started_over_dbus_answers_and_teardown_leaves_nothing() {
         "the sandbox folder {} is left behind",
         dir.display()
     );
+    let cgroup = dir.file_name().unwrap().to_string_lossy().to_string();
+    let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .flat_map(|h| [h.join(&cgroup), h.parent().unwrap().join(&cgroup)])
+        .filter(|p| p.exists())
+        .collect();
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
     assert!(
         processes_in_namespace(&ns).is_empty(),
         "processes of the sandbox remain"
@@ -98,6 +107,20 @@ fn several_sandboxes_run_at_once() {
     // Commands run inside see the sandbox's own manager.
     let out = run_ok(b.command("systemctl").args(["is-active", "dbus.service"]));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "active");
+    // Each manages a cgroup tree of its own: the same unit in two sandboxes never collides.
+    let cgroup = |s: &Sandbox| {
+        let out = run_ok(
+            s.command("systemctl")
+                .args(["show", "-P", "ControlGroup", "dbus.service"]),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (ca, cb) = (cgroup(&a), cgroup(&b));
+    assert!(
+        ca.ends_with("/system.slice/dbus.service") && cb.ends_with("/system.slice/dbus.service"),
+        "{ca} {cb}"
+    );
+    assert_ne!(ca, cb, "two sandboxes share a cgroup");
 }
 
 fn tempfile_in_tmp() -> String {
