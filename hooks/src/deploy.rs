@@ -248,7 +248,7 @@ impl<'a> Deployer<'a> {
             Ok(()) if self.systemd.dry_run() => Ok(()),
             Ok(()) => self
                 .probe
-                .wait_for(release, self.cfg.deadlines.start)
+                .confirm_ready(release, self.cfg.deadlines.start)
                 .await
                 .context("the new release started but"),
             Err(e) => Err(e),

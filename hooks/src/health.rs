@@ -76,6 +76,17 @@ impl Probe {
     /// Probes go in bursts of concurrent connections: while two instances share the socket,
     /// a busy old instance tends to win every accept(); a burst wakes both.
     pub async fn wait_for(&self, release: &str, deadline: Duration) -> Result<()> {
+        self.probe(release, deadline, false).await
+    }
+
+    /// Like [`Probe::wait_for`], but the first unhealthy answer from `release` itself ends it:
+    /// for an instance that already sent READY=1 and so takes a share of the traffic, every
+    /// retry would be requests served by a release that says it is broken.
+    pub async fn confirm_ready(&self, release: &str, deadline: Duration) -> Result<()> {
+        self.probe(release, deadline, true).await
+    }
+
+    async fn probe(&self, release: &str, deadline: Duration, fail_fast: bool) -> Result<()> {
         const BURST: usize = 4;
         let started = Instant::now();
         for addr in &self.addrs {
@@ -93,6 +104,13 @@ impl Probe {
                         Ok(r) => last_own = Some(format!("HTTP {}", r.status)),
                         Err(e) => last_error = Some(format!("{e:#}")),
                     }
+                }
+                if let (true, false, Some(own)) = (fail_fast, healthy, &last_own) {
+                    bail!(
+                        "{release} answered {own} on {addr}{} after READY=1 ({probes} probes, \
+                         {from_others} answered by other instances)",
+                        self.path
+                    );
                 }
                 if healthy {
                     tracing::debug!("{addr}{}: 200 from {release} after {probes} probes", self.path);

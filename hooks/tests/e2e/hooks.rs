@@ -176,6 +176,20 @@ async fn broken_releases_never_take_over_and_the_old_one_keeps_serving() {
     }
     let report = load.finish().await;
     assert_no_failures(&report, "three broken releases");
+    // The unhealthy one sent READY=1, so it shared the socket until its first 503 stopped it.
+    let by_broken = report
+        .samples
+        .iter()
+        .filter(|s| s.release.as_deref() == Some("d-4"))
+        .count();
+    eprintln!(
+        "probe requests answered by the unhealthy release: {by_broken} of {}",
+        report.samples.len()
+    );
+    assert!(
+        by_broken < 60,
+        "the unhealthy release served {by_broken} probe requests"
+    );
     assert_eq!(
         report.ws.closes_1012,
         0,
