@@ -51,6 +51,36 @@ fn lock(cfg: &DeployConfig, hook: &str, args: &HookArgs) -> Result<Option<Deploy
     .map(Some)
 }
 
+/// What a hook that changes the service holds while it runs: root checked, its release and
+/// config read, systemd connected, the deploy lock taken.
+struct Session {
+    release: String,
+    revision: std::path::PathBuf,
+    cfg: DeployConfig,
+    systemd: Systemd,
+    store: ReleaseStore,
+    _lock: Option<DeployLock>,
+}
+
+impl Session {
+    async fn open(args: &HookArgs, hook: &str) -> Result<Self> {
+        require_root()?;
+        let release = args.release()?;
+        let (revision, cfg) = args.config()?;
+        let systemd = connect(args).await?;
+        let _lock = lock(&cfg, hook, args)?;
+        let store = ReleaseStore::for_config(&cfg);
+        Ok(Self {
+            release,
+            revision,
+            cfg,
+            systemd,
+            store,
+            _lock,
+        })
+    }
+}
+
 /// ApplicationStop: runs the *previous* revision's hook, with the *new* deployment's id. It
 /// must never interrupt service: the new release takes over in ApplicationStart. It reports
 /// what serves and records that the deployment began. Its command line stays stable across
@@ -211,13 +241,17 @@ fn check_disk_space(revision: &Path, root: &Path) -> Result<()> {
 /// ApplicationStart: copy the release, install its units, switch traffic to it.
 pub async fn application_start(args: &HookArgs) -> Result<()> {
     let t0 = Instant::now();
-    require_root()?;
-    let release = args.release()?;
-    let (revision, cfg) = args.config()?;
-    let systemd = connect(args).await?;
-    let _lock = lock(&cfg, "application-start", args)?;
-    let store = ReleaseStore::for_config(&cfg);
-    let deployer = Deployer::new(&cfg, &systemd, &store)?;
+    let session = Session::open(args, "application-start").await?;
+    let Session {
+        release,
+        revision,
+        cfg,
+        systemd,
+        store,
+        ..
+    } = &session;
+    let release = release.clone();
+    let deployer = Deployer::new(cfg, systemd, store)?;
 
     if args.dry_run {
         println!(
@@ -307,13 +341,16 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
 /// hook fails so CodeDeploy marks the deployment failed.
 pub async fn validate_service(args: &HookArgs) -> Result<()> {
     let t0 = Instant::now();
-    require_root()?;
-    let release = args.release()?;
-    let (_, cfg) = args.config()?;
-    let systemd = connect(args).await?;
-    let _lock = lock(&cfg, "validate-service", args)?;
-    let store = ReleaseStore::for_config(&cfg);
-    let deployer = Deployer::new(&cfg, &systemd, &store)?;
+    let session = Session::open(args, "validate-service").await?;
+    let Session {
+        release,
+        cfg,
+        systemd,
+        store,
+        ..
+    } = &session;
+    let release = release.clone();
+    let deployer = Deployer::new(cfg, systemd, store)?;
     let state = store.load_state()?;
 
     let verdict = validate(&cfg, &systemd, &deployer, &release).await;

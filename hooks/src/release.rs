@@ -107,9 +107,8 @@ impl ReleaseStore {
         let revision = revision
             .canonicalize()
             .with_context(|| format!("the revision folder {} is not readable", revision.display()))?;
-        copy_tree(&revision, &revision, &staging).map_err(|e| {
+        copy_tree(&revision, &revision, &staging).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&staging);
-            e
         })?;
         write_env_file(&staging.join("app.env"), cfg)?;
         let mut marker = std::fs::File::create(staging.join(COMPLETE))?;
