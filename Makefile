@@ -3,13 +3,14 @@
 #   make demo     the main job: builds everything and deploys releases locally (see README)
 #   make test     unit tests and end-to-end tests against a real systemd (needs root)
 #   make bundle   the revision zip: dist/$(SERVICE)-$(RELEASE).zip
+#   make bench    three restart strategies side by side under the same load: dist/bench.md, dist/bench.png
 
 RELEASE ?= dev
 TARGET  := x86_64-unknown-linux-musl
 CARGO   ?= cargo
 export RELEASE
 
-.PHONY: setup build static test demo bundle fmt lint clean
+.PHONY: setup build static test demo bench bundle fmt lint clean
 
 setup:
 	scripts/setup
@@ -27,7 +28,14 @@ test: build
 bundle: static
 	scripts/bundle
 
-demo: bundle
+# Builds v1, v2, v3 (broken) and deploys them into a real-systemd sandbox under load; writes
+# dist/demo.md and dist/demo.png; fails if any request failed or v2 does not serve at the end.
+demo: setup
+	scripts/demo
+
+# (a) own port + restart, (b) socket activation + restart, (c) the hooks; same load and knobs.
+bench: setup
+	scripts/bench
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,211 @@
+//! report: what a loadgen run saw, as markdown (and a PNG through gnuplot).
+//!
+//!   report show --dir run/ --title "demo" --md dist/demo.md --png dist/demo.png \
+//!          --expect-no-failures --expect-final-release v2 --expect-failed-window d-3
+//!   report table --run "(a) naive=run-a/" --run "(c) handoff=run-c/" --md dist/bench.md --png dist/bench.png
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use bench::data::{Sample, Summary, read_samples};
+use bench::report::{Analysis, analyse, comparison_table, markdown, render_png};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Reports on loadgen runs: latencies baseline vs deployment windows, releases, failures"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The report of one run.
+    Show {
+        /// The run folder (samples.csv, summary.json).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "Load during deployments")]
+        title: String,
+        /// Also write the markdown here.
+        #[arg(long)]
+        md: Option<PathBuf>,
+        /// Draw latency over time into this PNG.
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Fail (exit 1) if any request of any client failed.
+        #[arg(long)]
+        expect_no_failures: bool,
+        /// Fail unless this release answered every probe request of the last second.
+        #[arg(long, value_name = "RELEASE")]
+        expect_final_release: Option<String>,
+        /// Fail unless the deployment window with this label failed (a release that must be
+        /// rejected). Repeatable.
+        #[arg(long, value_name = "LABEL")]
+        expect_failed_window: Vec<String>,
+        /// Fail unless the deployment window with this label succeeded. Repeatable.
+        #[arg(long, value_name = "LABEL")]
+        expect_ok_window: Vec<String>,
+    },
+    /// One row per run: failures per client kind, latency baseline vs switch, deploy duration.
+    Table {
+        /// TITLE=DIR, in row order.
+        #[arg(long = "run", value_name = "TITLE=DIR", required = true)]
+        runs: Vec<String>,
+        #[arg(long)]
+        md: Option<PathBuf>,
+        /// One panel per run, same scales.
+        #[arg(long)]
+        png: Option<PathBuf>,
+    },
+}
+
+fn load(dir: &Path, title: &str) -> Result<(Analysis, Vec<Sample>)> {
+    let summary = Summary::read(&dir.join("summary.json"))?;
+    let samples = read_samples(&dir.join("samples.csv"))?;
+    Ok((analyse(title, &summary, &samples), samples))
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+fn png(path: &Path, runs: &[(&Analysis, &[Sample])], work: &Path) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    render_png(runs, path, work)
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("report: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<bool> {
+    match Args::parse().cmd {
+        Cmd::Show {
+            dir,
+            title,
+            md,
+            png: png_path,
+            expect_no_failures,
+            expect_final_release,
+            expect_failed_window,
+            expect_ok_window,
+        } => {
+            let (a, samples) = load(&dir, &title)?;
+            let mut text = markdown(&a);
+            let mut checks: Vec<(bool, String)> = Vec::new();
+            if expect_no_failures {
+                let n = a.total_failed();
+                checks.push((n == 0, format!("no failed request, any client: {n} failed")));
+            }
+            for label in &expect_failed_window {
+                let w = a.windows.iter().find(|w| w.window.label == *label);
+                checks.push((
+                    w.is_some_and(|w| w.window.failed()),
+                    format!(
+                        "deployment {label} was rejected: {}",
+                        match w {
+                            None => "no such deployment window".to_string(),
+                            Some(w) if w.window.failed() => w
+                                .window
+                                .attrs
+                                .get("msg")
+                                .cloned()
+                                .unwrap_or_else(|| "failed".into()),
+                            Some(_) => "it was ACCEPTED".to_string(),
+                        }
+                    ),
+                ));
+            }
+            for label in &expect_ok_window {
+                let w = a.windows.iter().find(|w| w.window.label == *label);
+                checks.push((
+                    w.is_some_and(|w| !w.window.failed()),
+                    format!(
+                        "deployment {label} succeeded{}",
+                        if w.is_none() {
+                            ": no such deployment window"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            if let Some(r) = &expect_final_release {
+                let got = a.final_release();
+                checks.push((
+                    got == Some(r.as_str()),
+                    format!(
+                        "{r} serves at the end: the last second of probe requests was answered by {}",
+                        if a.final_releases.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            a.final_releases
+                                .iter()
+                                .map(|(r, n)| format!("{r} ({n})"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                ));
+            }
+            if !checks.is_empty() {
+                let _ = writeln!(text, "\n### Verdict\n");
+                for (ok, what) in &checks {
+                    let _ = writeln!(text, "- {} {what}", if *ok { "PASS" } else { "FAIL" });
+                }
+            }
+            if let Some(p) = &png_path {
+                png(p, &[(&a, &samples)], &dir.join("plot"))?;
+                let _ = writeln!(text, "\nPicture: {}", p.display());
+            }
+            print!("{text}");
+            if let Some(p) = &md {
+                write(p, &text)?;
+            }
+            Ok(checks.iter().all(|c| c.0))
+        }
+        Cmd::Table {
+            runs,
+            md,
+            png: png_path,
+        } => {
+            let mut loaded = Vec::new();
+            for r in &runs {
+                let Some((title, dir)) = r.rsplit_once('=') else {
+                    bail!("--run {r:?}: expected TITLE=DIR");
+                };
+                loaded.push((load(Path::new(dir), title)?, PathBuf::from(dir)));
+            }
+            let analyses: Vec<Analysis> = loaded.iter().map(|((a, _), _)| a.clone()).collect();
+            let mut text = comparison_table(&analyses);
+            if let Some(p) = &png_path {
+                let panels: Vec<(&Analysis, &[Sample])> =
+                    loaded.iter().map(|((a, s), _)| (a, s.as_slice())).collect();
+                png(p, &panels, &loaded[0].1.join("plot-table"))?;
+                let _ = writeln!(text, "\nPicture: {}", p.display());
+            }
+            print!("{text}");
+            if let Some(p) = &md {
+                write(p, &text)?;
+            }
+            Ok(true)
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Load during deployments, recorded and reported.
+//!
+//! - `loadgen` (src/bin/loadgen.rs, [`load`]): runs clients against 127.0.0.1:PORT — a paced
+//!   probe that opens a new connection per request and records every request, keep-alive
+//!   clients and `wrk` that never retry, `ab -r`, WebSocket clients — and takes marks
+//!   (deployment windows) from a control file or stdin. Writes samples.csv and summary.json.
+//! - `report` (src/bin/report.rs, [`report`]): baseline vs switch-window latencies, which release
+//!   served when, failures per client kind; markdown, a comparison table, a PNG via gnuplot.
+
+pub mod data;
+pub mod load;
+pub mod report;
+pub mod stats;

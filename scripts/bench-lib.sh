@@ -1,0 +1,195 @@
+# Shared by scripts/bench and scripts/demo (sourced, not run): sandboxes, the load recorder,
+# marks, and deploying a bundle the way the CodeDeploy agent runs the hooks.
+#
+# Callers set ROOT (the workspace) and WORK (a scratch folder outside /tmp: the sandboxes
+# cover /tmp with a tmpfs of their own) and call `trap bl_cleanup EXIT`.
+
+SANDBOX_SH=$ROOT/scripts/sandbox
+LOADGEN=$ROOT/target/debug/loadgen
+REPORT=$ROOT/target/debug/report
+DEPLOY_LOCAL=$ROOT/target/debug/deploy-local
+BL_SANDBOXES=()
+BL_PIDS=()
+
+bl_log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+bl_die() { bl_log "ERROR: $*"; exit 1; }
+now_ms() { date +%s%3N; }
+
+# Stops what we started, by PID / sandbox folder: loadgen first (it writes its results on
+# SIGTERM), then every sandbox (which ends everything inside it).
+bl_cleanup() {
+  local pid dir
+  for pid in "${BL_PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  for dir in "${BL_SANDBOXES[@]}"; do
+    [[ -d $dir ]] && { "$SANDBOX_SH" stop "$dir" || bl_log "sandbox stop $dir failed"; }
+  done
+  BL_PIDS=()
+  BL_SANDBOXES=()
+}
+
+# A real systemd in its own namespaces; sets SB (its folder). A watchdog stops it if this
+# script dies without its trap.
+sb_start() {
+  local out
+  out=$("$SANDBOX_SH" start --owner $$) || bl_die "could not start a sandbox"
+  SB=$(sed -n 's/^SANDBOX_DIR=//p' <<<"$out")
+  [[ -n $SB ]] || bl_die "sandbox start printed no SANDBOX_DIR: $out"
+  BL_SANDBOXES+=("$SB")
+}
+sb_exec() { local dir=$1; shift; "$SANDBOX_SH" exec "$dir" -- "$@"; }
+sb_stop() {
+  local dir=$1 keep=() d
+  "$SANDBOX_SH" stop "$dir"
+  for d in "${BL_SANDBOXES[@]}"; do [[ $d == "$dir" ]] || keep+=("$d"); done
+  BL_SANDBOXES=("${keep[@]}")
+}
+
+# A loopback port nobody listens on.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 30000))
+    port_in_use "$p" || { echo "$p"; return; }
+  done
+  bl_die "no free port found"
+}
+
+# The X-Release that answers GET / on the port ("" if none).
+answering_release() {
+  curl -s -o /dev/null -D - --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null |
+    sed -n 's/^[Xx]-[Rr]elease:[[:space:]]*\([^[:space:]]*\).*/\1/p' | tr -d '\r'
+}
+# Waits until release $2 answers on port $1.
+wait_release() {
+  local port=$1 want=$2 got=""
+  for _ in $(seq 150); do
+    got=$(answering_release "$port")
+    [[ $got == "$want" ]] && return 0
+    sleep 0.1
+  done
+  bl_die "release $want does not answer on 127.0.0.1:$port (last answer: '${got}')"
+}
+
+# loadgen in the background; sets LG_DIR, LG_CTL, LG_PID. Extra arguments go to loadgen.
+loadgen_start() {
+  LG_DIR=$1; local port=$2; shift 2
+  LG_CTL=$LG_DIR/control
+  mkdir -p "$LG_DIR"
+  : >"$LG_CTL"
+  "$LOADGEN" --port "$port" --out "$LG_DIR" --control "$LG_CTL" "$@" 2>"$LG_DIR/loadgen.log" &
+  LG_PID=$!
+  BL_PIDS+=("$LG_PID")
+  for _ in $(seq 100); do
+    [[ -f $LG_DIR/ready ]] && return 0
+    kill -0 "$LG_PID" 2>/dev/null || { cat "$LG_DIR/loadgen.log" >&2; bl_die "loadgen exited"; }
+    sleep 0.05
+  done
+  bl_die "loadgen did not start"
+}
+ctl() { echo "$*" >>"$LG_CTL"; }
+# mark NAME LABEL [k=v…] [msg=…], timed now.
+mark() { local name=$1 label=$2; shift 2; ctl "mark $name $label at=$(now_ms) $*"; }
+loadgen_stop() {
+  ctl stop
+  wait "$LG_PID" || bl_die "loadgen failed (see $LG_DIR/loadgen.log)"
+  grep '^loadgen: .* results in' "$LG_DIR/loadgen.log" >&2 || true
+}
+
+# "took N ms, of which M ms waiting on the app (hook overhead K ms)" from a hooks log, as
+# took_ms=N app_ms=M overhead_ms=K (the last such line), or nothing.
+hook_timing() {
+  sed -n 's/.*took \([0-9]*\) ms, of which \([0-9]*\) ms waiting on the app (hook overhead \([0-9]*\) ms).*/took_ms=\1 app_ms=\2 overhead_ms=\3/p' "$1" | tail -1
+}
+# Why a deployment failed, in one line, from its log: the hooks' own error, without the
+# runner's prefixes ("ApplicationStart: ERROR application-start failed: ").
+failure_reason() {
+  { grep -E 'did not take over|failed validation|rolled back' "$1" || grep -E 'ERROR|failed' "$1" || tail -1 "$1"; } |
+    tail -1 | sed 's/.*ERROR[[:space:]]*//; s/^[a-z-]* failed: //; s/^[[:space:]]*//' | cut -c1-300
+}
+
+# Rewrites an unpacked revision's deploy.yml: LISTEN (ip:port), then any KEY=VALUE for
+# app.environment, and deadline overrides as deadline.start=5s.
+patch_revision() {
+  local dir=$1 listen=$2; shift 2
+  local f=$dir/deploy.yml kv key val
+  sed -i "s/^listen:.*/listen: [\"$listen\"]/" "$f"
+  grep -q "^listen: \[\"$listen\"\]" "$f" || bl_die "could not set listen in $f"
+  for kv in "$@"; do
+    key=${kv%%=*}; val=${kv#*=}
+    case $key in
+      deadline.*)
+        local d=${key#deadline.}
+        # Only inside the deadlines: block.
+        awk -v d="$d" -v v="$val" '
+          /^[^[:space:]#]/ { inblock = ($1 == "deadlines:") }
+          inblock && $1 == d":" { sub(/:.*/, ": " v); }
+          { print }' "$f" >"$f.new" && mv "$f.new" "$f"
+        grep -Eq "^  $d: $val" "$f" || bl_die "could not set deadlines.$d in $f"
+        ;;
+      *)
+        sed -i "/^  environment:/a\\    $key: \"$val\"" "$f"
+        grep -q "^    $key: \"$val\"" "$f" || bl_die "could not set app.environment.$key in $f (no '  environment:' under app:?)"
+        ;;
+    esac
+  done
+}
+
+# Deploys a bundle (zip or folder) as deployment $3 into sandbox $1, the way the CodeDeploy
+# agent would: with target/debug/deploy-local when it exists (DEPLOY_WITH=hooks forces the
+# fallback), else by running the bundle's hooks in the agent's order. All output goes to $4.
+# Returns the hooks' status.
+deploy_bundle() {
+  local sb=$1 bundle=$2 id=$3 log=$4
+  local with=${DEPLOY_WITH:-auto}
+  if [[ $with == auto ]]; then
+    if [[ -x $DEPLOY_LOCAL ]]; then with=deploy-local; else with=hooks; fi
+  fi
+  DEPLOYED_WITH=$with
+  if [[ $with == deploy-local ]]; then
+    mkdir -p "$WORK/agent"
+    local rc=0
+    sb_exec "$sb" "$DEPLOY_LOCAL" --bundle "$bundle" --deployment-id "$id" --root "$WORK/agent" \
+      --application demo --group demo-group --group-id dg-demo >>"$log" 2>&1 || rc=$?
+    # Its scripts.log (the agent's per-deployment log) has the hooks' own output.
+    local f
+    for f in "$WORK"/agent/*/"$id"/logs/scripts.log; do
+      [[ -f $f ]] && { echo "--- scripts.log ---"; cat "$f"; } >>"$log"
+    done
+    return $rc
+  fi
+  deploy_with_hooks "$sb" "$bundle" "$id" "$log"
+}
+
+# The agent's in-place order: ApplicationStop from the last successfully installed revision,
+# BeforeInstall, (Install), ApplicationStart, ValidateService. Revisions are unpacked under
+# $WORK/archives/<id> (the agent's deployment-archive).
+deploy_with_hooks() {
+  local sb=$1 bundle=$2 id=$3 log=$4
+  local rev=$WORK/archives/$id last_file
+  last_file=$WORK/last-installed.$(basename "$sb")
+  rm -rf "$rev"
+  mkdir -p "$rev"
+  if [[ -d $bundle ]]; then cp -a "$bundle/." "$rev/"; else unzip -q "$bundle" -d "$rev"; fi
+  run_hook() {
+    local event=$1 exe=$2 rc=0
+    echo "[$(date +%T.%3N)] $event ($exe)" >>"$log"
+    sb_exec "$sb" env DEPLOYMENT_ID="$id" LIFECYCLE_EVENT="$event" APPLICATION_NAME=demo \
+      DEPLOYMENT_GROUP_NAME=demo-group DEPLOYMENT_GROUP_ID=dg-demo "$exe" >>"$log" 2>&1 || rc=$?
+    [[ $rc -eq 0 ]] || echo "[$(date +%T.%3N)] $event failed with exit code $rc" >>"$log"
+    return $rc
+  }
+  if [[ -f $last_file ]]; then
+    run_hook ApplicationStop "$(<"$last_file")/hooks/application-stop" || return 1
+  fi
+  run_hook BeforeInstall "$rev/hooks/before-install" || return 1
+  echo "$rev" >"$last_file"   # the agent records the install right after Install
+  run_hook ApplicationStart "$rev/hooks/application-start" || return 1
+  run_hook ValidateService "$rev/hooks/validate-service" || return 1
+}
