@@ -326,3 +326,76 @@ fn the_app_runs_unprivileged_from_root_owned_files() {
     eprintln!("{line}");
     assert!(level <= 2.0, "the instance unit is exposed: {line}");
 }
+
+#[test]
+fn a_bundle_with_an_escaping_symlink_is_refused_and_the_old_release_serves() {
+    let (mut svc, _) = deployed("v1");
+    let bad = svc.revision("v2", &[], "");
+    std::os::unix::fs::symlink("/etc/shadow", bad.join("bin/secrets")).unwrap();
+    let failure = svc
+        .deploy("d-2", &bad)
+        .expect_err("a bundle with a symlink to /etc/shadow was accepted");
+    assert_eq!(
+        (failure.hook.as_str(), failure.code),
+        ("application-start", Some(2)),
+        "{}",
+        failure.output
+    );
+    assert!(
+        failure.output.contains("points outside the bundle"),
+        "{}",
+        failure.output
+    );
+    assert!(
+        !svc.sandbox.host_path("/opt/shop/releases/d-2").exists(),
+        "the refused release was kept"
+    );
+    assert_eq!(svc.answering_release(), "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn validate_service_killed_during_its_rollback_converges_when_run_again() {
+    let mut svc = TestService::new();
+    // d-1 takes 1.5 s to start, so the rollback to it is long enough to be interrupted.
+    let v1 = svc.revision("v1", &[("SAMPLE_STARTUP_DELAY_MS", "1500")], "");
+    svc.deploy_async("d-1", &v1)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let v2 = svc.revision("v2", &[], "");
+    svc.deploy_async("d-2", &v2)
+        .await
+        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    // Now d-2 fails validation (its health path breaks), quickly.
+    let path = v2.join("deploy.yml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("path: /healthz", "path: /missing");
+    std::fs::write(&path, text.replace("validate: 10s", "validate: 1s")).unwrap();
+
+    let load = Load::start(svc.port, Duration::from_secs(20), 2).await;
+    let mut cmd = svc.sandbox.command("timeout");
+    cmd.args(["-s", "KILL", "2.0"])
+        .arg(workspace_bin("validate-service"))
+        .arg("--revision")
+        .arg(&v2);
+    cmd.env("DEPLOYMENT_ID", "d-2");
+    let out = tokio::task::block_in_place(|| run(&mut cmd));
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "not killed mid-rollback: {}",
+        explain(&cmd, &out)
+    );
+    let out = tokio::task::block_in_place(|| svc.hook("validate-service", "d-2", &v2));
+    let report = load.finish().await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Rolled back: d-1 serves again"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(report.failures(), 0, "{}", report.summary());
+    assert_eq!(svc.serving().as_deref(), Some("d-1"));
+    assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
+    assert_eq!(svc.answering_release(), "v1");
+}

@@ -362,3 +362,25 @@ async fn five_deployments_and_a_rollback_through_the_lifecycle_lose_no_request()
     );
     eprintln!("{}", report.summary());
 }
+
+/// A bundle the agent would refuse (quoted version) is refused before any hook runs; the
+/// serving release is untouched.
+#[test]
+fn a_broken_appspec_is_refused_before_anything_runs() {
+    let svc = TestService::new();
+    let v1 = bundle(&svc, "v1");
+    assert_eq!(deploy_local(&svc.sandbox, &v1, "d-GOOD1").status.code(), Some(0));
+    let bad = bundle(&svc, "v2");
+    let appspec = bad.join("appspec.yml");
+    let text = std::fs::read_to_string(&appspec)
+        .unwrap()
+        .replace("version: 0.0", "version: \"0.0\"");
+    std::fs::write(&appspec, text).unwrap();
+    let out = deploy_local(&svc.sandbox, &bad, "d-BAD2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("version"), "{stderr}");
+    assert_eq!(svc.answering_release(), "v1");
+    assert_eq!(svc.serving().as_deref(), Some("d-GOOD1"));
+    assert!(!svc.sandbox.host_path("/opt/shop/releases/d-BAD2").exists());
+}
