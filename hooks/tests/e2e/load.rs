@@ -12,13 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Counts for one client kind.
-#[derive(Debug, Default, Clone)]
-pub struct Counts {
-    pub requests: u64,
-    pub failed: u64,
-    pub detail: String,
-}
+/// Counts for one client kind (requests, failed, detail), shared with `make bench`.
+pub use bench::data::Counts;
 
 #[derive(Debug, Default, Clone)]
 pub struct WsCounts {
@@ -172,63 +167,18 @@ async fn run_ab(url: String, secs: String, stop: Arc<AtomicBool>) -> Counts {
     let mut cmd = tokio::process::Command::new("ab");
     cmd.args(["-r", "-c", "10", "-t", &secs, "-n", "100000000", &url]);
     let (text, stderr) = run_until_stopped(cmd, stop).await;
-    let field = |name: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(name.split_whitespace().count()))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let complete = field("Complete requests:");
-    let failed = field("Failed requests:");
-    let non2xx = field("Non-2xx responses:");
-    assert!(complete > 0, "ab ran no request:\n{text}\n{stderr}");
-    let detail = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("(Connect:"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    Counts {
-        requests: complete,
-        failed: failed + non2xx,
-        detail,
-    }
+    let counts = bench::load::parse_ab(&text);
+    assert!(counts.requests > 0, "ab ran no request:\n{text}\n{stderr}");
+    counts
 }
 
 async fn run_wrk(url: String, secs: String, stop: Arc<AtomicBool>) -> Counts {
     let mut cmd = tokio::process::Command::new("wrk");
     cmd.args(["-t", "2", "-c", "10", "-d", &format!("{secs}s"), &url]);
     let (text, _) = run_until_stopped(cmd, stop).await;
-    let requests = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!(requests > 0, "wrk ran no request:\n{text}");
-    let mut failed = 0;
-    let mut detail = String::new();
-    if let Some(l) = text.lines().find(|l| l.contains("Socket errors:")) {
-        failed += l
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse::<u64>().ok())
-            .sum::<u64>();
-        detail = l.trim().to_string();
-    }
-    if let Some(l) = text.lines().find(|l| l.contains("Non-2xx or 3xx responses:")) {
-        failed += l
-            .split_whitespace()
-            .last()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        detail.push_str(l.trim());
-    }
-    Counts {
-        requests,
-        failed,
-        detail,
-    }
+    let counts = bench::load::parse_wrk(&text);
+    assert!(counts.requests > 0, "wrk ran no request:\n{text}");
+    counts
 }
 
 /// A WebSocket client that stays connected, echoes every 100 ms, and reconnects after the
@@ -332,6 +282,7 @@ async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>) {
             requests: samples.len() as u64 + failed,
             failed,
             detail: last,
+            ..Default::default()
         },
         samples,
     )
