@@ -261,7 +261,7 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
         );
         if !store.is_complete(&release) {
             println!("dry-run: (release not staged yet: the rest of the plan uses the revision's own units)");
-            let rendered = units::render(&cfg, &revision)?;
+            let rendered = units::render(cfg, revision)?;
             units::install(&rendered, Path::new(units::UNIT_DIR), true)?;
             println!(
                 "dry-run: would start {} and stop {:?}",
@@ -270,7 +270,7 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
             );
             return Ok(());
         }
-    } else if store.stage(&revision, &release, &cfg)? {
+    } else if store.stage(revision, &release, cfg)? {
         tracing::info!("release {release} copied to {}", store.dir(&release).display());
     }
 
@@ -353,7 +353,7 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
     let deployer = Deployer::new(cfg, systemd, store)?;
     let state = store.load_state()?;
 
-    let verdict = validate(&cfg, &systemd, &deployer, &release).await;
+    let verdict = validate(cfg, systemd, &deployer, &release).await;
     let Err(problem) = verdict else {
         tracing::info!(
             "release {release} is healthy and stable; validated in {:.0} ms",
@@ -401,8 +401,8 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
     };
     tracing::info!("rolling back in place: {target} serves again, then {release} stops");
     rollback_to(
-        &systemd,
-        &store,
+        systemd,
+        store,
         &target,
         Some(&release),
         "validate-service",
