@@ -14,8 +14,7 @@ fn stderr(out: &std::process::Output) -> String {
 fn deployed(label: &str) -> (TestService, std::path::PathBuf) {
     let mut svc = TestService::new();
     let rev = svc.revision(label, &[], "");
-    svc.deploy("d-1", &rev)
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &rev);
     (svc, rev)
 }
 
@@ -34,21 +33,12 @@ fn an_invalid_unit_template_is_refused_and_the_working_units_stay() {
         .collect();
     std::fs::write(&template, without_exec).unwrap();
 
-    let failure = svc
-        .deploy("d-2", &bad)
-        .expect_err("a template without ExecStart= was accepted");
-    assert_eq!(
-        (failure.hook.as_str(), failure.code),
-        ("application-start", Some(2)),
-        "{}",
-        failure.output
-    );
-    assert!(
-        failure
-            .output
-            .contains("shop@d-2.service does not load (bad-setting)"),
-        "{}",
-        failure.output
+    svc.deploy_fails(
+        "d-2",
+        &bad,
+        "application-start",
+        2,
+        "shop@d-2.service does not load (bad-setting)",
     );
     assert_eq!(
         std::fs::read_to_string(&installed).unwrap(),
@@ -58,8 +48,7 @@ fn an_invalid_unit_template_is_refused_and_the_working_units_stay() {
     assert_eq!(svc.answering_release(), "v1");
     // The next deployment builds on it.
     let good = svc.revision("v3", &[], "");
-    svc.deploy("d-3", &good)
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-3", &good);
     assert_eq!(svc.answering_release(), "v3");
 }
 
@@ -68,21 +57,14 @@ fn a_socket_address_in_use_is_named() {
     let mut svc = TestService::new();
     let squatter = std::net::TcpListener::bind(("127.0.0.1", svc.port)).unwrap();
     let rev = svc.revision("v1", &[], "");
-    let failure = svc.deploy("d-1", &rev).expect_err("deployed onto a port in use");
-    assert_eq!(
-        (failure.hook.as_str(), failure.code),
-        ("application-start", Some(3)),
-        "{}",
-        failure.output
+    let failure = svc.deploy_fails(
+        "d-1",
+        &rev,
+        "application-start",
+        3,
+        &format!("is another process listening on 127.0.0.1:{}?", svc.port),
     );
-    assert!(
-        failure.output.contains(&format!(
-            "is another process listening on 127.0.0.1:{}?",
-            svc.port
-        )) && failure.output.contains("ss -ltnp"),
-        "{}",
-        failure.output
-    );
+    assert!(failure.output.contains("ss -ltnp"), "{}", failure.output);
     // Once the port is free, deploying again works: the failed socket is recovered.
     drop(squatter);
     let out = svc.hook("application-start", "d-1", &rev);
@@ -129,25 +111,11 @@ fn a_full_disk_is_refused_before_copying_and_cleaned_up_when_it_fills_during_the
             .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs", "/opt/shop"]),
     );
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy("d-1", &v1)
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let big = svc.revision("v2", &[], "");
     std::fs::write(big.join("bin/blob"), vec![7u8; 20 << 20]).unwrap();
 
-    let failure = svc
-        .deploy("d-2", &big)
-        .expect_err("a release larger than the disk was accepted");
-    assert_eq!(
-        (failure.hook.as_str(), failure.code),
-        ("before-install", Some(3)),
-        "{}",
-        failure.output
-    );
-    assert!(
-        failure.output.contains("MiB free; the release needs"),
-        "{}",
-        failure.output
-    );
+    svc.deploy_fails("d-2", &big, "before-install", 3, "MiB free; the release needs");
 
     // Space that vanished between BeforeInstall and ApplicationStart: the copy fails cleanly.
     let out = svc.hook("application-start", "d-2", &big);
@@ -165,8 +133,7 @@ fn a_full_disk_is_refused_before_copying_and_cleaned_up_when_it_fills_during_the
 fn a_deleted_previous_release_is_reported_when_a_rollback_would_need_it() {
     let (mut svc, _) = deployed("v1");
     let v2 = svc.revision("v2", &[], "");
-    svc.deploy("d-2", &v2)
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-2", &v2);
     std::fs::remove_dir_all(svc.sandbox.host_path("/opt/shop/releases/d-1")).unwrap();
     let path = v2.join("deploy.yml");
     std::fs::write(
@@ -190,9 +157,7 @@ fn a_deleted_previous_release_is_reported_when_a_rollback_would_need_it() {
 async fn a_request_longer_than_the_drain_budget_does_not_hold_the_switch() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[("SAMPLE_DRAIN_TIMEOUT_MS", "1000")], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let port = svc.port;
     let long = tokio::task::spawn_blocking(move || http_get(port, "/?sleep_ms=8000"));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -218,9 +183,7 @@ async fn a_request_longer_than_the_drain_budget_does_not_hold_the_switch() {
 async fn a_deployment_started_while_the_old_instance_drains_and_rapid_deployments_lose_nothing() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let load = Load::start(svc.port, Duration::from_secs(25), 2).await;
     let port = svc.port;
     let slow: Vec<_> = (0..3)
@@ -246,9 +209,7 @@ async fn a_deployment_started_while_the_old_instance_drains_and_rapid_deployment
     // The next deployment goes ahead at once, then more, back to back.
     for (id, label) in [("d-3", "v3"), ("d-4", "v4"), ("d-5", "v5"), ("d-6", "v6")] {
         let rev = svc.revision(label, &[], "");
-        svc.deploy_async(id, &rev)
-            .await
-            .unwrap_or_else(|f| panic!("{id}: {}:\n{}", f.hook, f.output));
+        svc.deploy_ok(id, &rev);
         assert_eq!(svc.live_instances(), vec![format!("shop@{id}.service")]);
     }
     let report = load.finish().await;
@@ -332,20 +293,7 @@ fn a_bundle_with_an_escaping_symlink_is_refused_and_the_old_release_serves() {
     let (mut svc, _) = deployed("v1");
     let bad = svc.revision("v2", &[], "");
     std::os::unix::fs::symlink("/etc/shadow", bad.join("bin/secrets")).unwrap();
-    let failure = svc
-        .deploy("d-2", &bad)
-        .expect_err("a bundle with a symlink to /etc/shadow was accepted");
-    assert_eq!(
-        (failure.hook.as_str(), failure.code),
-        ("application-start", Some(2)),
-        "{}",
-        failure.output
-    );
-    assert!(
-        failure.output.contains("points outside the bundle"),
-        "{}",
-        failure.output
-    );
+    svc.deploy_fails("d-2", &bad, "application-start", 2, "points outside the bundle");
     assert!(
         !svc.sandbox.host_path("/opt/shop/releases/d-2").exists(),
         "the refused release was kept"
@@ -358,13 +306,9 @@ async fn validate_service_killed_during_its_rollback_converges_when_run_again() 
     let mut svc = TestService::new();
     // d-1 takes 1.5 s to start, so the rollback to it is long enough to be interrupted.
     let v1 = svc.revision("v1", &[("SAMPLE_STARTUP_DELAY_MS", "1500")], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let v2 = svc.revision("v2", &[], "");
-    svc.deploy_async("d-2", &v2)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-2", &v2);
     // Now d-2 fails validation (its health path breaks), quickly.
     let path = v2.join("deploy.yml");
     let text = std::fs::read_to_string(&path)

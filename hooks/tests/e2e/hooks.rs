@@ -36,9 +36,7 @@ fn slow_requests(port: u16, n: usize) -> Vec<tokio::task::JoinHandle<String>> {
 async fn deployments_switch_the_serving_release_under_load_without_a_failed_request() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("first deployment failed in {}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     assert_eq!(svc.serving().as_deref(), Some("d-1"));
     assert_eq!(svc.answering_release(), "v1");
     assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
@@ -49,9 +47,7 @@ async fn deployments_switch_the_serving_release_under_load_without_a_failed_requ
     let slow = slow_requests(svc.port, 5);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let switch_from = crate::load::clock();
-    svc.deploy_async("d-2", &v2)
-        .await
-        .unwrap_or_else(|f| panic!("second deployment failed in {}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-2", &v2);
     let switch_to = crate::load::clock();
     tokio::time::sleep(Duration::from_millis(700)).await;
     let report = load.finish().await;
@@ -115,9 +111,7 @@ async fn deployments_switch_the_serving_release_under_load_without_a_failed_requ
 async fn broken_releases_never_take_over_and_the_old_one_keeps_serving() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
 
     let cases = [
         (
@@ -150,17 +144,7 @@ async fn broken_releases_never_take_over_and_the_old_one_keeps_serving() {
         } else {
             revision_with_deadlines(&svc, id, &env, extra)
         };
-        let failure = svc
-            .deploy_async(id, &rev)
-            .await
-            .expect_err(&format!("a release that {what} was accepted"));
-        assert_eq!(failure.hook, "application-start", "{what}: {}", failure.output);
-        assert_eq!(failure.code, Some(1), "{what}: {}", failure.output);
-        assert!(
-            failure.output.contains(reason),
-            "{what}: expected '{reason}' in:\n{}",
-            failure.output
-        );
+        let failure = svc.deploy_fails(id, &rev, "application-start", 1, reason);
         assert!(
             failure.output.contains("d-1 keeps serving"),
             "{what}:\n{}",
@@ -226,9 +210,7 @@ fn revision_with_deadlines(
 async fn a_release_that_crashes_after_starting_is_rolled_back_by_validate_service() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let v2 = svc.revision("v2", &[("SAMPLE_CRASH_AFTER_MS", "1500")], "");
     let v2 = {
         let path = v2.join("deploy.yml");
@@ -238,17 +220,7 @@ async fn a_release_that_crashes_after_starting_is_rolled_back_by_validate_servic
         std::fs::write(path, text).unwrap();
         v2
     };
-    let failure = svc
-        .deploy_async("d-2", &v2)
-        .await
-        .expect_err("a crashing release passed validation");
-    assert_eq!(failure.hook, "validate-service", "{}", failure.output);
-    assert_eq!(failure.code, Some(1));
-    assert!(
-        failure.output.contains("Rolled back: d-1 serves again"),
-        "{}",
-        failure.output
-    );
+    svc.deploy_fails("d-2", &v2, "validate-service", 1, "Rolled back: d-1 serves again");
     assert_eq!(svc.serving().as_deref(), Some("d-1"));
     assert_eq!(svc.answering_release(), "v1");
     assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
@@ -257,9 +229,7 @@ async fn a_release_that_crashes_after_starting_is_rolled_back_by_validate_servic
     // The next deployment builds on that: its ApplicationStop comes from the failed revision
     // (the agent's "last successful install"), and it must still go through.
     let v3 = svc.revision("v3", &[], "");
-    svc.deploy_async("d-3", &v3)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-3", &v3);
     assert_eq!(svc.answering_release(), "v3");
     assert_eq!(svc.state()["previous"].as_str(), Some("d-1"));
 }
@@ -268,13 +238,9 @@ async fn a_release_that_crashes_after_starting_is_rolled_back_by_validate_servic
 async fn unhealthy_after_switch_is_rolled_back_in_place_under_load() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let v2 = svc.revision("v2", &[], "");
-    svc.deploy_async("d-2", &v2)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-2", &v2);
 
     // d-2 serves; make validate-service fail by asking it about a health path that fails,
     // as a release whose dependency broke after the switch would.
@@ -305,9 +271,7 @@ async fn unhealthy_after_switch_is_rolled_back_in_place_under_load() {
 async fn hooks_killed_mid_switch_converge_when_run_again() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let v2 = svc.revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "1500")], "");
     let load = Load::start(svc.port, Duration::from_secs(12), 2).await;
 
@@ -358,9 +322,7 @@ async fn manual_rollback_serves_the_previous_release_without_a_failed_request() 
     let mut svc = TestService::new();
     for (id, label) in [("d-1", "v1"), ("d-2", "v2")] {
         let rev = svc.revision(label, &[], "");
-        svc.deploy_async(id, &rev)
-            .await
-            .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+        svc.deploy_ok(id, &rev);
     }
     let load = Load::start(svc.port, Duration::from_secs(6), 2).await;
     let out = tokio::task::block_in_place(|| svc.handoff(&["rollback"]));
@@ -385,9 +347,7 @@ async fn manual_rollback_serves_the_previous_release_without_a_failed_request() 
 async fn dry_run_prints_the_plan_and_changes_nothing_and_stop_service_really_stops() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let v2 = svc.revision("v2", &[], "");
     let out = run_ok(svc.hook_command("application-start", "d-2", &v2).arg("--dry-run"));
     let plan = String::from_utf8_lossy(&out.stdout);
@@ -409,9 +369,7 @@ async fn dry_run_prints_the_plan_and_changes_nothing_and_stop_service_really_sto
     assert!(http_get(svc.port, "/").is_err(), "the port is still open");
     assert!(svc.live_instances().is_empty());
     // The next deployment brings it back.
-    svc.deploy_async("d-2", &v2)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-2", &v2);
     assert_eq!(svc.answering_release(), "v2");
 }
 
@@ -444,15 +402,10 @@ fn bad_input_is_refused_before_anything_changes() {
 async fn restart_strategy_loses_nothing_but_waits_for_the_drain_and_the_start() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "strategy: restart\n");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let v2 = svc.revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "300")], "strategy: restart\n");
     let load = Load::start(svc.port, Duration::from_secs(8), 2).await;
-    let out = svc
-        .deploy_async("d-2", &v2)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let out = svc.deploy_ok("d-2", &v2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = load.finish().await;
     assert!(
@@ -474,16 +427,11 @@ async fn restart_strategy_loses_nothing_but_waits_for_the_drain_and_the_start() 
 async fn a_changed_listen_address_is_applied_and_reported() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let old_port = svc.port;
     svc.port = free_port();
     let v2 = svc.revision("v2", &[], "");
-    let log = svc
-        .deploy_async("d-2", &v2)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    let log = svc.deploy_ok("d-2", &v2);
     assert!(
         log.contains(&format!(
             "addresses change from [ListenStream=127.0.0.1:{old_port}] to [127.0.0.1:{}]",
@@ -502,9 +450,7 @@ async fn a_changed_listen_address_is_applied_and_reported() {
 async fn one_deployment_step_at_a_time() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
-    svc.deploy_async("d-1", &v1)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-1", &v1);
     let slow = svc.revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "3000")], "");
     let other = svc.revision("v3", &[], "");
     let first = svc
@@ -535,9 +481,7 @@ async fn after_a_reboot_the_socket_and_the_serving_release_come_back() {
     let mut svc = TestService::new();
     for (id, label) in [("d-1", "v1"), ("d-2", "v2")] {
         let rev = svc.revision(label, &[], "");
-        svc.deploy_async(id, &rev)
-            .await
-            .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+        svc.deploy_ok(id, &rev);
     }
     let old_pid = svc.sandbox.pid;
     svc.sandbox.reboot();
@@ -556,8 +500,6 @@ async fn after_a_reboot_the_socket_and_the_serving_release_come_back() {
     assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
     // And the next deployment builds on it.
     let v3 = svc.revision("v3", &[], "");
-    svc.deploy_async("d-3", &v3)
-        .await
-        .unwrap_or_else(|f| panic!("{}:\n{}", f.hook, f.output));
+    svc.deploy_ok("d-3", &v3);
     assert_eq!(svc.answering_release(), "v3");
 }

@@ -114,8 +114,46 @@ impl TestService {
         rest.map(|()| log)
     }
 
-    pub async fn deploy_async(&mut self, deployment: &str, revision: &Path) -> Result<String, HookFailure> {
-        tokio::task::block_in_place(|| self.deploy(deployment, revision))
+    /// Deploys; panics with the failing hook's output if a hook fails. Returns the hooks' output.
+    pub fn deploy_ok(&mut self, deployment: &str, revision: &Path) -> String {
+        let mut deploy = || {
+            self.deploy(deployment, revision)
+                .unwrap_or_else(|f| panic!("deployment {deployment} failed in {}:\n{}", f.hook, f.output))
+        };
+        // Inside a (multi-thread) test runtime, keep the load clients' tasks running.
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(deploy),
+            Err(_) => deploy(),
+        }
+    }
+
+    /// Deploys expecting `hook` to fail with exit `code` and a message containing `needle`.
+    pub fn deploy_fails(
+        &mut self,
+        deployment: &str,
+        revision: &Path,
+        hook: &str,
+        code: i32,
+        needle: &str,
+    ) -> HookFailure {
+        let mut deploy = || self.deploy(deployment, revision);
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(deploy),
+            Err(_) => deploy(),
+        };
+        let failure = result.expect_err(&format!("deployment {deployment} was expected to fail in {hook}"));
+        assert_eq!(
+            (failure.hook.as_str(), failure.code),
+            (hook, Some(code)),
+            "{}",
+            failure.output
+        );
+        assert!(
+            failure.output.contains(needle),
+            "expected '{needle}' in:\n{}",
+            failure.output
+        );
+        failure
     }
 
     /// serving/previous from the hooks' state file.
