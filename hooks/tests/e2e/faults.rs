@@ -193,14 +193,7 @@ async fn a_deployment_started_while_the_old_instance_drains_and_rapid_deployment
 
     // ApplicationStart for d-2 is stopped by the agent's timeout while d-1 drains.
     let v2 = svc.revision("v2", &[], "");
-    let mut cmd = svc.sandbox.command("timeout");
-    cmd.args(["-s", "TERM", "1.5"])
-        .arg(workspace_bin("application-start"))
-        .arg("--revision")
-        .arg(&v2);
-    cmd.env("DEPLOYMENT_ID", "d-2");
-    let out = tokio::task::block_in_place(|| run(&mut cmd));
-    assert!(!out.status.success(), "{}", explain(&cmd, &out));
+    svc.hook_interrupted("TERM", "1.5", "application-start", "d-2", &v2);
     assert!(
         svc.live_instances().contains(&"shop@d-1.service".to_string()),
         "d-1 should still be draining: {:?}",
@@ -317,18 +310,12 @@ async fn validate_service_killed_during_its_rollback_converges_when_run_again() 
     std::fs::write(&path, text.replace("validate: 10s", "validate: 1s")).unwrap();
 
     let load = Load::start(svc.port, Duration::from_secs(20), 2).await;
-    let mut cmd = svc.sandbox.command("timeout");
-    cmd.args(["-s", "KILL", "2.0"])
-        .arg(workspace_bin("validate-service"))
-        .arg("--revision")
-        .arg(&v2);
-    cmd.env("DEPLOYMENT_ID", "d-2");
-    let out = tokio::task::block_in_place(|| run(&mut cmd));
+    let out = svc.hook_interrupted("KILL", "2.0", "validate-service", "d-2", &v2);
     assert_eq!(
         out.status.code(),
         Some(137),
         "not killed mid-rollback: {}",
-        explain(&cmd, &out)
+        stderr(&out)
     );
     let out = tokio::task::block_in_place(|| svc.hook("validate-service", "d-2", &v2));
     let report = load.finish().await;

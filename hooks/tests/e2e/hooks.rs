@@ -277,18 +277,7 @@ async fn hooks_killed_mid_switch_converge_when_run_again() {
 
     // Killed while the new instance starts: SIGKILL, then the agent's SIGTERM.
     for signal in ["KILL", "TERM"] {
-        let mut cmd = svc.sandbox.command("timeout");
-        cmd.args(["-s", signal, "0.7"])
-            .arg(workspace_bin("application-start"))
-            .arg("--revision")
-            .arg(&v2);
-        cmd.env("DEPLOYMENT_ID", "d-2");
-        let out = run(&mut cmd);
-        assert!(
-            !out.status.success(),
-            "application-start was not interrupted: {}",
-            explain(&cmd, &out)
-        );
+        let out = svc.hook_interrupted(signal, "0.7", "application-start", "d-2", &v2);
         if signal == "TERM" {
             let text = String::from_utf8_lossy(&out.stderr);
             assert!(

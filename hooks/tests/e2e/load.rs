@@ -8,24 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Counts for one client kind (requests, failed, detail), shared with `make bench`.
-pub use bench::data::Counts;
-
-#[derive(Debug, Default, Clone)]
-pub struct WsCounts {
-    pub sessions: u64,
-    pub echoes: u64,
-    /// Close frames received from the server, by code.
-    pub closes_1012: u64,
-    pub other_closes: Vec<u16>,
-    /// Sessions that ended without a close frame (1006), or failed to connect.
-    pub abnormal: u64,
-    pub releases_seen: Vec<String>,
-}
+pub use bench::data::{Counts, WsCounts};
 
 /// One probe request: when it started, how long it took, which release answered.
 #[derive(Debug, Clone)]
@@ -256,7 +243,7 @@ async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>) {
         tasks.push(tokio::spawn(async move {
             let at = clock();
             let t = Instant::now();
-            match tokio::time::timeout(Duration::from_secs(20), one_request(port)).await {
+            match tokio::time::timeout(Duration::from_secs(20), bench::load::one_request(port, "/")).await {
                 Ok(Ok(release)) => samples.lock().await.push(Sample {
                     at,
                     latency: t.elapsed(),
@@ -286,27 +273,6 @@ async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>) {
         },
         samples,
     )
-}
-
-async fn one_request(port: u16) -> std::io::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    if !text.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("unexpected answer: {:.60}", text)));
-    }
-    let release = text
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("x-release:")
-                .then(|| l[10..].trim().to_string())
-        })
-        .unwrap_or_default();
-    Ok(release)
 }
 
 /// p50, p99 and max of the samples whose start falls in [from, to).

@@ -79,6 +79,34 @@ impl TestService {
         cmd
     }
 
+    /// A hook run under `timeout -s SIGNAL SECS`, as the agent's hook timeout (TERM) or a
+    /// crash (KILL) would end it.
+    pub fn hook_interrupted(
+        &self,
+        signal: &str,
+        secs: &str,
+        hook: &str,
+        deployment: &str,
+        revision: &Path,
+    ) -> Output {
+        let mut cmd = self.sandbox.command("timeout");
+        cmd.args(["-s", signal, secs])
+            .arg(workspace_bin(hook))
+            .arg("--revision")
+            .arg(revision);
+        cmd.env("DEPLOYMENT_ID", deployment);
+        let out = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| run(&mut cmd)),
+            Err(_) => run(&mut cmd),
+        };
+        assert!(
+            !out.status.success(),
+            "{hook} was not interrupted:\n{}",
+            explain(&cmd, &out)
+        );
+        out
+    }
+
     pub fn hook(&self, hook: &str, deployment: &str, revision: &Path) -> Output {
         run(&mut self.hook_command(hook, deployment, revision))
     }
