@@ -72,6 +72,16 @@ pub struct Config {
     #[arg(long, env = "SAMPLE_UNHEALTHY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub unhealthy: bool,
 
+    /// Serve and send READY=1, but answer every request with 503, health included (a broken
+    /// release: what its share of the traffic gets until the hooks stop it).
+    #[arg(long, env = "SAMPLE_BROKEN", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub broken: bool,
+
+    /// Serve and send READY=1, accept connections, but never answer a request (a deadlocked
+    /// release). The drain deadline ends it.
+    #[arg(long, env = "SAMPLE_HANG", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub hang: bool,
+
     /// Serve healthy, then answer /healthz with 503 from this many ms after start on
     /// (a release whose dependency breaks after the switch; deploy validation rolls it back).
     #[arg(long, value_name = "MS", env = "SAMPLE_UNHEALTHY_AFTER_MS")]
@@ -131,6 +141,8 @@ impl Default for Config {
             startup_delay_ms: 0,
             fail_start: false,
             unhealthy: false,
+            broken: false,
+            hang: false,
             unhealthy_after_ms: None,
             never_ready: false,
             crash_after_ms: None,

@@ -190,6 +190,12 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    if shared.hang {
+        std::future::pending::<()>().await;
+    }
+    if shared.broken {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "broken\n");
+    }
     match path {
         "/" => {
             match sleep_ms(req.uri().query()) {

@@ -235,6 +235,10 @@ impl Stats {
 pub struct Shared {
     pub(crate) identity: Identity,
     pub(crate) unhealthy: bool,
+    /// SAMPLE_BROKEN: every request answers 503.
+    pub(crate) broken: bool,
+    /// SAMPLE_HANG: no request is ever answered.
+    pub(crate) hang: bool,
     /// SAMPLE_UNHEALTHY_AFTER_MS: unhealthy from this instant on.
     pub(crate) unhealthy_from: Option<std::time::Instant>,
     pub(crate) ws_close_timeout: Duration,
@@ -248,6 +252,8 @@ impl Shared {
         Arc::new(Self {
             identity: Identity::new(&config.release, &config.instance, std::process::id()),
             unhealthy: config.unhealthy,
+            broken: config.broken,
+            hang: config.hang,
             unhealthy_from: config
                 .unhealthy_after_ms
                 .map(|ms| std::time::Instant::now() + Duration::from_millis(ms)),
