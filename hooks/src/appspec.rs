@@ -1045,9 +1045,12 @@ fn check_symlinks(bundle: &Path, problems: &mut Vec<Problem>) {
 /// Lints an unpacked bundle folder.
 pub fn lint_dir(bundle: &Path) -> Report {
     let mut report = Report::default();
-    let (_, problems) = check_appspec(bundle);
+    let (spec, problems) = check_appspec(bundle);
     report.problems.extend(problems);
     if let Some(cfg) = check_deploy(bundle, &mut report.problems) {
+        if let Some(spec) = &spec {
+            report.problems.extend(crate::timeouts::check(spec, &cfg));
+        }
         check_units(&cfg, bundle, &mut report);
     }
     check_symlinks(bundle, &mut report.problems);
