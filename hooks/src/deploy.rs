@@ -1,39 +1,66 @@
 //! The release switch: how traffic moves from one release to the next without a failed or a
-//! stalled request.
+//! stalled request, and how every way it can stop half-way is undone.
 //!
 //! ```text
-//!   client ──► kernel queue of <service>.socket (never stopped by a deploy)
+//!   client ──► kernel queue of <service>.socket (never stopped by a switch)
 //!                 │            │
 //!                 ▼            ▼
 //!     <service>@old.service   <service>@new.service      both accept() from the same socket
 //! ```
 //!
-//! 1. The socket is listening (a failed socket is recovered in the order systemd accepts:
-//!    stop the holder, reset the socket, start the socket, start the holder).
-//! 2. `<service>@<new>.service` starts while the old instance still serves; its start job
-//!    completes at READY=1. A crash or a missed deadline stops the new instance: the old one
-//!    never stopped serving.
-//! 3. Probes through the real port, one new connection each, must reach the new release and
-//!    get 200 (the app names its instance in a header, so a probe answered by the old one
-//!    does not count).
-//! 4. Only then is the old instance stopped: it stops accepting at once and drains; the new
-//!    instance takes everything queued on the shared socket.
-//! 5. The new instance is enabled (it comes back after a reboot), the old one disabled.
+//! [`Deployer::deploy`] moves traffic to a release in these steps; `state.json` records where
+//! it stands, so a hook killed at any instant leaves a state the next step can finish or undo:
+//!
+//! 1. **Intent.** `switching: {to, from}` is written (fsynced) before anything changes.
+//! 2. **Units.** The new release's unit files are installed (each durably) and systemd is
+//!    reloaded when a file changed *or* systemd says a loaded unit is stale
+//!    (`NeedDaemonReload`, a hook killed between its write and its reload); every unit must
+//!    then load. A change of the socket's addresses is **deferred** (step 6): the socket is
+//!    never re-created while the old release depends on it.
+//! 3. **Start beside.** The socket is listening; `<service>@<new>.service` starts while the old
+//!    instance still serves, and its start job completes at READY=1. Probes through the real
+//!    port must reach the new release and get 200; an unhealthy answer or probes that are
+//!    accepted and never answered (a hung release) end it at once.
+//! 4. **Commit.** The new instance is enabled (it comes back after a reboot), then one state
+//!    write: `serving` is the new release, `previous` the old one, `switching` cleared.
+//! 5. **Retire.** The old instance is stopped (it drains) and disabled; until then both are
+//!    enabled, so an interrupted drain never leaves nothing to start at boot.
+//! 6. **Move the socket** (only when the addresses changed): the socket is re-created on the new
+//!    addresses and the new release restarted onto it — the one switch that costs a restart.
+//!
+//! If step 2 or 3 fails, or a later step finds `switching` left by a killed hook, the switch is
+//! **undone**: the new instance is stopped and the units of the release that serves are
+//! rendered again from its own release folder and installed, so the serving release keeps the
+//! `ExecStart=`, environment and hardening it was started with, at its next restart and after a
+//! reboot too.
 //!
 //! With `strategy: restart` the old instance is stopped before the new one starts: nothing is
-//! refused (the socket queues), but clients wait for the drain and the start.
+//! refused (the socket queues), but clients wait for the drain and the start; an undo starts
+//! the old release again.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::{DeployConfig, Strategy};
-use crate::fault::Fault;
+use crate::config::{self, DeployConfig, Strategy};
+use crate::fault::{self, Fault};
 use crate::health::Probe;
-use crate::release::ReleaseStore;
+use crate::release::{ReleaseStore, State, Switching};
 use crate::systemd::Systemd;
 use crate::units;
+
+/// Test-only fault injection: `HANDOFF_KILL_AT=<step>` makes a hook kill itself (SIGKILL)
+/// when it reaches that step, so tests interrupt a switch at a named point, not by timing.
+/// Steps, in order: `after-intent`, `units-written` (before the reload), `after-units`,
+/// `after-start` (the new release answers; not committed), `after-commit` (before the old
+/// one drains), `socket-written` (a socket move, before the socket is re-created).
+pub fn kill_point(step: &str) {
+    if std::env::var("HANDOFF_KILL_AT").is_ok_and(|s| s == step) {
+        eprintln!("HANDOFF_KILL_AT={step}: killing this hook here (test fault injection)");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
 
 /// Everything a switch needs.
 pub struct Deployer<'a> {
@@ -47,8 +74,17 @@ pub struct Deployer<'a> {
 /// What a switch did, and how long it waited on the app (start, probes, drain).
 #[derive(Debug, Default)]
 pub struct Switch {
+    pub from: Option<String>,
     pub stopped: Vec<String>,
     pub waited_on_app: Duration,
+}
+
+/// Units installed for a release, and the socket change left for after the switch.
+#[derive(Debug, Default)]
+pub struct Installed {
+    pub changes: units::Changes,
+    /// The socket unit with new addresses, written only once the new release serves.
+    pub deferred_socket: Option<units::Rendered>,
 }
 
 impl<'a> Deployer<'a> {
@@ -71,47 +107,297 @@ impl<'a> Deployer<'a> {
         self.cfg.deadlines.start + Duration::from_secs(5)
     }
 
-    /// Installs the units rendered from `release`'s own templates; reloads systemd only when
-    /// a file changed; enables the socket and the holder so they come back after a reboot.
-    pub async fn install_units(&self, release: &str) -> Result<units::Changes> {
-        let rendered = units::render(self.cfg, &self.store.dir(release))?;
+    /// The whole switch to `release` (steps 1–6 of the module doc). `commit` adds to the
+    /// state written at step 4. On failure the switch is undone, the release is recorded as
+    /// failed (unless the host was at fault), and the error says what serves.
+    pub async fn deploy(
+        &self,
+        release: &str,
+        hook: &str,
+        deployment: &str,
+        commit: impl FnOnce(&mut State),
+    ) -> Result<Switch> {
+        let dry = self.systemd.dry_run();
+        let state = self.store.load_state()?;
+        let from = state.serving.clone().filter(|r| r != release);
+        if !dry {
+            self.store
+                .update(hook, deployment, &format!("switching to {release}"), |s| {
+                    s.switching = Some(Switching {
+                        to: release.to_string(),
+                        from: from.clone(),
+                        hook: hook.to_string(),
+                        deployment: deployment.to_string(),
+                    })
+                })?;
+        }
+        kill_point("after-intent");
+
+        let started = async {
+            let installed = self.install_units(release).await?;
+            kill_point("after-units");
+            // While a socket move is deferred, the release starts and is probed on the
+            // addresses the socket has now.
+            let current;
+            let on_socket = match &installed.deferred_socket {
+                None => self,
+                Some(_) => {
+                    let mut cfg = self.cfg.clone();
+                    cfg.listen = units::listen_lines(&std::fs::read_to_string(
+                        self.unit_dir.join(self.cfg.socket_unit()),
+                    )?)
+                    .iter()
+                    .map(|l| l.trim_start_matches("ListenStream=").to_string())
+                    .collect();
+                    current = cfg;
+                    &Deployer::new(&current, self.systemd, self.store)?
+                }
+            };
+            on_socket.ensure_socket().await?;
+            let switch = on_socket.start_beside(release).await?;
+            Ok::<_, anyhow::Error>((installed, switch))
+        }
+        .await;
+        let (installed, mut switch) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                let serving = self.undo(release, from.as_deref()).await;
+                if !dry {
+                    let blame = fault::exit_code(&e) != 3;
+                    let message = format!("{release} did not take over: {e:#}");
+                    let saved = self.store.update(hook, deployment, &message, |s| {
+                        s.switching = None;
+                        if blame {
+                            s.mark_failed(release);
+                        }
+                    });
+                    if let Err(save) = saved {
+                        tracing::error!("{save:#}");
+                    }
+                }
+                let kind = fault::kind_of(&e).unwrap_or(fault::FaultKind::Deployment);
+                bail!(Fault::new(
+                    kind,
+                    format!("release {release} did not take over: {e:#}. It was stopped; {serving}")
+                ));
+            }
+        };
+        kill_point("after-start");
+        // Enabled before the commit: from the commit on, a reboot must bring the new release
+        // back (an undo disables it again).
+        let unit = self.cfg.instance_unit(release);
+        if self.systemd.unit_file_state(&unit).await? != "enabled" {
+            self.systemd.enable(&[&unit]).await?;
+        }
+
+        if !dry {
+            self.store
+                .update(hook, deployment, &format!("{release} serves"), |s| {
+                    if from.is_some() {
+                        s.previous = from.clone();
+                    }
+                    s.serving = Some(release.to_string());
+                    s.switching = None;
+                    s.failed.retain(|r| r != release);
+                    commit(s);
+                })?;
+        }
+        kill_point("after-commit");
+        switch.from = from;
+
+        self.retire_others(release, &mut switch).await?;
+        if let Some(socket) = installed.deferred_socket {
+            let t = Instant::now();
+            self.move_socket(release, &socket, hook, deployment).await?;
+            switch.waited_on_app += t.elapsed();
+        }
+        Ok(switch)
+    }
+
+    /// Undoes a switch to `release` that was not committed: stops its instance, puts the units
+    /// of `serving` back, and makes sure `serving` runs. Returns what serves, for messages.
+    pub async fn undo(&self, release: &str, serving: Option<&str>) -> String {
+        self.abandon(release).await;
+        let Some(serving) = serving else {
+            return "nothing served before it".into();
+        };
+        if let Err(e) = self.restore_units(serving).await {
+            tracing::error!("could not restore the units of {serving}: {e:#}");
+            return format!(
+                "{serving} keeps serving, but its units could not be restored ({e:#}); deploy {serving} again \
+                 or run `handoff rollback --to {serving}`"
+            );
+        }
+        let unit = self.cfg.instance_unit(serving);
+        match self.systemd.status(&unit).await {
+            Ok(st) if st.is_active() => format!("{serving} keeps serving, with its own units"),
+            _ => match self.systemd.start(&unit, self.start_deadline()).await {
+                Ok(()) => format!("{serving} serves again, with its own units"),
+                Err(e) => {
+                    tracing::error!("could not start {serving} again: {e:#}");
+                    format!(
+                        "{serving} could not be started again ({e:#}): nothing serves; roll back by hand \
+                         (`handoff rollback`)"
+                    )
+                }
+            },
+        }
+    }
+
+    /// Finishes what a killed hook left: undoes an uncommitted switch and applies a socket
+    /// change that was written but not applied. Run under the lock, before any new step.
+    pub async fn recover(&self, hook: &str, deployment: &str) -> Result<()> {
+        let state = self.store.load_state()?;
+        if let Some(sw) = &state.switching {
+            tracing::warn!(
+                "a switch to {} ({} of deployment {}) was interrupted; undoing it first",
+                sw.to,
+                sw.hook,
+                sw.deployment
+            );
+            let serving = self.undo(&sw.to, sw.from.as_deref()).await;
+            if !self.systemd.dry_run() {
+                self.store.update(
+                    hook,
+                    deployment,
+                    &format!("undid the interrupted switch to {}: {serving}", sw.to),
+                    |s| s.switching = None,
+                )?;
+            }
+            tracing::info!("undid the interrupted switch to {}: {serving}", sw.to);
+        }
+        if let Some(serving) = state.socket_pending.as_deref()
+            && state.serving.as_deref() == Some(serving)
+        {
+            tracing::warn!("the socket's new addresses were written but not applied; applying them now");
+            let cfg = DeployConfig::load(&self.store.dir(serving).join(config::FILE_NAME))?;
+            let deployer = Deployer::new(&cfg, self.systemd, self.store)?;
+            let socket = units::render(&cfg, &self.store.dir(serving))?
+                .into_iter()
+                .find(|u| u.name == cfg.socket_unit())
+                .context("no socket unit rendered")?;
+            deployer.move_socket(serving, &socket, hook, deployment).await?;
+        }
+        Ok(())
+    }
+
+    /// Installs the units rendered from `release`'s own templates (a changed socket address
+    /// is deferred while the socket serves); reloads systemd when a file changed or a loaded
+    /// unit is stale; checks that every unit loads; enables the socket and the holder.
+    pub async fn install_units(&self, release: &str) -> Result<Installed> {
+        let mut rendered = units::render(self.cfg, &self.store.dir(release))?;
+        self.check_ownership(&rendered).await?;
         if self.cfg.app.log_to_file && !self.systemd.dry_run() {
             let logs = self.store.root().join("logs");
             std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
         }
-        let changes = units::install(&rendered, &self.unit_dir, self.systemd.dry_run())?;
-        if changes.any() {
-            tracing::info!(
-                "unit files changed: {}; reloading systemd",
-                changes.written.join(", ")
-            );
-            self.systemd.reload().await?;
-            if let Err(e) = self.check_units_load(release).await {
-                // Never leave units behind that systemd cannot use: the serving release
-                // must still be stoppable, and the next deployment must start from good units.
-                tracing::error!("{e:#}; restoring the previous unit files");
-                units::undo(&changes)?;
-                self.systemd.reload().await?;
-                return Err(e);
-            }
-        } else {
-            tracing::debug!("unit files unchanged; no reload");
-        }
-        if let Some(before) = &changes.listen_before {
+        let socket_name = self.cfg.socket_unit();
+        let mut deferred_socket = None;
+        if self.systemd.status(&socket_name).await?.is_running_or_starting()
+            && let Ok(installed) = std::fs::read_to_string(self.unit_dir.join(&socket_name))
+            && let Some(at) = rendered.iter().position(|u| u.name == socket_name)
+            && units::listen_lines(&installed) != units::listen_lines(&rendered[at].text)
+        {
             tracing::warn!(
-                "the socket's addresses change from [{}] to [{}]: the socket is re-created; the old \
-                 address stops accepting new connections now, the old release serves what it has \
-                 accepted until it is stopped",
-                before.join(", "),
+                "the socket's addresses change from [{}] to [{}]: the new release starts on the current \
+                 socket first; the socket moves once it serves (the release is restarted onto it)",
+                units::listen_lines(&installed).join(", "),
                 self.cfg.listen.join(", ")
             );
+            deferred_socket = Some(rendered.remove(at));
+        }
+        let changes = units::install(&rendered, &self.unit_dir, self.systemd.dry_run())?;
+        kill_point("units-written");
+        let stale = self.stale_units(release).await?;
+        if changes.any() || !stale.is_empty() {
+            tracing::info!(
+                "reloading systemd: {}",
+                if changes.any() {
+                    format!("unit files changed: {}", changes.written.join(", "))
+                } else {
+                    format!("systemd has not loaded the current files of {}", stale.join(", "))
+                }
+            );
+            self.systemd.reload().await?;
+        } else {
+            tracing::debug!("unit files unchanged and loaded; no reload");
+        }
+        if let Err(e) = self.check_units_load(release).await {
+            // Never leave units behind that systemd cannot use.
+            tracing::error!("{e:#}; restoring the previous unit files");
+            units::undo(&changes)?;
+            self.systemd.reload().await?;
+            return Err(e);
         }
         for unit in [self.cfg.socket_unit(), self.cfg.holder_unit()] {
             if self.systemd.unit_file_state(&unit).await? != "enabled" {
                 self.systemd.enable(&[&unit]).await?;
             }
         }
-        Ok(changes)
+        Ok(Installed {
+            changes,
+            deferred_socket,
+        })
+    }
+
+    /// The units of `serving`, rendered again from its own release folder and deploy.yml,
+    /// installed and loaded: what it was started with.
+    pub async fn restore_units(&self, serving: &str) -> Result<()> {
+        let cfg = DeployConfig::load(&self.store.dir(serving).join(config::FILE_NAME))
+            .with_context(|| format!("cannot read the deploy.yml of {serving}"))?;
+        let rendered = units::render(&cfg, &self.store.dir(serving))?;
+        let changes = units::install(&rendered, &self.unit_dir, self.systemd.dry_run())?;
+        let deployer = Deployer::new(&cfg, self.systemd, self.store)?;
+        if changes.any() || !deployer.stale_units(serving).await?.is_empty() {
+            tracing::info!(
+                "restoring the units of {serving}{}",
+                if changes.any() {
+                    format!(": {}", changes.written.join(", "))
+                } else {
+                    String::new()
+                }
+            );
+            self.systemd.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Units of the service that systemd loaded from files changed since (NeedDaemonReload).
+    async fn stale_units(&self, release: &str) -> Result<Vec<String>> {
+        if self.systemd.dry_run() {
+            return Ok(Vec::new());
+        }
+        let mut stale = Vec::new();
+        for unit in self.service_units(release) {
+            if self.systemd.status(&unit).await?.need_daemon_reload {
+                stale.push(unit);
+            }
+        }
+        Ok(stale)
+    }
+
+    fn service_units(&self, release: &str) -> [String; 3] {
+        [
+            self.cfg.socket_unit(),
+            self.cfg.holder_unit(),
+            self.cfg.instance_unit(release),
+        ]
+    }
+
+    /// Refuses a `service:` whose unit names belong to someone else.
+    pub async fn check_ownership(&self, rendered: &[units::Rendered]) -> Result<()> {
+        let mut fragments = Vec::new();
+        for unit in rendered {
+            // The template itself cannot be loaded; an instance of it shows its file.
+            let probe = if unit.name.ends_with("@.service") {
+                unit.name.replace("@.service", "@handoff-check.service")
+            } else {
+                unit.name.clone()
+            };
+            let st = self.systemd.status(&probe).await?;
+            fragments.push((unit.name.clone(), st.fragment_path));
+        }
+        units::check_ownership(rendered, &self.unit_dir, &fragments)
     }
 
     /// Every unit of the service must load after a reload ("loaded", not "bad-setting").
@@ -119,11 +405,7 @@ impl<'a> Deployer<'a> {
         if self.systemd.dry_run() {
             return Ok(());
         }
-        for unit in [
-            self.cfg.socket_unit(),
-            self.cfg.holder_unit(),
-            self.cfg.instance_unit(release),
-        ] {
+        for unit in self.service_units(release) {
             let st = self.systemd.status(&unit).await?;
             if st.load_state != "loaded" {
                 bail!(Fault::input(format!(
@@ -136,9 +418,10 @@ impl<'a> Deployer<'a> {
         Ok(())
     }
 
-    /// Makes sure the socket is listening and its holder active; re-creates the socket when
-    /// asked (changed addresses). Verifies that every address accepts connections.
-    pub async fn ensure_socket(&self, recreate: bool) -> Result<()> {
+    /// Makes sure the socket is listening and its holder active (a failed socket is recovered
+    /// in the order systemd accepts: stop the holder, reset the socket, start both), and that
+    /// every address accepts connections.
+    pub async fn ensure_socket(&self) -> Result<()> {
         let socket = self.cfg.socket_unit();
         let holder = self.cfg.holder_unit();
         let deadline = Duration::from_secs(30);
@@ -150,11 +433,7 @@ impl<'a> Deployer<'a> {
                 self.unit_dir.display()
             )));
         }
-        if recreate && st.is_running_or_starting() {
-            tracing::info!("re-creating {socket} for its new addresses");
-            self.systemd.stop(&holder, deadline).await?;
-            self.systemd.stop(&socket, deadline).await?;
-        } else if st.active_state == "failed" {
+        if st.active_state == "failed" {
             tracing::warn!(
                 "{socket} had failed (result {}); recovering it: stop {holder}, reset {socket}, start both",
                 st.result
@@ -162,27 +441,42 @@ impl<'a> Deployer<'a> {
             self.systemd.stop(&holder, deadline).await?;
             self.systemd.reset_failed(&socket).await?;
         }
-        if recreate || !st.is_active() {
-            self.systemd.start(&socket, deadline).await.map_err(|e| {
+        if !st.is_active() {
+            self.start_socket().await?;
+        }
+        if !self.systemd.status(&holder).await?.is_active() {
+            self.systemd.start(&holder, deadline).await?;
+        }
+        self.check_socket_accepts().await
+    }
+
+    async fn start_socket(&self) -> Result<()> {
+        let socket = self.cfg.socket_unit();
+        self.systemd
+            .start(&socket, Duration::from_secs(30))
+            .await
+            .map_err(|e| {
                 Fault::environment(format!(
                     "{e:#}; is another process listening on {}? (`ss -ltnp` shows who)",
                     self.cfg.listen.join(", ")
                 ))
             })?;
-            tracing::info!("{socket} is listening on {}", self.cfg.listen.join(", "));
+        tracing::info!("{socket} is listening on {}", self.cfg.listen.join(", "));
+        Ok(())
+    }
+
+    async fn check_socket_accepts(&self) -> Result<()> {
+        if self.systemd.dry_run() {
+            return Ok(());
         }
-        if !self.systemd.status(&holder).await?.is_active() {
-            self.systemd.start(&holder, deadline).await?;
-        }
-        if !self.systemd.dry_run() {
-            for addr in self.probe.addrs() {
-                let ok =
-                    tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await;
-                if !matches!(ok, Ok(Ok(_))) {
-                    bail!(Fault::environment(format!(
-                        "{socket} is active but {addr} does not accept connections; check `systemctl status {socket}`"
-                    )));
-                }
+        for addr in self.probe.addrs() {
+            let ok = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await;
+            if !matches!(ok, Ok(Ok(_))) {
+                bail!(Fault::environment(format!(
+                    "{} is active but {addr} does not accept connections; check `systemctl status {}`",
+                    self.cfg.socket_unit(),
+                    self.cfg.socket_unit()
+                )));
             }
         }
         Ok(())
@@ -204,9 +498,10 @@ impl<'a> Deployer<'a> {
             .collect())
     }
 
-    /// Moves traffic to `release`: start it beside the serving one, confirm it answers
-    /// through the port, then drain and stop every other instance.
-    pub async fn switch_to(&self, release: &str) -> Result<Switch> {
+    /// Step 3: starts `release` beside the serving instances (after stopping them, with
+    /// `strategy: restart`) and confirms it answers through the port. On failure it is
+    /// stopped; the caller undoes the rest.
+    async fn start_beside(&self, release: &str) -> Result<Switch> {
         if !self.store.is_complete(release) {
             bail!(Fault::input(format!(
                 "release {release} is not in {} (or its copy is incomplete); deploy it again",
@@ -220,7 +515,10 @@ impl<'a> Deployer<'a> {
             .into_iter()
             .filter(|r| r != release)
             .collect();
-        let mut report = Switch::default();
+        let mut report = Switch {
+            stopped: others.clone(),
+            ..Default::default()
+        };
 
         if self.cfg.strategy == Strategy::Restart {
             for other in &others {
@@ -243,35 +541,37 @@ impl<'a> Deployer<'a> {
             }
         );
         let t = Instant::now();
-        let started = self.systemd.start(&unit, self.start_deadline()).await;
-        let started = match started {
-            Ok(()) if self.systemd.dry_run() => Ok(()),
-            Ok(()) => self
-                .probe
-                .confirm_ready(release, self.cfg.deadlines.start)
-                .await
-                .context("the new release started but"),
-            Err(e) => Err(e),
-        };
+        let started = self.start_and_confirm(release).await;
         report.waited_on_app += t.elapsed();
         if let Err(e) = started {
             self.abandon(release).await;
-            let serving = if self.cfg.strategy == Strategy::Restart {
-                self.restore(&others).await
-            } else if others.is_empty() {
-                "nothing served before it".to_string()
-            } else {
-                format!("{} keeps serving", others.join(", "))
-            };
-            bail!(Fault::deployment(format!(
-                "release {release} did not take over: {e:#}. It was stopped; {serving}"
-            )));
+            return Err(e);
         }
-        tracing::info!(
-            "{release} answers through {}; stopping the previous instance",
-            self.describe_addrs()
-        );
+        tracing::info!("{release} answers through {}", self.describe_addrs());
+        Ok(report)
+    }
 
+    /// Starts the release's instance (READY=1) and confirms it through the port.
+    async fn start_and_confirm(&self, release: &str) -> Result<()> {
+        let unit = self.cfg.instance_unit(release);
+        self.systemd.start(&unit, self.start_deadline()).await?;
+        if self.systemd.dry_run() {
+            return Ok(());
+        }
+        self.probe
+            .confirm_ready(release, self.cfg.deadlines.start)
+            .await
+            .context("the new release started but")
+    }
+
+    /// Step 5: every instance but the new one drains and is disabled.
+    async fn retire_others(&self, release: &str, report: &mut Switch) -> Result<()> {
+        let mut others = report.stopped.clone();
+        for live in self.live_releases().await? {
+            if live != release && !others.contains(&live) {
+                others.push(live);
+            }
+        }
         for other in &others {
             let other_unit = self.cfg.instance_unit(other);
             let t = Instant::now();
@@ -287,41 +587,95 @@ impl<'a> Deployer<'a> {
             if self.systemd.unit_file_state(&other_unit).await? == "enabled" {
                 self.systemd.disable(&[&other_unit]).await?;
             }
-            report.stopped.push(other.clone());
         }
-        if self.systemd.unit_file_state(&unit).await? != "enabled" {
-            self.systemd.enable(&[&unit]).await?;
+        report.stopped = others;
+        Ok(())
+    }
+
+    /// Step 6: re-creates the socket on its new addresses and restarts `release` onto it.
+    /// Clients of a new address queue while the release restarts; a removed address stops
+    /// accepting when the release lets go of it. An address both old and new cannot be bound
+    /// twice, so then the release lets go first, and what queues on that address meanwhile is
+    /// reset when the socket closes (README: a listen change).
+    async fn move_socket(
+        &self,
+        release: &str,
+        socket: &units::Rendered,
+        hook: &str,
+        deployment: &str,
+    ) -> Result<()> {
+        let dry = self.systemd.dry_run();
+        let path = self.unit_dir.join(&socket.name);
+        let before = std::fs::read_to_string(&path)
+            .map(|t| units::listen_lines(&t))
+            .unwrap_or_default();
+        let after = units::listen_lines(&socket.text);
+        let kept = before.iter().any(|l| after.contains(l));
+        if !dry {
+            self.store.update(
+                hook,
+                deployment,
+                &format!("moving the socket to [{}]", self.cfg.listen.join(", ")),
+                |s| s.socket_pending = Some(release.to_string()),
+            )?;
         }
-        Ok(report)
+        units::install(std::slice::from_ref(socket), &self.unit_dir, dry)?;
+        self.systemd.reload().await?;
+        kill_point("socket-written");
+
+        let deadline = Duration::from_secs(30);
+        let (holder, socket_unit) = (self.cfg.holder_unit(), self.cfg.socket_unit());
+        let unit = self.cfg.instance_unit(release);
+        tracing::info!(
+            "moving {socket_unit} to {} and restarting {unit} onto it",
+            self.cfg.listen.join(", ")
+        );
+        self.systemd.stop(&holder, deadline).await?;
+        if kept {
+            self.systemd.stop(&unit, self.stop_deadline()).await?;
+        }
+        self.systemd.stop(&socket_unit, deadline).await?;
+        self.start_socket().await?;
+        self.systemd.start(&holder, deadline).await?;
+        if !kept {
+            self.systemd.stop(&unit, self.stop_deadline()).await?;
+        }
+        self.start_and_confirm(release).await.map_err(|e| {
+            Fault::deployment(format!(
+                "{release} did not come back on the socket's new addresses: {e:#}"
+            ))
+        })?;
+        self.check_socket_accepts().await?;
+        if !dry {
+            self.store.update(
+                hook,
+                deployment,
+                &format!("the socket listens on [{}]", self.cfg.listen.join(", ")),
+                |s| s.socket_pending = None,
+            )?;
+        }
+        Ok(())
     }
 
     /// Stops a release that did not make it, leaving its unit inactive rather than failed.
     async fn abandon(&self, release: &str) {
         let unit = self.cfg.instance_unit(release);
+        match self.systemd.status(&unit).await {
+            Ok(st) if st.active_state == "inactive" => return,
+            _ => {}
+        }
         tracing::info!("stopping {unit}");
         if let Err(e) = self.systemd.stop(&unit, self.stop_deadline()).await {
             tracing::warn!("could not stop {unit}: {e:#}");
         }
         let _ = self.systemd.reset_failed(&unit).await;
-    }
-
-    /// Restart strategy: the old instances were stopped first; start them again.
-    async fn restore(&self, releases: &[String]) -> String {
-        let mut back = Vec::new();
-        for r in releases {
-            match self
-                .systemd
-                .start(&self.cfg.instance_unit(r), self.start_deadline())
-                .await
-            {
-                Ok(()) => back.push(r.clone()),
-                Err(e) => tracing::error!("could not start {r} again: {e:#}"),
-            }
-        }
-        if back.is_empty() {
-            "no release could be started again: nothing serves; roll back by hand (`handoff rollback`)".into()
-        } else {
-            format!("{} serves again", back.join(", "))
+        if self
+            .systemd
+            .unit_file_state(&unit)
+            .await
+            .is_ok_and(|s| s == "enabled")
+        {
+            let _ = self.systemd.disable(&[&unit]).await;
         }
     }
 

@@ -21,6 +21,12 @@ pub struct Fault {
 }
 
 impl Fault {
+    pub fn new(kind: FaultKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
     pub fn deployment(message: impl Into<String>) -> Self {
         Self {
             kind: FaultKind::Deployment,
@@ -49,13 +55,16 @@ impl fmt::Display for Fault {
 
 impl std::error::Error for Fault {}
 
-/// The exit code for an error: the kind of the first `Fault` in its chain, else 1.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    match err
-        .chain()
+/// The kind of the first `Fault` in an error's chain.
+pub fn kind_of(err: &anyhow::Error) -> Option<FaultKind> {
+    err.chain()
         .find_map(|e| e.downcast_ref::<Fault>())
         .map(|f| f.kind)
-    {
+}
+
+/// The exit code for an error: the kind of the first `Fault` in its chain, else 1.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    match kind_of(err) {
         Some(FaultKind::Input) => 2,
         Some(FaultKind::Environment) => 3,
         Some(FaultKind::Deployment) | None => 1,

@@ -3,6 +3,12 @@
 //!
 //! Every probe is a new connection (no pooling), so while two instances share the socket the
 //! probes reach both; the instance header tells which one answered.
+//!
+//! After READY=1 the new instance takes its share of every connection, so confirming it is
+//! strict ([`Probe::confirm_ready`]): its first unhealthy answer ends the confirmation, and so
+//! do [`HUNG_AFTER`] probes that connect and get no answer within [`PROBE_TIMEOUT`] — the old
+//! instance answered every probe before the new one started, so a connection accepted and
+//! never answered is the new release hanging.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -10,6 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 
 use crate::config::DeployConfig;
+
+/// How long one probe waits for its answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Unanswered probes after READY=1 that mark the new release as hung.
+pub const HUNG_AFTER: u32 = 2;
 
 pub struct Probe {
     client: reqwest::Client,
@@ -29,7 +40,7 @@ impl Probe {
     pub fn new(cfg: &DeployConfig) -> Result<Self> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(2))
+            .timeout(PROBE_TIMEOUT)
             .no_proxy()
             .build()
             .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))?;
@@ -51,13 +62,14 @@ impl Probe {
 
     /// One GET of the health path on `addr`.
     pub async fn get(&self, addr: SocketAddr) -> Result<Reply> {
-        let url = format!("http://{addr}{}", self.path);
-        let resp = self
-            .client
-            .get(&url)
-            .send()
+        self.fetch(addr)
             .await
-            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+            .map_err(|e| anyhow!("GET http://{addr}{}: {e}", self.path))
+    }
+
+    async fn fetch(&self, addr: SocketAddr) -> std::result::Result<Reply, reqwest::Error> {
+        let url = format!("http://{addr}{}", self.path);
+        let resp = self.client.get(&url).send().await?;
         let instance = self
             .instance_header
             .as_ref()
@@ -90,19 +102,31 @@ impl Probe {
         const BURST: usize = 4;
         let started = Instant::now();
         for addr in &self.addrs {
-            let (mut probes, mut from_others) = (0u32, 0u32);
+            let (mut probes, mut from_others, mut unanswered) = (0u32, 0u32, 0u32);
             let mut last_own: Option<String> = None;
             let mut last_error: Option<String> = None;
+            let mut other_instances: Vec<String> = Vec::new();
             loop {
-                let replies = futures_util::future::join_all((0..BURST).map(|_| self.get(*addr))).await;
+                let replies = futures_util::future::join_all((0..BURST).map(|_| self.fetch(*addr))).await;
                 let mut healthy = false;
                 for reply in replies {
                     probes += 1;
                     match reply {
-                        Ok(r) if !self.is_from(release, &r) => from_others += 1,
+                        Ok(r) if !self.is_from(release, &r) => {
+                            from_others += 1;
+                            let who = r.instance.unwrap_or_else(|| "no header".into());
+                            if !other_instances.contains(&who) && other_instances.len() < 4 {
+                                other_instances.push(who);
+                            }
+                        }
                         Ok(r) if r.status == 200 => healthy = true,
                         Ok(r) => last_own = Some(format!("HTTP {}", r.status)),
-                        Err(e) => last_error = Some(format!("{e:#}")),
+                        Err(e) if e.is_timeout() => {
+                            unanswered += 1;
+                            last_error =
+                                Some(format!("no answer within {:.0} s", PROBE_TIMEOUT.as_secs_f64()));
+                        }
+                        Err(e) => last_error = Some(format!("GET http://{addr}{}: {e}", self.path)),
                     }
                 }
                 if let (true, false, Some(own)) = (fail_fast, healthy, &last_own) {
@@ -112,15 +136,31 @@ impl Probe {
                         self.path
                     );
                 }
+                if fail_fast && !healthy && unanswered >= HUNG_AFTER {
+                    bail!(
+                        "{release} sent READY=1 but does not answer: {unanswered} probes on {addr}{} connected \
+                         and got no answer within {:.0} s each ({probes} probes, {from_others} answered by other \
+                         instances). The release accepts connections and hangs (a deadlock, or a blocked event \
+                         loop?); the requests it accepted meanwhile were lost",
+                        self.path,
+                        PROBE_TIMEOUT.as_secs_f64()
+                    );
+                }
                 if healthy {
                     tracing::debug!("{addr}{}: 200 from {release} after {probes} probes", self.path);
                     break;
                 }
                 if started.elapsed() >= deadline {
-                    let seen = match (&last_own, &last_error) {
-                        (Some(own), _) => format!("{release} answered {own}"),
-                        (None, Some(e)) => format!("last error: {e}"),
-                        (None, None) => format!("no probe reached {release}"),
+                    let seen = match (&last_own, &last_error, &self.instance_header) {
+                        (Some(own), _, _) => format!("{release} answered {own}"),
+                        (None, Some(e), _) => format!("last error: {e}"),
+                        (None, None, Some(h)) if from_others > 0 => format!(
+                            "every answer named another instance in its {h} header ({}), none named {release}; \
+                             the app must echo its INSTANCE environment variable (the release id) in a {h} \
+                             response header, or remove health.instance_header from deploy.yml",
+                            other_instances.join(", ")
+                        ),
+                        (None, None, _) => format!("no probe reached {release}"),
                     };
                     bail!(
                         "{release} did not answer healthy on {addr}{} within {:.1} s: {seen} \

@@ -11,6 +11,7 @@
 //! - [`systemd`] — a typed client for systemd over the system bus (zbus);
 //! - [`health`] — HTTP probes through the real port (reqwest);
 //! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
+//! - [`appspec`], [`timeouts`] — the bundle as the agent reads it, its timeouts against the deadlines;
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place.
 pub mod appspec;
 pub mod cli;
@@ -23,4 +24,5 @@ pub mod lock;
 pub mod rehearsal;
 pub mod release;
 pub mod systemd;
+pub mod timeouts;
 pub mod units;

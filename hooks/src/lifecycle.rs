@@ -7,7 +7,11 @@
 //! | ApplicationStart | the new revision | copies the release, installs units, switches traffic to it |
 //! | ValidateService | the new revision | health through the port, stable; else rolls back in place |
 //!
-//! Every hook is idempotent: run again after a crash or a timeout, it converges.
+//! Every hook is idempotent: run again after a crash or a timeout, it converges. Each hook
+//! that changes the service first takes the lock, then finishes or undoes what a killed step
+//! left ([`Deployer::recover`]). One deployment spans two hooks: ApplicationStart records the
+//! switch it made (`validating`), ValidateService judges it, and a manual rollback in between
+//! is refused unless forced, so neither acts on a state the other changed.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,7 +23,7 @@ use crate::config::DeployConfig;
 use crate::deploy::Deployer;
 use crate::fault::Fault;
 use crate::lock::DeployLock;
-use crate::release::{ReleaseStore, State};
+use crate::release::{ReleaseStore, State, Validating};
 use crate::systemd::Systemd;
 use crate::units;
 
@@ -39,7 +43,7 @@ async fn connect(args: &HookArgs) -> Result<Systemd> {
         .map_err(|e| Fault::environment(format!("{e:#}")).into())
 }
 
-fn lock(cfg: &DeployConfig, hook: &str, args: &HookArgs) -> Result<Option<DeployLock>> {
+async fn lock(cfg: &DeployConfig, hook: &str, args: &HookArgs) -> Result<Option<DeployLock>> {
     if args.dry_run {
         return Ok(None);
     }
@@ -48,6 +52,7 @@ fn lock(cfg: &DeployConfig, hook: &str, args: &HookArgs) -> Result<Option<Deploy
         &format!("{hook} {}", args.deployment()),
         args.lock_wait,
     )
+    .await
     .map(Some)
 }
 
@@ -63,13 +68,17 @@ struct Session {
 }
 
 impl Session {
+    /// Opens the session and finishes or undoes what a killed step left.
     async fn open(args: &HookArgs, hook: &str) -> Result<Self> {
         require_root()?;
         let release = args.release()?;
         let (revision, cfg) = args.config()?;
         let systemd = connect(args).await?;
-        let _lock = lock(&cfg, hook, args)?;
+        let _lock = lock(&cfg, hook, args).await?;
         let store = ReleaseStore::for_config(&cfg);
+        Deployer::new(&cfg, &systemd, &store)?
+            .recover(hook, &args.deployment())
+            .await?;
         Ok(Self {
             release,
             revision,
@@ -91,7 +100,7 @@ pub async fn application_stop(args: &HookArgs, stop_service: bool) -> Result<()>
     if stop_service {
         require_root()?;
         let systemd = connect(args).await?;
-        let _lock = lock(&cfg, "application-stop", args)?;
+        let _lock = lock(&cfg, "application-stop", args).await?;
         return stop_service_now(&cfg, &systemd, &store, args).await;
     }
     let state = store.load_state().unwrap_or_else(|e| {
@@ -149,6 +158,7 @@ async fn stop_service_now(
     args: &HookArgs,
 ) -> Result<()> {
     let deployer = Deployer::new(cfg, systemd, store)?;
+    deployer.recover("application-stop", &args.deployment()).await?;
     let deadline = cfg.drain.budget + Duration::from_secs(10);
     for r in deployer.live_releases().await? {
         let unit = cfg.instance_unit(&r);
@@ -181,7 +191,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     require_root()?;
     let release = args.release()?;
     let (revision, cfg) = args.config()?;
-    units::render(&cfg, &revision).map_err(|e| Fault::input(format!("{e:#}")))?;
+    let rendered = units::render(&cfg, &revision).map_err(|e| Fault::input(format!("{e:#}")))?;
     let command = revision.join(&cfg.app.command);
     if !command.is_file() {
         bail!(Fault::input(format!(
@@ -193,7 +203,13 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     let systemd = connect(args).await?;
     let store = ReleaseStore::for_config(&cfg);
     check_disk_space(&revision, store.root())?;
-    let _lock = lock(&cfg, "before-install", args)?;
+    let _lock = lock(&cfg, "before-install", args).await?;
+    Deployer::new(&cfg, &systemd, &store)?
+        .check_ownership(&rendered)
+        .await?;
+    if let Some(warning) = crate::timeouts::warning_for(&revision, &cfg) {
+        tracing::warn!("{warning}");
+    }
     let socket = systemd.status(&cfg.socket_unit()).await?;
     tracing::info!(
         "preflight passed for release {release} of {}: config, units, systemd, disk space, lock; socket {}",
@@ -274,66 +290,38 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
         tracing::info!("release {release} copied to {}", store.dir(&release).display());
     }
 
-    let changes = deployer.install_units(&release).await?;
-    deployer.ensure_socket(changes.listen_changed()).await?;
-
-    let state = store.load_state()?;
-    let live = deployer.live_releases().await?;
-    let before = state
-        .serving
-        .clone()
-        .filter(|r| r != &release)
-        .or_else(|| live.iter().find(|r| **r != release).cloned());
-    match deployer.switch_to(&release).await {
-        Ok(switch) => {
-            if !args.dry_run {
-                store.update(
-                    "application-start",
-                    &args.deployment(),
-                    &format!("{release} serves"),
-                    |s| {
-                        if before.is_some() {
-                            s.previous = before.clone();
-                        }
-                        s.serving = Some(release.clone());
-                        s.failed.retain(|r| r != &release);
-                    },
-                )?;
-                let protect: Vec<&str> = [Some(release.as_str()), before.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                let removed = store.prune(cfg.releases.keep, &protect)?;
-                if !removed.is_empty() {
-                    tracing::info!("removed old releases: {}", removed.join(", "));
-                }
+    let deployment = args.deployment();
+    let switch = deployer
+        .deploy(&release, "application-start", &deployment, |s| {
+            s.validating = Some(Validating {
+                deployment: deployment.clone(),
+                release: release.clone(),
+            })
+        })
+        .await?;
+    if !args.dry_run {
+        // Housekeeping after a good switch: it never fails the hook.
+        let protect: Vec<&str> = [Some(release.as_str()), switch.from.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        match store.prune(cfg.releases.keep, &protect) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!("removed old releases: {}", removed.join(", "))
             }
-            let total = t0.elapsed();
-            tracing::info!(
-                "release {release} serves{}; took {:.0} ms, of which {:.0} ms waiting on the app (hook overhead {:.0} ms)",
-                before.map(|b| format!(" (was {b})")).unwrap_or_default(),
-                total.as_secs_f64() * 1e3,
-                switch.waited_on_app.as_secs_f64() * 1e3,
-                (total - switch.waited_on_app.min(total)).as_secs_f64() * 1e3
-            );
-            Ok(())
-        }
-        Err(e) => {
-            if !args.dry_run {
-                store.update(
-                    "application-start",
-                    &args.deployment(),
-                    &format!("{release} failed to start: {e:#}"),
-                    |s| {
-                        if !s.failed.contains(&release) {
-                            s.failed.push(release.clone());
-                        }
-                    },
-                )?;
-            }
-            Err(e)
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not remove old releases: {e:#}; the next deployment tries again"),
         }
     }
+    let total = t0.elapsed();
+    tracing::info!(
+        "release {release} serves{}; took {:.0} ms, of which {:.0} ms waiting on the app (hook overhead {:.0} ms)",
+        switch.from.map(|b| format!(" (was {b})")).unwrap_or_default(),
+        total.as_secs_f64() * 1e3,
+        switch.waited_on_app.as_secs_f64() * 1e3,
+        (total - switch.waited_on_app.min(total)).as_secs_f64() * 1e3
+    );
+    Ok(())
 }
 
 /// ValidateService: the new release must answer healthy through the real port and stay up;
@@ -350,11 +338,41 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
         ..
     } = &session;
     let release = release.clone();
+    let deployment = args.deployment();
     let deployer = Deployer::new(cfg, systemd, store)?;
     let state = store.load_state()?;
+    if state.serving.as_deref() != Some(release.as_str()) {
+        let why = if state.is_failed(&release) {
+            format!("{release} failed to take over in ApplicationStart (see `handoff status`)")
+        } else {
+            let last = store
+                .recent_events(20)
+                .into_iter()
+                .rev()
+                .find(|e| e.hook == "rollback" || e.hook == "validate-service")
+                .map(|e| format!(" (last switch: {} at {} by {})", e.message, e.at, e.hook))
+                .unwrap_or_default();
+            format!(
+                "{} serves instead: something switched after ApplicationStart{last}",
+                state.serving.as_deref().unwrap_or("nothing")
+            )
+        };
+        bail!(Fault::deployment(format!(
+            "release {release} does not serve, so there is nothing to validate: {why}. Deploy again to serve a new \
+             release"
+        )));
+    }
 
     let verdict = validate(cfg, systemd, &deployer, &release).await;
     let Err(problem) = verdict else {
+        if !args.dry_run {
+            store.update(
+                "validate-service",
+                &deployment,
+                &format!("{release} validated"),
+                |s| s.validating = None,
+            )?;
+        }
         tracing::info!(
             "release {release} is healthy and stable; validated in {:.0} ms",
             t0.elapsed().as_secs_f64() * 1e3
@@ -369,14 +387,15 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
     let target = state
         .previous
         .clone()
-        .filter(|p| p != &release && !state.failed.contains(p));
+        .filter(|p| p != &release && !state.is_failed(p));
+    let fail = |message: String| {
+        store.update("validate-service", &deployment, &message, |s| {
+            s.mark_failed(&release);
+            s.validating = None;
+        })
+    };
     if let Some(gone) = target.as_ref().filter(|p| !store.is_complete(p)) {
-        let message = format!("{release} failed validation; {gone} is gone");
-        store.update("validate-service", &args.deployment(), &message, |s| {
-            if !s.failed.contains(&release) {
-                s.failed.push(release.clone());
-            }
-        })?;
+        fail(format!("{release} failed validation; {gone} is gone"))?;
         bail!(Fault::deployment(format!(
             "release {release} failed validation: {problem:#}. Cannot roll back: the previous release {gone} is no \
              longer in {} (deleted by hand?). {release} is left serving; deploy a fixed release",
@@ -384,16 +403,7 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
         )));
     }
     let Some(target) = target else {
-        store.update(
-            "validate-service",
-            &args.deployment(),
-            &format!("{release} failed validation; nothing to roll back to"),
-            |s| {
-                if !s.failed.contains(&release) {
-                    s.failed.push(release.clone());
-                }
-            },
-        )?;
+        fail(format!("{release} failed validation; nothing to roll back to"))?;
         bail!(Fault::deployment(format!(
             "release {release} failed validation: {problem:#}. There is no previous release to roll back to \
              (first deployment); fix the release and deploy again"
@@ -406,7 +416,7 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
         &target,
         Some(&release),
         "validate-service",
-        &args.deployment(),
+        &deployment,
     )
     .await?;
     bail!(Fault::deployment(format!(
@@ -460,37 +470,62 @@ async fn rollback_to(
     let cfg = DeployConfig::load(&store.dir(target).join(crate::config::FILE_NAME))
         .map_err(|e| Fault::deployment(format!("cannot roll back to {target}: {e:#}")))?;
     let deployer = Deployer::new(&cfg, systemd, store)?;
-    let changes = deployer.install_units(target).await?;
-    deployer.ensure_socket(changes.listen_changed()).await?;
-    let from = store.load_state()?.serving;
-    deployer.switch_to(target).await.map_err(|e| {
-        Fault::deployment(format!(
-            "rollback to {target} failed: {e:#}; see `handoff status --service {}`",
-            deployer.cfg.service
-        ))
-    })?;
-    store.update(hook, deployment, &format!("rolled back to {target}"), |s| {
-        s.serving = Some(target.to_string());
-        s.previous = from.filter(|f| f != target);
-        if let Some(f) = failed
-            && !s.failed.iter().any(|x| x == f)
-        {
-            s.failed.push(f.to_string());
-        }
-    })?;
+    // After an automatic rollback the rejected release is no rollback target: `previous`
+    // becomes the newest other kept release that did not fail.
+    let kept = store.list().unwrap_or_default();
+    deployer
+        .deploy(target, hook, deployment, |s| {
+            s.validating = None;
+            if let Some(f) = failed {
+                s.mark_failed(f);
+                s.previous = kept
+                    .iter()
+                    .rev()
+                    .find(|r| r.as_str() != target && !s.is_failed(r))
+                    .cloned();
+            }
+        })
+        .await
+        .map_err(|e| {
+            Fault::deployment(format!(
+                "rollback to {target} failed: {e:#}; see `handoff status --service {}`",
+                cfg.service
+            ))
+        })?;
     Ok(())
 }
 
 /// `handoff rollback`: serve a kept release again (default: the previous one), zero downtime.
+/// Refused while a deployment waits for its ValidateService, unless `force`.
 pub async fn manual_rollback(
     service: &str,
     to: Option<String>,
     dry_run: bool,
+    force: bool,
     lock_wait: Duration,
 ) -> Result<()> {
     require_root()?;
     let store = ReleaseStore::new(Path::new("/opt").join(service));
+    let systemd = Systemd::connect(dry_run)
+        .await
+        .map_err(|e| Fault::environment(format!("{e:#}")))?;
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(DeployLock::acquire(service, "handoff rollback", lock_wait).await?)
+    };
+    // Read under the lock: a hook that ran while we waited has changed it.
     let state = store.load_state()?;
+    if let Some(v) = &state.validating
+        && !force
+    {
+        bail!(Fault::input(format!(
+            "deployment {} switched to {} and its ValidateService has not run yet; a rollback now would make \
+             it fail for the wrong reason. Wait for it (or stop the deployment in CodeDeploy), or pass --force",
+            v.deployment, v.release
+        )));
+    }
+    let explicit = to.is_some();
     let target = match to.or(state.previous.clone()) {
         Some(t) => t,
         None => bail!(Fault::input(format!(
@@ -504,64 +539,126 @@ pub async fn manual_rollback(
             store.list()?.join(", ")
         )));
     }
-    let systemd = Systemd::connect(dry_run)
-        .await
-        .map_err(|e| Fault::environment(format!("{e:#}")))?;
-    let _lock = if dry_run {
-        None
-    } else {
-        Some(DeployLock::acquire(service, "handoff rollback", lock_wait)?)
-    };
+    if state.is_failed(&target) {
+        if !explicit {
+            bail!(Fault::input(format!(
+                "the previous release {target} failed its deployment; name a release with --to (kept: {})",
+                store.list()?.join(", ")
+            )));
+        }
+        tracing::warn!("{target} failed its deployment; serving it again because --to names it");
+    }
+    if state.serving.as_deref() == Some(target.as_str()) {
+        tracing::info!("{target} already serves {service}; nothing to do");
+        return Ok(());
+    }
+    if let Ok(cfg) = DeployConfig::load(&store.dir(&target).join(crate::config::FILE_NAME)) {
+        Deployer::new(&cfg, &systemd, &store)?
+            .recover("rollback", "-")
+            .await?;
+    }
     rollback_to(&systemd, &store, &target, None, "rollback", "-").await?;
     tracing::info!("{target} serves {service}");
     Ok(())
 }
 
-/// `handoff status`: the socket, the instances, the releases and which one serves.
+/// `handoff status`: the socket, the instances, the releases and which one serves; what is
+/// under way; whether systemd runs the unit files on disk. It reports a damaged `state.json`
+/// rather than failing on it.
 pub async fn status(service: &str) -> Result<String> {
     use std::fmt::Write;
     let store = ReleaseStore::new(Path::new("/opt").join(service));
-    let state = store.load_state()?;
-    let releases = store.list()?;
     let mut out = String::new();
-    writeln!(out, "service {service} ({})", store.root().display())?;
+    writeln!(
+        out,
+        "service {service} ({}), hooks {}",
+        store.root().display(),
+        crate::release::HOOKS_VERSION
+    )?;
+    let state = match store.load_state() {
+        Ok(s) => s,
+        Err(e) => {
+            writeln!(
+                out,
+                "state     DAMAGED: {e:#}. What follows is systemd's view; the next deployment treats the running \
+                 instance as serving"
+            )?;
+            State::default()
+        }
+    };
+    let releases = store.list()?;
     let cfg = state
         .serving
         .iter()
         .chain(releases.iter().rev())
         .find_map(|r| DeployConfig::load(&store.dir(r).join(crate::config::FILE_NAME)).ok());
-    match Systemd::connect(false).await {
-        Ok(systemd) => {
-            let socket = format!("{service}.socket");
-            let st = systemd.status(&socket).await?;
-            let addrs = cfg.as_ref().map(|c| c.listen.join(", ")).unwrap_or_default();
-            writeln!(out, "socket    {} on {addrs}", st.describe())?;
-            writeln!(
-                out,
-                "holder    {}",
-                systemd
-                    .status(&format!("{service}-hold.service"))
-                    .await?
-                    .describe()
-            )?;
-            for unit in systemd.list_live(&format!("{service}@*.service")).await? {
-                writeln!(out, "instance  {}", systemd.status(&unit).await?.describe())?;
-            }
+    let systemd = match Systemd::connect(false).await {
+        Ok(systemd) => Some(systemd),
+        Err(e) => {
+            writeln!(out, "systemd   unreachable: {e:#}")?;
+            None
         }
-        Err(e) => writeln!(out, "systemd   unreachable: {e:#}")?,
+    };
+    let stale = |st: &crate::systemd::UnitStatus| {
+        if st.need_daemon_reload {
+            " [unit file changed on disk since systemd loaded it: NeedDaemonReload]"
+        } else {
+            ""
+        }
+    };
+    if let Some(systemd) = &systemd {
+        let socket = format!("{service}.socket");
+        let st = systemd.status(&socket).await?;
+        let addrs = cfg.as_ref().map(|c| c.listen.join(", ")).unwrap_or_default();
+        writeln!(out, "socket    {} on {addrs}{}", st.describe(), stale(&st))?;
+        let holder = systemd.status(&format!("{service}-hold.service")).await?;
+        writeln!(out, "holder    {}{}", holder.describe(), stale(&holder))?;
+        for unit in systemd.list_live(&format!("{service}@*.service")).await? {
+            let st = systemd.status(&unit).await?;
+            let enabled = systemd.unit_file_state(&unit).await.unwrap_or_default();
+            writeln!(out, "instance  {}, {enabled}{}", st.describe(), stale(&st))?;
+        }
+    }
+    if let Some(sw) = &state.switching {
+        writeln!(
+            out,
+            "UNFINISHED switch to {} ({} of deployment {}): the next hook or `handoff rollback` undoes it",
+            sw.to, sw.hook, sw.deployment
+        )?;
+    }
+    if let Some(v) = &state.validating {
+        writeln!(
+            out,
+            "awaiting  ValidateService of deployment {} (release {})",
+            v.deployment, v.release
+        )?;
+    }
+    if let Some(r) = &state.socket_pending {
+        writeln!(out, "UNFINISHED socket move for {r}: the next hook applies it")?;
     }
     writeln!(out, "releases (oldest first):")?;
     for r in &releases {
         let mark = if state.serving.as_deref() == Some(r) {
             "serving"
+        } else if state.is_failed(r) {
+            "failed"
         } else if state.previous.as_deref() == Some(r) {
             "previous (rollback target)"
-        } else if state.failed.contains(r) {
-            "failed"
         } else {
             "kept"
         };
-        writeln!(out, "  {r:<28} {mark}")?;
+        let hooks = store
+            .meta(r)
+            .map(|m| m.hooks_version)
+            .unwrap_or_else(|| "unknown".into());
+        let boot = match &systemd {
+            Some(systemd) => systemd
+                .unit_file_state(&format!("{service}@{r}.service"))
+                .await
+                .unwrap_or_default(),
+            None => "?".into(),
+        };
+        writeln!(out, "  {r:<28} {mark:<28} hooks {hooks:<8} {boot}")?;
     }
     let events = store.recent_events(5);
     if !events.is_empty() {

@@ -1,6 +1,11 @@
 //! One deployment step at a time per service: an exclusive `flock` on
 //! `/run/lock/handoff-<service>.lock`. The kernel releases it when the holder dies, so a hook
 //! killed by the agent's timeout never leaves a stale lock.
+//!
+//! The lock covers one step; what spans the steps of one deployment (a switch that
+//! ValidateService has not judged yet) is recorded in `state.json` and checked under the lock
+//! (see [`crate::lifecycle`]). Waiting for the lock is asynchronous, so a SIGTERM while
+//! waiting ends the hook at once.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -22,7 +27,7 @@ pub fn lock_path(service: &str) -> PathBuf {
 
 impl DeployLock {
     /// Takes the lock, waiting up to `wait` for another step to finish.
-    pub fn acquire(service: &str, holder: &str, wait: Duration) -> Result<Self> {
+    pub async fn acquire(service: &str, holder: &str, wait: Duration) -> Result<Self> {
         let path = lock_path(service);
         std::fs::create_dir_all(path.parent().unwrap()).ok();
         let started = Instant::now();
@@ -57,7 +62,7 @@ impl DeployLock {
                         tracing::info!("waiting for another deployment step to finish ({})", who.trim());
                         logged = true;
                     }
-                    std::thread::sleep(Duration::from_millis(100));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }

@@ -5,6 +5,13 @@
 //! release is copied out of the revision once, into a staging folder that is renamed into
 //! place when complete; it is never written again after that. `state.json` beside the
 //! releases says which one serves and which served before.
+//!
+//! Crash safety: every file the hooks rely on is written to a temporary name, fsynced,
+//! renamed into place and its folder fsynced, so a hook killed at any instant leaves either
+//! the old or the new version. A switch records its intent (`switching`) before it changes
+//! anything, and commits (`serving`) in one write the moment the new release has answered:
+//! whatever runs next finds either a committed switch or one to undo ([`crate::deploy`]).
+//! A release is pruned by renaming it out of the list first, then deleting it.
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -19,15 +26,94 @@ use crate::fault::Fault;
 
 /// Marker written last into a release: its presence means the copy is complete.
 const COMPLETE: &str = ".release-complete";
+/// What the hooks know about a staged release (the hooks' version that staged it, when).
+const META: &str = ".release.json";
+/// Prefix of a release being pruned: out of the list at once, deleted after.
+const REMOVING: &str = ".removing-";
+/// The schema of `state.json` this version writes. Fields it does not know are kept as they
+/// are, so an older hook (ApplicationStop runs the previous revision's) never drops what a
+/// newer one recorded.
+pub const STATE_SCHEMA: u32 = 2;
+/// `events.log` is rotated to `events.log.1` beyond this size.
+const EVENTS_MAX_BYTES: u64 = 1 << 20;
 
-/// Which release serves, which served before, and what happened lately.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// The version of these hooks, recorded with every release they stage.
+pub const HOOKS_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Which release serves, which served before, and what is under way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct State {
+    #[serde(default)]
+    pub schema: u32,
     pub serving: Option<String>,
     pub previous: Option<String>,
     /// Releases that failed to start or validate: never chosen as a rollback target.
     #[serde(default)]
     pub failed: Vec<String>,
+    /// A switch that began and was neither committed nor undone (the hook was killed): its
+    /// units may be installed and its instance may run. The next step undoes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switching: Option<Switching>,
+    /// A deployment switched by ApplicationStart that ValidateService has not judged yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validating: Option<Validating>,
+    /// Listen addresses written to the socket unit but not yet applied to the running socket
+    /// (a hook killed while it re-created the socket): the next step applies them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_pending: Option<String>,
+    /// Fields of other versions, kept as they are.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            schema: STATE_SCHEMA,
+            serving: None,
+            previous: None,
+            failed: Vec::new(),
+            switching: None,
+            validating: None,
+            socket_pending: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+impl State {
+    pub fn mark_failed(&mut self, release: &str) {
+        if !self.failed.iter().any(|f| f == release) {
+            self.failed.push(release.to_string());
+        }
+    }
+    pub fn is_failed(&self, release: &str) -> bool {
+        self.failed.iter().any(|f| f == release)
+    }
+}
+
+/// A switch in progress: `to` is starting beside `from` (None on a first deployment).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Switching {
+    pub to: String,
+    pub from: Option<String>,
+    pub hook: String,
+    pub deployment: String,
+}
+
+/// ApplicationStart switched `release` for `deployment`; ValidateService is next.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Validating {
+    pub deployment: String,
+    pub release: String,
+}
+
+/// What a staged release records about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseMeta {
+    pub hooks_version: String,
+    pub deployment: String,
+    pub staged_at: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,6 +179,7 @@ impl ReleaseStore {
         let releases = self.releases_dir();
         create_private_dir(&self.root)?;
         create_private_dir(&releases)?;
+        self.clear_leftovers();
         let staging = releases.join(format!(".staging-{release}"));
         if staging.exists() {
             std::fs::remove_dir_all(&staging)
@@ -111,12 +198,29 @@ impl ReleaseStore {
             let _ = std::fs::remove_dir_all(&staging);
         })?;
         write_env_file(&staging.join("app.env"), cfg)?;
-        let mut marker = std::fs::File::create(staging.join(COMPLETE))?;
-        writeln!(marker, "{}", now())?;
-        marker.sync_all()?;
+        let meta = ReleaseMeta {
+            hooks_version: HOOKS_VERSION.into(),
+            deployment: release.into(),
+            staged_at: now(),
+        };
+        write_durably(
+            &staging.join(META),
+            serde_json::to_string_pretty(&meta)?.as_bytes(),
+        )?;
+        // Everything copied reaches the disk before the marker says it is complete.
+        sync_tree(&staging)?;
+        write_durably(&staging.join(COMPLETE), format!("{}\n", now()).as_bytes())?;
         std::fs::rename(&staging, &final_dir)
             .with_context(|| format!("cannot move the staged release into {}", final_dir.display()))?;
+        sync_dir(&releases)?;
         Ok(true)
+    }
+
+    /// What the release recorded when it was staged (None for releases staged by hooks
+    /// older than this record).
+    pub fn meta(&self, release: &str) -> Option<ReleaseMeta> {
+        let text = std::fs::read_to_string(self.dir(release).join(META)).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Complete releases, oldest first.
@@ -151,10 +255,34 @@ impl ReleaseStore {
         removable.truncate(excess);
         let mut removed = Vec::new();
         for r in removable {
-            std::fs::remove_dir_all(self.dir(r)).with_context(|| format!("cannot remove old release {r}"))?;
+            // Out of the list in one rename, so an interrupted delete never leaves a
+            // half-deleted release that looks kept.
+            let doomed = self.releases_dir().join(format!("{REMOVING}{r}"));
+            std::fs::rename(self.dir(r), &doomed)
+                .with_context(|| format!("cannot remove old release {r}"))?;
             removed.push(r.clone());
         }
+        sync_dir(&self.releases_dir())?;
+        self.clear_leftovers();
+        for r in &removed {
+            let _ = std::fs::remove_file(self.root.join("logs").join(format!("{r}.log")));
+        }
         Ok(removed)
+    }
+
+    /// Deletes what interrupted prunes and copies left behind.
+    pub fn clear_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(self.releases_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(REMOVING)
+                && let Err(e) = std::fs::remove_dir_all(entry.path())
+            {
+                tracing::warn!("cannot delete {}: {e}", entry.path().display());
+            }
+        }
     }
 
     pub fn state_path(&self) -> PathBuf {
@@ -174,18 +302,19 @@ impl ReleaseStore {
         }
     }
 
-    /// Writes the state atomically (temp file, fsync, rename).
+    /// Writes the state atomically (temp file, fsync, rename, fsync the folder).
     pub fn save_state(&self, state: &State) -> Result<()> {
         create_private_dir(&self.root)?;
-        let tmp = self.root.join(".state.json.tmp");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.state_path())?;
-        Ok(())
+        let mut state = state.clone();
+        state.schema = state.schema.max(STATE_SCHEMA);
+        write_durably(
+            &self.state_path(),
+            serde_json::to_string_pretty(&state)?.as_bytes(),
+        )
     }
 
-    /// Loads the state, applies `change`, saves, and records an event.
+    /// Loads the state, applies `change`, saves, and records an event. Only the state write
+    /// can fail it: the event log is a record, not a commit.
     pub fn update(
         &self,
         hook: &str,
@@ -196,7 +325,12 @@ impl ReleaseStore {
         let mut state = self.load_state()?;
         change(&mut state);
         self.save_state(&state)?;
-        self.record(hook, deployment, message)?;
+        if let Err(e) = self.record(hook, deployment, message) {
+            tracing::warn!(
+                "cannot record the event in {}: {e:#}",
+                self.events_path().display()
+            );
+        }
         Ok(state)
     }
 
@@ -210,10 +344,14 @@ impl ReleaseStore {
             deployment: deployment.into(),
             message: message.into(),
         };
+        let path = self.events_path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > EVENTS_MAX_BYTES) {
+            std::fs::rename(&path, self.root.join("events.log.1"))?;
+        }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.events_path())?;
+            .open(&path)?;
         writeln!(f, "{}", serde_json::to_string(&event)?)?;
         Ok(())
     }
@@ -231,6 +369,44 @@ impl ReleaseStore {
             .collect();
         all[all.len().saturating_sub(n)..].to_vec()
     }
+}
+
+/// Writes `path` so that a crash leaves the old or the new content, never a mix: a temporary
+/// file, fsync, rename, fsync of the folder.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    sync_dir(dir)
+}
+
+/// fsync of a folder: makes the renames and creations in it durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+/// fsync of every file and folder in a tree.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            sync_tree(&entry.path())?;
+        } else if ft.is_file() {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
 }
 
 /// Root-owned, not writable by anyone else: the service's code must not be changeable by it.
@@ -349,6 +525,11 @@ mod tests {
         let env = std::fs::read_to_string(store.dir("d-1").join("app.env")).unwrap();
         assert!(env.contains("GREETING=\"say \\\"hi\\\"\""), "{env}");
         assert_eq!(store.list().unwrap(), vec!["d-1"]);
+        let meta = store.meta("d-1").unwrap();
+        assert_eq!(
+            (meta.hooks_version.as_str(), meta.deployment.as_str()),
+            (HOOKS_VERSION, "d-1")
+        );
         std::fs::remove_dir_all(base).unwrap();
     }
 
@@ -388,6 +569,12 @@ mod tests {
         // keep 3, and "a" (oldest) serves: b and c go.
         assert_eq!(store.prune(3, &["a"]).unwrap(), vec!["b", "c"]);
         assert_eq!(store.list().unwrap(), vec!["a", "d", "e"]);
+        // A prune interrupted after its rename: the release is no longer listed, and the
+        // next prune deletes what is left.
+        std::fs::rename(store.dir("d"), store.releases_dir().join(".removing-d")).unwrap();
+        assert_eq!(store.list().unwrap(), vec!["a", "e"]);
+        store.prune(3, &[]).unwrap();
+        assert!(!store.releases_dir().join(".removing-d").exists());
         std::fs::remove_dir_all(base).unwrap();
     }
 
@@ -408,13 +595,25 @@ mod tests {
         let events = store.recent_events(10);
         assert_eq!(events.len(), 10);
         assert_eq!(events.last().unwrap().message, "event 11");
-        // A state file written by a newer version, with fields this one does not know, loads.
+        // A state file written by a newer version, with fields this one does not know, loads,
+        // and saving it again keeps those fields.
         std::fs::write(
             store.state_path(),
-            r#"{"serving":"d-9","previous":null,"future":1}"#,
+            r#"{"schema":9,"serving":"d-9","previous":null,"future":{"a":1}}"#,
         )
         .unwrap();
-        assert_eq!(store.load_state().unwrap().serving.as_deref(), Some("d-9"));
+        store
+            .update("test", "d", "older hook", |s| s.previous = Some("d-8".into()))
+            .unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(store.state_path()).unwrap()).unwrap();
+        assert_eq!(raw["future"], serde_json::json!({"a": 1}), "{raw}");
+        assert_eq!(raw["schema"], 9, "a newer schema number is never lowered: {raw}");
+        assert_eq!(raw["serving"], "d-9");
+        assert_eq!(raw["previous"], "d-8");
+        // A state file of the first version (no schema) loads.
+        std::fs::write(store.state_path(), r#"{"serving":"d-1","previous":null}"#).unwrap();
+        assert_eq!(store.load_state().unwrap().serving.as_deref(), Some("d-1"));
         std::fs::remove_dir_all(base).unwrap();
     }
 }

@@ -90,6 +90,8 @@ pub struct UnitStatus {
     pub exec_main_status: i32,
     /// Services only: the STATUS= the service last sent.
     pub status_text: String,
+    /// The unit file systemd loaded ("" when none).
+    pub fragment_path: String,
 }
 
 impl UnitStatus {
@@ -103,6 +105,26 @@ impl UnitStatus {
     pub fn has_crashed(&self) -> bool {
         self.active_state == "failed" || self.sub_state == "auto-restart"
     }
+    /// Why a start failed, in the words an operator can act on.
+    pub fn start_failure(&self) -> String {
+        let unit = &self.name;
+        if self.result == "timeout" {
+            format!(
+                "{unit} did not report ready within its start timeout (TimeoutStartSec=, from deploy.yml \
+                 deadlines.start): a Type=notify service must send READY=1 once it serves the socket \
+                 (sd_notify; see sample-app/README.md), or it needs more time: raise deadlines.start. {}",
+                self.describe()
+            )
+        } else if self.result == "signal" || self.result == "core-dump" {
+            format!(
+                "{unit} was killed by signal {} while starting: {}",
+                signal_name(self.exec_main_status),
+                self.describe()
+            )
+        } else {
+            format!("{unit} crashed while starting: {}", self.describe())
+        }
+    }
     /// One line for logs and error messages.
     pub fn describe(&self) -> String {
         let mut s = format!("{} is {} ({})", self.name, self.active_state, self.sub_state);
@@ -112,7 +134,11 @@ impl UnitStatus {
         if !self.result.is_empty() && self.result != "success" {
             s.push_str(&format!(", result {}", self.result));
             if self.exec_main_status != 0 {
-                s.push_str(&format!(" (exit status {})", self.exec_main_status));
+                if self.result == "signal" || self.result == "core-dump" {
+                    s.push_str(&format!(" ({})", signal_name(self.exec_main_status)));
+                } else {
+                    s.push_str(&format!(" (exit status {})", self.exec_main_status));
+                }
             }
         }
         if self.n_restarts > 0 {
@@ -295,6 +321,7 @@ impl Systemd {
             active_state: string(&props, "ActiveState"),
             sub_state: string(&props, "SubState"),
             need_daemon_reload: boolean(&props, "NeedDaemonReload"),
+            fragment_path: string(&props, "FragmentPath"),
             ..Default::default()
         };
         let iface = if unit.ends_with(".service") {
@@ -389,11 +416,7 @@ impl Systemd {
             JobOutcome::Removed(result) => {
                 let st = self.status(unit).await.unwrap_or_default();
                 if watch_crash && st.has_crashed() {
-                    bail!(
-                        "{unit} crashed while starting: {}; {}",
-                        st.describe(),
-                        journal_hint(unit)
-                    );
+                    bail!("{}; {}", st.start_failure(), journal_hint(unit));
                 }
                 bail!(
                     "{method} {unit} ended with job result \"{result}\" after {:.1} s: {}; {}",
@@ -402,11 +425,7 @@ impl Systemd {
                     journal_hint(unit)
                 )
             }
-            JobOutcome::Crashed(st) => bail!(
-                "{unit} crashed while starting: {}; {}",
-                st.describe(),
-                journal_hint(unit)
-            ),
+            JobOutcome::Crashed(st) => bail!("{}; {}", st.start_failure(), journal_hint(unit)),
             JobOutcome::TimedOut => {
                 let st = self.status(unit).await.unwrap_or_default();
                 bail!(
@@ -436,6 +455,14 @@ fn denied_or(e: zbus::Error, what: &str) -> anyhow::Error {
         )
     } else {
         anyhow!("systemd refused to {what}: {text}")
+    }
+}
+
+/// "SIGTRAP (5)" for 5.
+fn signal_name(n: i32) -> String {
+    match nix::sys::signal::Signal::try_from(n) {
+        Ok(sig) => format!("{} ({n})", sig.as_str()),
+        Err(_) => format!("signal {n}"),
     }
 }
 
@@ -488,6 +515,25 @@ mod tests {
         assert_eq!(
             st.describe(),
             "app@v2.service is failed (failed), result exit-code (exit status 3)"
+        );
+        let timeout = UnitStatus {
+            result: "timeout".into(),
+            ..st.clone()
+        };
+        assert!(
+            timeout.start_failure().contains("must send READY=1"),
+            "{}",
+            timeout.start_failure()
+        );
+        let trap = UnitStatus {
+            result: "signal".into(),
+            exec_main_status: 5,
+            ..st
+        };
+        assert!(
+            trap.describe().contains("result signal (SIGTRAP (5))"),
+            "{}",
+            trap.describe()
         );
     }
 }

@@ -1,9 +1,13 @@
 //! The service's three units, rendered from a release's `units/` templates with values from
 //! its `deploy.yml`, and installed into `/etc/systemd/system`.
 //!
-//! Installing compares before writing: systemd is reloaded only when a file changed, and a
-//! change of the socket's listen addresses is reported, because systemd applies it only when
-//! the socket is re-created (see [`crate::deploy`]).
+//! Installing compares before writing (each file written durably: temporary file, fsync,
+//! rename), and a change of the socket's listen addresses is reported, because systemd applies
+//! it only when the socket is re-created (see [`crate::deploy`]).
+//!
+//! Every rendered unit starts with a [`MARKER`] line. A unit file of the same name without it
+//! belongs to someone else (`service: ssh` would otherwise overwrite the distribution's
+//! `ssh@.service`): the hooks refuse to touch it.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +17,10 @@ use crate::config::DeployConfig;
 use crate::fault::Fault;
 
 pub const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// The first line of every unit the hooks install.
+pub const MARKER: &str =
+    "# Managed by the handoff deploy hooks: edits here are replaced at the next deployment.";
 
 /// Template file in `units/` → installed name.
 fn templates(cfg: &DeployConfig) -> [(&'static str, String); 3] {
@@ -77,9 +85,47 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
                     .join(", ")
             )));
         }
-        out.push(Rendered { name, text });
+        out.push(Rendered {
+            name,
+            text: format!("{MARKER}\n{text}"),
+        });
     }
     Ok(out)
+}
+
+/// Refuses unit names that belong to someone else: a file in `dir` without our marker, or a
+/// unit systemd loads from anywhere but `dir` (a distribution's `/lib/systemd/system`).
+/// `fragments` maps each name to the path systemd loaded it from ("" when not found).
+pub fn check_ownership(units: &[Rendered], dir: &Path, fragments: &[(String, String)]) -> Result<()> {
+    for unit in units {
+        let path = dir.join(&unit.name);
+        let ours = match std::fs::read_to_string(&path) {
+            // Units of hooks older than the marker carry the shipped templates' header.
+            Ok(text) => {
+                text.lines().next() == Some(MARKER) || text.contains("— rendered by the hooks from units/")
+            }
+            Err(_) => true,
+        };
+        let elsewhere = fragments
+            .iter()
+            .find(|(name, _)| name == &unit.name)
+            .map(|(_, f)| f.as_str())
+            .filter(|f| !f.is_empty() && Path::new(f) != path);
+        if !ours || elsewhere.is_some() {
+            bail!(Fault::input(format!(
+                "{} already exists and was not installed by these hooks ({}); deploy.yml `service:` must name a \
+                 service of its own: pick another name (the units would be {})",
+                unit.name,
+                elsewhere.map_or_else(|| path.display().to_string(), str::to_string),
+                units
+                    .iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What installing changed.
@@ -126,19 +172,18 @@ pub fn install(units: &[Rendered], dir: &Path, dry_run: bool) -> Result<Changes>
             continue;
         }
         std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{}.tmp", unit.name));
-        std::fs::write(&tmp, &unit.text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot install {}", path.display()))?;
+        crate::release::write_durably(&path, unit.text.as_bytes())
+            .with_context(|| format!("cannot install {}", path.display()))?;
     }
     Ok(changes)
 }
 
-/// Puts back what `install` replaced.
+/// Puts back what `install` replaced (each file durably), removing what it created.
 pub fn undo(changes: &Changes) -> Result<()> {
     for (path, before) in &changes.previous {
         match before {
-            Some(text) => std::fs::write(path, text),
-            None => std::fs::remove_file(path),
+            Some(text) => crate::release::write_durably(path, text.as_bytes()),
+            None => std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display())),
         }
         .with_context(|| format!("cannot restore {}", path.display()))?;
     }
@@ -186,6 +231,7 @@ mod tests {
         assert_eq!(names, ["shop.socket", "shop-hold.service", "shop@.service"]);
         for u in &units {
             assert!(!u.text.contains("{{"), "{}: {}", u.name, u.text);
+            assert!(u.text.starts_with(MARKER), "{}: {}", u.name, u.text);
         }
         assert!(
             units[0]
@@ -225,6 +271,35 @@ mod tests {
         assert!(
             !target.join("shop.socket").exists(),
             "a unit that did not exist before is removed"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn units_of_someone_else_are_refused() {
+        let dir = release_with_units();
+        let target = dir.join("installed");
+        let units = render(&cfg("127.0.0.1:8080"), &dir).unwrap();
+        check_ownership(&units, &target, &[]).unwrap();
+        install(&units, &target, false).unwrap();
+        check_ownership(&units, &target, &[]).expect("units the hooks installed are theirs");
+        // A hand-written (or distribution) unit of the same name is never overwritten.
+        std::fs::write(target.join("shop@.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
+        let err = format!("{:#}", check_ownership(&units, &target, &[]).unwrap_err());
+        assert!(
+            err.contains("shop@.service already exists and was not installed by these hooks"),
+            "{err}"
+        );
+        std::fs::remove_file(target.join("shop@.service")).unwrap();
+        // systemd loads shop.socket from the vendor folder: refused too.
+        let vendor = vec![(
+            "shop.socket".to_string(),
+            "/lib/systemd/system/shop.socket".to_string(),
+        )];
+        let err = format!("{:#}", check_ownership(&units, &target, &vendor).unwrap_err());
+        assert!(
+            err.contains("/lib/systemd/system/shop.socket") && err.contains("pick another name"),
+            "{err}"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

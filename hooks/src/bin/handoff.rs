@@ -29,6 +29,9 @@ enum Command {
         /// Print the D-Bus operations instead of performing them.
         #[arg(long)]
         dry_run: bool,
+        /// Roll back even while a deployment waits for its ValidateService (which then fails).
+        #[arg(long)]
+        force: bool,
         /// How long to wait for a deployment step that holds the lock.
         #[arg(long, default_value = "60s", value_parser = handoff::config::parse_duration)]
         lock_wait: Duration,
@@ -46,8 +49,9 @@ fn main() -> std::process::ExitCode {
             Command::Rollback {
                 to,
                 dry_run,
+                force,
                 lock_wait,
-            } => handoff::lifecycle::manual_rollback(&args.service, to, dry_run, lock_wait).await,
+            } => handoff::lifecycle::manual_rollback(&args.service, to, dry_run, force, lock_wait).await,
         }
     })
 }
