@@ -22,7 +22,8 @@ build: setup
 static: setup
 	$(CARGO) build --release --target $(TARGET) --workspace --bins
 
-test: build
+# The end-to-end tests deploy the static binaries the bundle ships (`static`).
+test: build static
 	$(CARGO) test --workspace --no-fail-fast
 
 bundle: static

@@ -18,9 +18,10 @@ fn deployed(label: &str) -> (TestService, std::path::PathBuf) {
     (svc, rev)
 }
 
-#[test]
-fn an_invalid_unit_template_is_refused_and_the_working_units_stay() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalid_unit_template_is_refused_and_the_working_units_stay() {
     let (mut svc, _) = deployed("v1");
+    let load = Load::start(svc.port, Duration::from_secs(5), 2).await;
     let installed = svc.sandbox.host_path("/etc/systemd/system/shop@.service");
     let before = std::fs::read_to_string(&installed).unwrap();
     let bad = svc.revision("v2", &[], "");
@@ -40,6 +41,8 @@ fn an_invalid_unit_template_is_refused_and_the_working_units_stay() {
         2,
         "shop@d-2.service does not load (bad-setting)",
     );
+    let report = load.finish().await;
+    assert_eq!(report.failures(), 0, "{}", report.summary());
     assert_eq!(
         std::fs::read_to_string(&installed).unwrap(),
         before,
@@ -100,8 +103,8 @@ fn without_dbus_or_without_root_a_hook_fails_at_once_saying_why() {
     assert!(!svc.sandbox.host_path("/opt/shop").exists());
 }
 
-#[test]
-fn a_full_disk_is_refused_before_copying_and_cleaned_up_when_it_fills_during_the_copy() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_is_refused_before_copying_and_cleaned_up_when_it_fills_during_the_copy() {
     let mut svc = TestService::new();
     // A small file system for the service's releases.
     run_ok(svc.sandbox.command("mkdir").args(["-p", "/opt/shop"]));
@@ -115,10 +118,13 @@ fn a_full_disk_is_refused_before_copying_and_cleaned_up_when_it_fills_during_the
     let big = svc.revision("v2", &[], "");
     std::fs::write(big.join("bin/blob"), vec![7u8; 20 << 20]).unwrap();
 
+    let load = Load::start(svc.port, Duration::from_secs(5), 2).await;
     svc.deploy_fails("d-2", &big, "before-install", 3, "MiB free; the release needs");
 
     // Space that vanished between BeforeInstall and ApplicationStart: the copy fails cleanly.
-    let out = svc.hook("application-start", "d-2", &big);
+    let out = tokio::task::block_in_place(|| svc.hook("application-start", "d-2", &big));
+    let report = load.finish().await;
+    assert_eq!(report.failures(), 0, "{}", report.summary());
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("no space left"), "{}", stderr(&out));
     let releases: Vec<String> = std::fs::read_dir(svc.sandbox.host_path("/opt/shop/releases"))

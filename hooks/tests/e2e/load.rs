@@ -28,6 +28,8 @@ pub struct Report {
     pub ws: WsCounts,
     pub probe: Counts,
     pub samples: Vec<Sample>,
+    /// When each failed probe request started (same clock as `Sample::at`).
+    pub probe_failed_at: Vec<Duration>,
 }
 
 impl Report {
@@ -72,7 +74,7 @@ pub struct Load {
     ab: tokio::task::JoinHandle<Counts>,
     wrk: tokio::task::JoinHandle<Counts>,
     ws: Vec<tokio::task::JoinHandle<WsCounts>>,
-    probe: tokio::task::JoinHandle<(Counts, Vec<Sample>)>,
+    probe: tokio::task::JoinHandle<(Counts, Vec<Sample>, Vec<Duration>)>,
 }
 
 impl Load {
@@ -116,13 +118,14 @@ impl Load {
                 }
             }
         }
-        let (probe, samples) = self.probe.await.unwrap();
+        let (probe, samples, probe_failed_at) = self.probe.await.unwrap();
         Report {
             ab: self.ab.await.unwrap(),
             wrk: self.wrk.await.unwrap(),
             ws,
             probe,
             samples,
+            probe_failed_at,
         }
     }
 }
@@ -231,10 +234,15 @@ pub fn clock() -> Duration {
     START.get_or_init(Instant::now).elapsed()
 }
 
-/// Every 5 ms a new connection and one request; records latency and the answering release.
-async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>) {
+/// How long a probe request may take before it counts as failed: far above any latency a
+/// switch may cause (the tests bound those separately), far below a hung request.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every 5 ms a new connection and one request; records latency and the answering release,
+/// and when each failed request started.
+async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>, Vec<Duration>) {
     let samples = Arc::new(Mutex::new(Vec::new()));
-    let failures = Arc::new(Mutex::new((0u64, String::new())));
+    let failures = Arc::new(Mutex::new((0u64, String::new(), Vec::new())));
     let mut tasks = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     while !stop.load(Ordering::SeqCst) {
@@ -243,7 +251,7 @@ async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>) {
         tasks.push(tokio::spawn(async move {
             let at = clock();
             let t = Instant::now();
-            match tokio::time::timeout(Duration::from_secs(20), bench::load::one_request(port, "/")).await {
+            match tokio::time::timeout(PROBE_TIMEOUT, bench::load::one_request(port, "/")).await {
                 Ok(Ok(release)) => samples.lock().await.push(Sample {
                     at,
                     latency: t.elapsed(),
@@ -253,8 +261,14 @@ async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>) {
                     let mut f = failures.lock().await;
                     f.0 += 1;
                     f.1 = e.to_string();
+                    f.2.push(at);
                 }
-                Err(_) => failures.lock().await.0 += 1,
+                Err(_) => {
+                    let mut f = failures.lock().await;
+                    f.0 += 1;
+                    f.1 = format!("no answer within {PROBE_TIMEOUT:?}");
+                    f.2.push(at);
+                }
             }
         }));
     }
@@ -263,7 +277,8 @@ async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>) {
     }
     let mut samples = Arc::try_unwrap(samples).unwrap().into_inner();
     samples.sort_by_key(|s| s.at);
-    let (failed, last) = Arc::try_unwrap(failures).unwrap().into_inner();
+    let (failed, last, mut failed_at) = Arc::try_unwrap(failures).unwrap().into_inner();
+    failed_at.sort();
     (
         Counts {
             requests: samples.len() as u64 + failed,
@@ -272,11 +287,48 @@ async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>) {
             ..Default::default()
         },
         samples,
+        failed_at,
     )
 }
 
+/// p50, p99, max (ms) and the number of requests of a window.
+pub type Window = (f64, f64, f64, usize);
+
+/// The probe's view of a switch window [from, to): asserts that the load overlapped it
+/// (requests before, during and after it) and that its latency did not stall: the window's
+/// p99 within `STALL_BOUND` of the same run's baseline p99. Returns (baseline, window).
+pub fn assert_no_stall(report: &Report, from: Duration, to: Duration, what: &str) -> (Window, Window) {
+    let base = percentiles(&report.samples, Duration::ZERO, from)
+        .unwrap_or_else(|| panic!("{what}: no probe request before the switch"));
+    let during = percentiles(&report.samples, from, to)
+        .unwrap_or_else(|| panic!("{what}: no probe request during the switch"));
+    assert!(
+        report.samples.iter().any(|s| s.at >= to),
+        "{what}: the load stopped before the switch ended"
+    );
+    // A 5 ms probe over a switch of a second or more: a load that really overlapped it.
+    assert!(
+        during.3 >= 50,
+        "{what}: only {} probe requests during the switch",
+        during.3
+    );
+    eprintln!("{what}: probe latency ms (p50/p99/max/n): baseline {base:?}, during the switch {during:?}");
+    assert!(
+        during.1 <= base.1 + STALL_BOUND_MS,
+        "{what}: the switch stalled requests: p99 {:.1} ms during it against {:.1} ms before (bound: +{STALL_BOUND_MS} ms)",
+        during.1,
+        base.1
+    );
+    (base, during)
+}
+
+/// How much the switch window's p99 may exceed the baseline's: generous for a 2-core machine
+/// shared by the load tools, systemd and two instances; a stall of a second (a blocked
+/// accept, a restart) is far above it.
+pub const STALL_BOUND_MS: f64 = 250.0;
+
 /// p50, p99 and max of the samples whose start falls in [from, to).
-pub fn percentiles(samples: &[Sample], from: Duration, to: Duration) -> Option<(f64, f64, f64, usize)> {
+pub fn percentiles(samples: &[Sample], from: Duration, to: Duration) -> Option<Window> {
     let mut l: Vec<f64> = samples
         .iter()
         .filter(|s| s.at >= from && s.at < to)

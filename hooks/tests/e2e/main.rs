@@ -2,6 +2,7 @@
 
 mod faults;
 mod hooks;
+mod integrity;
 mod load;
 mod rehearsal;
 mod sample_app;

@@ -229,6 +229,89 @@ impl TestService {
             .collect()
     }
 
+    /// A hook run with `HANDOFF_KILL_AT=step`: it must die by SIGKILL at that step.
+    pub fn hook_killed_at(&self, step: &str, hook: &str, deployment: &str, revision: &Path) -> Output {
+        let mut cmd = self.hook_command(hook, deployment, revision);
+        cmd.env("HANDOFF_KILL_AT", step);
+        let out = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| run(&mut cmd)),
+            Err(_) => run(&mut cmd),
+        };
+        // Through `scripts/sandbox exec`, a SIGKILL shows as the shell's 128 + 9.
+        assert_eq!(
+            out.status.code(),
+            Some(137),
+            "{hook} was not killed at {step}:\n{}",
+            explain(&cmd, &out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("HANDOFF_KILL_AT={step}")),
+            "{}",
+            explain(&cmd, &out)
+        );
+        out
+    }
+
+    /// The installed instance template, as systemd will read it.
+    pub fn installed_template(&self) -> String {
+        std::fs::read_to_string(
+            self.sandbox
+                .host_path(&format!("/etc/systemd/system/{}@.service", self.name)),
+        )
+        .unwrap()
+    }
+
+    /// One property of a unit, as `systemctl show -P` prints it.
+    pub fn unit_property(&self, unit: &str, property: &str) -> String {
+        let out = run_ok(
+            self.sandbox
+                .command("systemctl")
+                .args(["show", "-P", property, unit]),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `systemctl is-enabled` of a unit.
+    pub fn is_enabled(&self, unit: &str) -> String {
+        let out = run(self.sandbox.command("systemctl").args(["is-enabled", unit]));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The environment of a release's running main process.
+    pub fn instance_environment(&self, release: &str) -> String {
+        let pid = self.unit_property(&format!("{}@{release}.service", self.name), "MainPID");
+        let env = std::fs::read(self.sandbox.host_path(&format!("/proc/{pid}/environ"))).unwrap();
+        String::from_utf8_lossy(&env).replace('\0', "\n")
+    }
+
+    /// Kills a release's main process (as a crash would) and waits until systemd has
+    /// restarted it and it answers again.
+    pub fn crash_and_wait_for_restart(&self, release: &str) {
+        let unit = format!("{}@{release}.service", self.name);
+        let pid = self.unit_property(&unit, "MainPID");
+        run_ok(self.sandbox.command("kill").args(["-KILL", &pid]));
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = self.unit_property(&unit, "MainPID");
+            if now != pid && now != "0" && http_get(self.port, "/").is_ok_and(|r| r.contains(" 200 ")) {
+                return;
+            }
+        }
+        panic!("{unit} did not come back after a crash");
+    }
+
+    /// `handoff status` output (it must succeed).
+    pub fn status(&self) -> String {
+        let out = self.handoff(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
     /// The app's own log of one release (units append it to /opt/<service>/logs).
     pub fn app_log(&self, release: &str) -> String {
         std::fs::read_to_string(

@@ -12,13 +12,17 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// A binary of the workspace, built by `cargo build --workspace` (the Makefile does this).
+/// A binary of the workspace as the bundle ships it: static (musl), release, built by
+/// `make static` (`make test` builds it first). The end-to-end tests deploy these, never the
+/// debug builds of the unit tests.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let own = PathBuf::from(env!("CARGO_BIN_EXE_application-start"));
-    let path = own.parent().unwrap().join(name);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let path = target.join("x86_64-unknown-linux-musl/release").join(name);
     assert!(
         path.exists(),
-        "{} is missing; build it first: cargo build --workspace",
+        "{} is missing; build the shipped binaries first: make static",
         path.display()
     );
     path
