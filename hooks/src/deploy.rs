@@ -119,7 +119,15 @@ impl<'a> Deployer<'a> {
     ) -> Result<Switch> {
         let dry = self.systemd.dry_run();
         let state = self.store.load_state()?;
-        let from = state.serving.clone().filter(|r| r != release);
+        // Without a record (state.json deleted), the one instance that runs is what serves.
+        let from = match &state.serving {
+            Some(r) if r == release => None,
+            Some(r) => Some(r.clone()),
+            None => match self.live_releases().await?.as_slice() {
+                [only] if only != release => Some(only.clone()),
+                _ => None,
+            },
+        };
         if !dry {
             self.store
                 .update(hook, deployment, &format!("switching to {release}"), |s| {
@@ -143,18 +151,34 @@ impl<'a> Deployer<'a> {
                 None => self,
                 Some(_) => {
                     let mut cfg = self.cfg.clone();
-                    cfg.listen = units::listen_lines(&std::fs::read_to_string(
+                    cfg.listen = listen_addresses(&std::fs::read_to_string(
                         self.unit_dir.join(self.cfg.socket_unit()),
-                    )?)
-                    .iter()
-                    .map(|l| l.trim_start_matches("ListenStream=").to_string())
-                    .collect();
+                    )?);
                     current = cfg;
                     &Deployer::new(&current, self.systemd, self.store)?
                 }
             };
             on_socket.ensure_socket().await?;
             let switch = on_socket.start_beside(release).await?;
+            kill_point("after-start");
+            // Enabled before the commit: from the commit on, a reboot must bring the new
+            // release back (an undo disables it again).
+            let unit = self.cfg.instance_unit(release);
+            if self.systemd.unit_file_state(&unit).await? != "enabled" {
+                self.systemd.enable(&[&unit]).await?;
+            }
+            if !dry {
+                self.store
+                    .update(hook, deployment, &format!("{release} serves"), |s| {
+                        if from.is_some() {
+                            s.previous = from.clone();
+                        }
+                        s.serving = Some(release.to_string());
+                        s.switching = None;
+                        s.failed.retain(|r| r != release);
+                        commit(s);
+                    })?;
+            }
             Ok::<_, anyhow::Error>((installed, switch))
         }
         .await;
@@ -163,7 +187,9 @@ impl<'a> Deployer<'a> {
             Err(e) => {
                 let serving = self.undo(release, from.as_deref()).await;
                 if !dry {
-                    let blame = fault::exit_code(&e) != 3;
+                    // A release that did not take over failed; the host (exit 3) or a
+                    // rollback target is not blamed for it.
+                    let blame = fault::exit_code(&e) != 3 && hook == "application-start";
                     let message = format!("{release} did not take over: {e:#}");
                     let saved = self.store.update(hook, deployment, &message, |s| {
                         s.switching = None;
@@ -182,34 +208,23 @@ impl<'a> Deployer<'a> {
                 ));
             }
         };
-        kill_point("after-start");
-        // Enabled before the commit: from the commit on, a reboot must bring the new release
-        // back (an undo disables it again).
-        let unit = self.cfg.instance_unit(release);
-        if self.systemd.unit_file_state(&unit).await? != "enabled" {
-            self.systemd.enable(&[&unit]).await?;
-        }
-
-        if !dry {
-            self.store
-                .update(hook, deployment, &format!("{release} serves"), |s| {
-                    if from.is_some() {
-                        s.previous = from.clone();
-                    }
-                    s.serving = Some(release.to_string());
-                    s.switching = None;
-                    s.failed.retain(|r| r != release);
-                    commit(s);
-                })?;
-        }
         kill_point("after-commit");
         switch.from = from;
 
-        self.retire_others(release, &mut switch).await?;
+        // After the commit the new release serves: nothing here undoes the switch.
+        self.retire_others(release, &mut switch).await;
         if let Some(socket) = installed.deferred_socket {
             let t = Instant::now();
-            self.move_socket(release, &socket, hook, deployment).await?;
+            let moved = self.move_socket(release, &socket, hook, deployment).await;
             switch.waited_on_app += t.elapsed();
+            if let Err(e) = moved {
+                if !dry {
+                    let _ = self
+                        .store
+                        .update(hook, deployment, &format!("{e:#}"), |s| s.validating = None);
+                }
+                return Err(e);
+            }
         }
         Ok(switch)
     }
@@ -217,6 +232,11 @@ impl<'a> Deployer<'a> {
     /// Undoes a switch to `release` that was not committed: stops its instance, puts the units
     /// of `serving` back, and makes sure `serving` runs. Returns what serves, for messages.
     pub async fn undo(&self, release: &str, serving: Option<&str>) -> String {
+        if self.store.load_state().ok().and_then(|s| s.serving).as_deref() == Some(release) {
+            // A re-run for the release that serves: there is nothing to undo, and stopping
+            // it would take the service down.
+            return format!("{release} keeps serving");
+        }
         self.abandon(release).await;
         let Some(serving) = serving else {
             return "nothing served before it".into();
@@ -276,7 +296,9 @@ impl<'a> Deployer<'a> {
                 .into_iter()
                 .find(|u| u.name == cfg.socket_unit())
                 .context("no socket unit rendered")?;
-            deployer.move_socket(serving, &socket, hook, deployment).await?;
+            if let Err(e) = deployer.move_socket(serving, &socket, hook, deployment).await {
+                tracing::warn!("{e:#}");
+            }
         }
         Ok(())
     }
@@ -564,13 +586,19 @@ impl<'a> Deployer<'a> {
             .context("the new release started but")
     }
 
-    /// Step 5: every instance but the new one drains and is disabled.
-    async fn retire_others(&self, release: &str, report: &mut Switch) -> Result<()> {
+    /// Step 5: every instance but the new one drains and is disabled. The switch is
+    /// committed: a failure here is reported and left for the next step, never undone.
+    async fn retire_others(&self, release: &str, report: &mut Switch) {
         let mut others = report.stopped.clone();
-        for live in self.live_releases().await? {
-            if live != release && !others.contains(&live) {
-                others.push(live);
+        match self.live_releases().await {
+            Ok(live) => {
+                for r in live {
+                    if r != release && !others.contains(&r) {
+                        others.push(r);
+                    }
+                }
             }
+            Err(e) => tracing::warn!("{e:#}"),
         }
         for other in &others {
             let other_unit = self.cfg.instance_unit(other);
@@ -583,13 +611,18 @@ impl<'a> Deployer<'a> {
                 }
             }
             report.waited_on_app += t.elapsed();
-            self.systemd.reset_failed(&other_unit).await?;
-            if self.systemd.unit_file_state(&other_unit).await? == "enabled" {
-                self.systemd.disable(&[&other_unit]).await?;
+            let disabled = async {
+                self.systemd.reset_failed(&other_unit).await?;
+                if self.systemd.unit_file_state(&other_unit).await? == "enabled" {
+                    self.systemd.disable(&[&other_unit]).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            if let Err(e) = disabled.await {
+                tracing::warn!("{e:#}; the next deployment disables {other_unit}");
             }
         }
         report.stopped = others;
-        Ok(())
     }
 
     /// Step 6: re-creates the socket on its new addresses and restarts `release` onto it.
@@ -606,11 +639,11 @@ impl<'a> Deployer<'a> {
     ) -> Result<()> {
         let dry = self.systemd.dry_run();
         let path = self.unit_dir.join(&socket.name);
-        let before = std::fs::read_to_string(&path)
-            .map(|t| units::listen_lines(&t))
-            .unwrap_or_default();
-        let after = units::listen_lines(&socket.text);
-        let kept = before.iter().any(|l| after.contains(l));
+        let old_text = std::fs::read_to_string(&path).unwrap_or_default();
+        let before = listen_addresses(&old_text);
+        let kept = before
+            .iter()
+            .any(|a| self.cfg.listen.iter().any(|b| addresses_overlap(a, b)));
         if !dry {
             self.store.update(
                 hook,
@@ -619,33 +652,54 @@ impl<'a> Deployer<'a> {
                 |s| s.socket_pending = Some(release.to_string()),
             )?;
         }
-        units::install(std::slice::from_ref(socket), &self.unit_dir, dry)?;
-        self.systemd.reload().await?;
-        kill_point("socket-written");
-
-        let deadline = Duration::from_secs(30);
-        let (holder, socket_unit) = (self.cfg.holder_unit(), self.cfg.socket_unit());
-        let unit = self.cfg.instance_unit(release);
-        tracing::info!(
-            "moving {socket_unit} to {} and restarting {unit} onto it",
-            self.cfg.listen.join(", ")
-        );
-        self.systemd.stop(&holder, deadline).await?;
-        if kept {
-            self.systemd.stop(&unit, self.stop_deadline()).await?;
+        let moved = async {
+            units::install(std::slice::from_ref(socket), &self.unit_dir, dry)?;
+            self.systemd.reload().await?;
+            kill_point("socket-written");
+            tracing::info!(
+                "moving {} to {} and restarting {} onto it",
+                self.cfg.socket_unit(),
+                self.cfg.listen.join(", "),
+                self.cfg.instance_unit(release)
+            );
+            self.recreate_socket(release, kept).await
         }
-        self.systemd.stop(&socket_unit, deadline).await?;
-        self.start_socket().await?;
-        self.systemd.start(&holder, deadline).await?;
-        if !kept {
-            self.systemd.stop(&unit, self.stop_deadline()).await?;
+        .await;
+        if let Err(e) = moved {
+            tracing::error!("{e:#}; putting the socket back on [{}]", before.join(", "));
+            let old = units::Rendered {
+                name: socket.name.clone(),
+                text: old_text,
+            };
+            let mut cfg = self.cfg.clone();
+            cfg.listen = before.clone();
+            let back = Deployer::new(&cfg, self.systemd, self.store)?;
+            let reverted = async {
+                units::install(std::slice::from_ref(&old), &self.unit_dir, dry)?;
+                self.systemd.reload().await?;
+                back.recreate_socket(release, true).await
+            }
+            .await;
+            if !dry {
+                self.store.update(hook, deployment, "socket move undone", |s| {
+                    s.socket_pending = None
+                })?;
+            }
+            return Err(match reverted {
+                Ok(()) => Fault::deployment(format!(
+                    "{e:#}. The socket is back on [{}] and {release} serves there; fix the new addresses and \
+                     deploy again",
+                    before.join(", ")
+                ))
+                .into(),
+                Err(again) => Fault::deployment(format!(
+                    "{e:#}. Putting the socket back on [{}] failed too: {again:#}. Nothing may serve: check \
+                     `handoff status` and `ss -ltnp`, free the addresses and deploy again",
+                    before.join(", ")
+                ))
+                .into(),
+            });
         }
-        self.start_and_confirm(release).await.map_err(|e| {
-            Fault::deployment(format!(
-                "{release} did not come back on the socket's new addresses: {e:#}"
-            ))
-        })?;
-        self.check_socket_accepts().await?;
         if !dry {
             self.store.update(
                 hook,
@@ -657,16 +711,45 @@ impl<'a> Deployer<'a> {
         Ok(())
     }
 
-    /// Stops a release that did not make it, leaving its unit inactive rather than failed.
-    async fn abandon(&self, release: &str) {
+    /// Re-creates the socket from its unit file and restarts `release` onto it. With
+    /// `release_first` the release lets go of its sockets before the socket is re-created (an
+    /// address it holds cannot be bound again).
+    async fn recreate_socket(&self, release: &str, release_first: bool) -> Result<()> {
+        let deadline = Duration::from_secs(30);
+        let (holder, socket_unit) = (self.cfg.holder_unit(), self.cfg.socket_unit());
         let unit = self.cfg.instance_unit(release);
-        match self.systemd.status(&unit).await {
-            Ok(st) if st.active_state == "inactive" => return,
-            _ => {}
+        self.systemd.stop(&holder, deadline).await?;
+        if release_first {
+            self.systemd.stop(&unit, self.stop_deadline()).await?;
         }
-        tracing::info!("stopping {unit}");
-        if let Err(e) = self.systemd.stop(&unit, self.stop_deadline()).await {
-            tracing::warn!("could not stop {unit}: {e:#}");
+        self.systemd.stop(&socket_unit, deadline).await?;
+        self.systemd.reset_failed(&socket_unit).await?;
+        self.start_socket().await?;
+        self.systemd.start(&holder, deadline).await?;
+        if !release_first {
+            self.systemd.stop(&unit, self.stop_deadline()).await?;
+        }
+        self.start_and_confirm(release).await.map_err(|e| {
+            Fault::deployment(format!(
+                "{release} did not come back on the socket's addresses [{}]: {e:#}",
+                self.cfg.listen.join(", ")
+            ))
+        })?;
+        self.check_socket_accepts().await
+    }
+
+    /// Stops a release that did not make it, leaving its unit inactive rather than failed and
+    /// disabled. Never the release that serves.
+    async fn abandon(&self, release: &str) {
+        if self.store.load_state().ok().and_then(|s| s.serving).as_deref() == Some(release) {
+            return;
+        }
+        let unit = self.cfg.instance_unit(release);
+        if !matches!(self.systemd.status(&unit).await, Ok(st) if st.active_state == "inactive") {
+            tracing::info!("stopping {unit}");
+            if let Err(e) = self.systemd.stop(&unit, self.stop_deadline()).await {
+                tracing::warn!("could not stop {unit}: {e:#}");
+            }
         }
         let _ = self.systemd.reset_failed(&unit).await;
         if self
@@ -686,5 +769,47 @@ impl<'a> Deployer<'a> {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// The addresses of a socket unit's `ListenStream=` lines.
+fn listen_addresses(unit_text: &str) -> Vec<String> {
+    units::listen_lines(unit_text)
+        .iter()
+        .map(|l| l.trim_start_matches("ListenStream=").to_string())
+        .collect()
+}
+
+/// Whether two listen addresses cannot both be bound: the same port, and the same IP or a
+/// wildcard on either side (a bare port listens on every address).
+fn addresses_overlap(a: &str, b: &str) -> bool {
+    use std::net::SocketAddr;
+    let port_only = |s: &str| s.parse::<u16>().ok();
+    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+        (Ok(x), Ok(y)) => {
+            x.port() == y.port() && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+        }
+        (Ok(x), Err(_)) => port_only(b) == Some(x.port()),
+        (Err(_), Ok(y)) => port_only(a) == Some(y.port()),
+        (Err(_), Err(_)) => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_overlap_on_the_same_port_with_a_wildcard_or_the_same_ip() {
+        assert!(addresses_overlap("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(addresses_overlap("0.0.0.0:8080", "127.0.0.1:8080"));
+        assert!(addresses_overlap("[::]:8080", "0.0.0.0:8080"));
+        assert!(addresses_overlap("8080", "127.0.0.1:8080"));
+        assert!(!addresses_overlap("127.0.0.1:8080", "127.0.0.2:8080"));
+        assert!(!addresses_overlap("127.0.0.1:8080", "127.0.0.1:9090"));
+        assert_eq!(
+            listen_addresses("[Socket]\nListenStream=127.0.0.1:1\nListenStream=[::1]:2\n"),
+            ["127.0.0.1:1", "[::1]:2"]
+        );
     }
 }

@@ -155,9 +155,9 @@ impl Probe {
                         (Some(own), _, _) => format!("{release} answered {own}"),
                         (None, Some(e), _) => format!("last error: {e}"),
                         (None, None, Some(h)) if from_others > 0 => format!(
-                            "every answer named another instance in its {h} header ({}), none named {release}; \
-                             the app must echo its INSTANCE environment variable (the release id) in a {h} \
-                             response header, or remove health.instance_header from deploy.yml",
+                            "no answer named {release} in its {h} header (seen: {}); the app must echo its \
+                             INSTANCE environment variable (the release id) in a {h} response header, or remove \
+                             health.instance_header from deploy.yml",
                             other_instances.join(", ")
                         ),
                         (None, None, _) => format!("no probe reached {release}"),

@@ -286,8 +286,16 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
             );
             return Ok(());
         }
-    } else if store.stage(revision, &release, cfg)? {
-        tracing::info!("release {release} copied to {}", store.dir(&release).display());
+    } else {
+        let t = Instant::now();
+        if store.stage(revision, &release, cfg)? {
+            tracing::info!(
+                "release {release} copied to {} in {:.0} ms (every file synced to disk: after a power loss the \
+                 release that serves must still be whole)",
+                store.dir(&release).display(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
 
     let deployment = args.deployment();
@@ -301,10 +309,15 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
         .await?;
     if !args.dry_run {
         // Housekeeping after a good switch: it never fails the hook.
-        let protect: Vec<&str> = [Some(release.as_str()), switch.from.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
+        let previous = store.load_state().ok().and_then(|s| s.previous);
+        let protect: Vec<&str> = [
+            Some(release.as_str()),
+            switch.from.as_deref(),
+            previous.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         match store.prune(cfg.releases.keep, &protect) {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!("removed old releases: {}", removed.join(", "))
@@ -343,7 +356,7 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
     let state = store.load_state()?;
     if state.serving.as_deref() != Some(release.as_str()) {
         let why = if state.is_failed(&release) {
-            format!("{release} failed to take over in ApplicationStart (see `handoff status`)")
+            format!("{release} is marked failed (see `handoff status` and its recent events)")
         } else {
             let last = store
                 .recent_events(20)
@@ -410,7 +423,7 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
         )));
     };
     tracing::info!("rolling back in place: {target} serves again, then {release} stops");
-    rollback_to(
+    if let Err(e) = rollback_to(
         systemd,
         store,
         &target,
@@ -418,7 +431,13 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
         "validate-service",
         &deployment,
     )
-    .await?;
+    .await
+    {
+        fail(format!(
+            "{release} failed validation; the rollback to {target} failed: {e:#}"
+        ))?;
+        return Err(e.context(format!("release {release} failed validation: {problem:#}")));
+    }
     bail!(Fault::deployment(format!(
         "release {release} failed validation: {problem:#}. Rolled back: {target} serves again. \
          Fix the release and deploy again ({})",

@@ -611,6 +611,11 @@ mod tests {
         assert_eq!(raw["schema"], 9, "a newer schema number is never lowered: {raw}");
         assert_eq!(raw["serving"], "d-9");
         assert_eq!(raw["previous"], "d-8");
+        // events.log is rotated past its size limit, so it never grows without bound.
+        std::fs::write(store.events_path(), vec![b'x'; EVENTS_MAX_BYTES as usize + 1]).unwrap();
+        store.record("test", "d", "after rotation").unwrap();
+        assert!(store.root().join("events.log.1").exists());
+        assert_eq!(store.recent_events(10).len(), 1);
         // A state file of the first version (no schema) loads.
         std::fs::write(store.state_path(), r#"{"serving":"d-1","previous":null}"#).unwrap();
         assert_eq!(store.load_state().unwrap().serving.as_deref(), Some("d-1"));

@@ -276,7 +276,10 @@ impl Systemd {
             Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {
                 Ok("not-found".into())
             }
-            Err(e) => Err(anyhow!("cannot read the unit file state of {unit}: {e}")),
+            Err(e) => Err(crate::fault::Fault::environment(format!(
+                "cannot read the unit file state of {unit} over D-Bus: {e}"
+            ))
+            .into()),
         }
     }
 
@@ -290,7 +293,11 @@ impl Systemd {
                 &[pattern],
             )
             .await
-            .with_context(|| format!("cannot list units matching {pattern}"))?;
+            .map_err(|e| {
+                crate::fault::Fault::environment(format!(
+                    "cannot list units matching {pattern} over D-Bus: {e}"
+                ))
+            })?;
         let mut names: Vec<String> = units.into_iter().map(|u| u.0).collect();
         names.sort();
         Ok(names)
@@ -449,10 +456,10 @@ enum JobOutcome {
 fn denied_or(e: zbus::Error, what: &str) -> anyhow::Error {
     let text = e.to_string();
     if text.contains("AccessDenied") || text.contains("InteractiveAuthorizationRequired") {
-        anyhow!(
+        anyhow::Error::new(crate::fault::Fault::environment(format!(
             "not allowed to {what}: {text}; the hooks manage systemd units and must run as root \
              (CodeDeploy's default; remove `runas:` from appspec.yml or run with sudo)"
-        )
+        )))
     } else {
         anyhow!("systemd refused to {what}: {text}")
     }

@@ -216,8 +216,33 @@ async fn a_release_that_hangs_or_fails_every_request_after_ready_is_stopped_with
         "{}",
         report.summary()
     );
-    assert_eq!(report.last_release().as_deref(), Some("v1"));
-    assert_eq!(svc.state()["failed"], serde_json::json!(["d-2", "d-3"]));
+    // Two refusals that name their cause: a process killed by a signal at start (what a JIT
+    // under MemoryDenyWriteExecute= or a system-call filter does), and an app that does not
+    // echo the instance header.
+    let trapped = svc.revision("v4", &[], "");
+    std::fs::write(trapped.join("bin/sample-app"), "#!/bin/sh\nkill -TRAP $$\n").unwrap();
+    svc.deploy_fails(
+        "d-4",
+        &trapped,
+        "application-start",
+        1,
+        "was killed by signal SIGTRAP (5) while starting",
+    );
+    let silent = svc.revision("v5", &[], "");
+    set_in_deploy_yml(&silent, "instance_header: X-Instance", "instance_header: X-Other");
+    set_in_deploy_yml(&silent, "start: 10s", "start: 2s");
+    svc.deploy_fails(
+        "d-5",
+        &silent,
+        "application-start",
+        1,
+        "no answer named d-5 in its X-Other header (seen: no header); the app must echo its INSTANCE",
+    );
+    assert_eq!(svc.answering_release(), "v1");
+    assert_eq!(
+        svc.state()["failed"],
+        serde_json::json!(["d-2", "d-3", "d-4", "d-5"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -263,6 +288,14 @@ async fn a_switch_interrupted_before_or_after_its_commit_converges_without_a_fai
     assert_eq!(svc.is_enabled("shop@d-3.service"), "disabled");
     assert_eq!(svc.state()["previous"].as_str(), Some("d-2"));
 
+    // A re-run for the release that already serves, killed before it changed anything: the
+    // next step must not "undo" it by stopping what serves.
+    svc.hook_killed_at("after-intent", "application-start", "d-4", &v4);
+    let out = tokio::task::block_in_place(|| svc.hook("validate-service", "d-4", &v4));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(svc.live_instances(), vec!["shop@d-4.service"]);
+    assert_eq!(svc.is_enabled("shop@d-4.service"), "enabled");
+
     let report = load.finish().await;
     for s in slow {
         let reply = s.await.unwrap().expect("slow request");
@@ -305,17 +338,58 @@ async fn a_listen_change_with_a_failed_release_keeps_the_old_address_and_units()
             .contains(&format!("127.0.0.1:{old_port}")),
     );
 
-    // A good release moves the socket: restarted onto the new address, the old one closes.
+    // A move onto an address another process holds: the socket goes back where it was, and
+    // the new release (it took over on the old address) serves there.
     svc.port = new_port;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", new_port)).unwrap();
     let v3 = svc.revision("v3", &[], "");
-    let log = svc.deploy_ok("d-3", &v3);
+    let failure = svc.deploy_fails("d-3", &v3, "application-start", 1, "is another process listening");
+    assert!(
+        failure.output.contains(&format!(
+            "The socket is back on [127.0.0.1:{old_port}] and d-3 serves there"
+        )),
+        "{}",
+        failure.output
+    );
+    drop(squatter);
+    assert!(http_get(old_port, "/").is_ok_and(|r| r.contains("v3")));
+    assert!(svc.state().get("socket_pending").is_none(), "{}", svc.state());
+
+    // A good release moves the socket: restarted onto the new address, the old one closes.
+    let v4 = svc.revision("v4", &[], "");
+    let log = svc.deploy_ok("d-4", &v4);
     assert!(
         log.contains(&format!("moving shop.socket to 127.0.0.1:{new_port}")),
         "{log}"
     );
-    assert_eq!(svc.answering_release(), "v3");
+    assert_eq!(svc.answering_release(), "v4");
     assert!(http_get(old_port, "/").is_err(), "the old address still accepts");
-    assert_eq!(svc.live_instances(), vec!["shop@d-3.service"]);
+    assert_eq!(svc.live_instances(), vec!["shop@d-4.service"]);
+
+    // Killed after writing the moved socket's unit, before re-creating it: the next hook
+    // applies it.
+    svc.port = free_port();
+    let v5 = svc.revision("v5", &[], "");
+    run_ok(&mut svc.hook_command("before-install", "d-5", &v5));
+    svc.hook_killed_at("socket-written", "application-start", "d-5", &v5);
+    assert_eq!(
+        svc.state()["socket_pending"].as_str(),
+        Some("d-5"),
+        "{}",
+        svc.state()
+    );
+    let out = svc.hook("validate-service", "d-5", &v5);
+    assert!(
+        out.status.success() && stderr(&out).contains("written but not applied; applying them now"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(svc.answering_release(), "v5");
+    assert!(
+        http_get(new_port, "/").is_err(),
+        "the previous address still accepts"
+    );
+    assert!(svc.state().get("socket_pending").is_none(), "{}", svc.state());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
