@@ -8,4 +8,5 @@ mod rehearsal;
 mod sample_app;
 mod sandbox;
 mod service;
+mod socket;
 mod support;

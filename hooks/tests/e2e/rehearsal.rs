@@ -63,7 +63,7 @@ fn bundle(svc: &TestService, label: &str) -> PathBuf {
 }
 
 fn deploy_local(sandbox: &Sandbox, bundle: &Path, id: &str) -> Output {
-    let mut cmd = sandbox.command(workspace_bin("deploy-local"));
+    let mut cmd = sandbox.command(sandbox.test_binary("deploy-local"));
     cmd.arg("--bundle").arg(bundle).arg("--deployment-id").arg(id);
     let out = run(&mut cmd);
     eprintln!("{}", explain(&cmd, &out));

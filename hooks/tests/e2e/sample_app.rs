@@ -20,7 +20,7 @@ async fn restarts_behind_a_socket_unit_fail_no_request() {
         format!(
             "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=notify\nExecStart={}\nEnvironment=RELEASE=plain\n\
              StandardOutput=append:{}\nStandardError=inherit\nTimeoutStopSec=20\n",
-            workspace_bin("sample-app").display(),
+            sandbox.test_binary("sample-app"),
             log.display()
         ),
     )

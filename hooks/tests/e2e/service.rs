@@ -70,7 +70,7 @@ impl TestService {
 
     /// A hook run inside the sandbox with the agent's environment.
     pub fn hook_command(&self, hook: &str, deployment: &str, revision: &Path) -> Command {
-        let mut cmd = self.sandbox.command(workspace_bin(hook));
+        let mut cmd = self.sandbox.command(self.sandbox.test_binary(hook));
         cmd.arg("--revision").arg(revision);
         cmd.env("DEPLOYMENT_ID", deployment)
             .env("LIFECYCLE_EVENT", hook)
@@ -91,7 +91,7 @@ impl TestService {
     ) -> Output {
         let mut cmd = self.sandbox.command("timeout");
         cmd.args(["-s", signal, secs])
-            .arg(workspace_bin(hook))
+            .arg(self.sandbox.test_binary(hook))
             .arg("--revision")
             .arg(revision);
         cmd.env("DEPLOYMENT_ID", deployment);
@@ -209,7 +209,7 @@ impl TestService {
     }
 
     pub fn handoff(&self, args: &[&str]) -> Output {
-        let mut cmd = self.sandbox.command(workspace_bin("handoff"));
+        let mut cmd = self.sandbox.command(self.sandbox.test_binary("handoff"));
         cmd.arg("--service").arg(&self.name).args(args);
         run(&mut cmd)
     }

@@ -115,8 +115,9 @@ impl Sandbox {
         PathBuf::from(format!("/proc/{}/root{}", self.pid, inside))
     }
 
-    /// Puts a workspace binary where a hardened unit can run it (`/opt/.test-bin/NAME` inside:
-    /// PrivateTmp= hides /tmp and /var/tmp, where a checkout may live). A hard link when the
+    /// Puts a workspace binary where the sandbox and a hardened unit can run it
+    /// (`/opt/.test-bin/NAME` inside: the sandbox's own /tmp hides a checkout under /tmp, and
+    /// PrivateTmp= hides /var/tmp too). Every binary run inside a sandbox goes through here. A hard link when the
     /// file systems allow, else a copy. Returns the path inside the sandbox.
     pub fn test_binary(&self, name: &str) -> String {
         let dir = self.dir.join("opt/.test-bin");
