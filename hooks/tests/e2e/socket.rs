@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use crate::service::TestService;
-use crate::support::*;
 
 /// The file status flags of a process's fd (octal, as /proc/PID/fdinfo prints them).
 fn fd_flags(svc: &TestService, pid: &str, fd: u32) -> u32 {
