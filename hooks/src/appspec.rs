@@ -895,6 +895,7 @@ fn check_units(cfg: &DeployConfig, bundle: &Path, report: &mut Report) {
             return;
         }
     };
+    report.problems.extend(crate::fit::check(cfg, bundle, &rendered));
     let Some(analyze) = find_on_path("systemd-analyze") else {
         report
             .notes
@@ -1397,7 +1398,7 @@ mod tests {
         ),
         (
             "app@.service",
-            "[Unit]\nStartLimitIntervalSec=0\n\n[Service]\nType=notify\nSockets={{service}}.socket\n\
+            "[Unit]\nStartLimitIntervalSec=0\n\n[Service]\nType=notify\nSockets={{service}}.socket\nNonBlocking=yes\n\
              EnvironmentFile={{root}}/releases/%i/app.env\nWorkingDirectory={{root}}/releases/%i\n\
              ExecStart={{root}}/releases/%i/{{command}}{{args}}\nTimeoutStartSec={{start_timeout}}\n\
              TimeoutStopSec={{stop_timeout}}\nKillMode=mixed\nRestart=on-failure\n{{output}}\n\n\

@@ -81,6 +81,29 @@ pub struct App {
     /// Append the app's output to `/opt/<service>/logs/<release>.log` instead of the journal.
     #[serde(default)]
     pub log_to_file: bool,
+    /// How the hooks learn that a new instance serves: `notify` (it sends READY=1, the unit
+    /// is `Type=notify`) or `probe` (for servers that cannot: the unit is `Type=exec` and the
+    /// instance is ready when it answers its health check through the port).
+    #[serde(default)]
+    pub ready: Ready,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ready {
+    #[default]
+    Notify,
+    Probe,
+}
+
+impl Ready {
+    /// The instance unit's `Type=`.
+    pub fn service_type(self) -> &'static str {
+        match self {
+            Ready::Notify => "notify",
+            Ready::Probe => "exec",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -573,17 +573,39 @@ impl<'a> Deployer<'a> {
         Ok(report)
     }
 
-    /// Starts the release's instance (READY=1) and confirms it through the port.
+    /// Starts the release's instance (until READY=1, or until exec with `app.ready: probe`)
+    /// and confirms it through the port, watching it meanwhile: a crash or an automatic
+    /// restart ends the confirmation at once, not at `deadlines.start`.
     async fn start_and_confirm(&self, release: &str) -> Result<()> {
         let unit = self.cfg.instance_unit(release);
         self.systemd.start(&unit, self.start_deadline()).await?;
         if self.systemd.dry_run() {
             return Ok(());
         }
-        self.probe
-            .confirm_ready(release, self.cfg.deadlines.start)
-            .await
-            .context("the new release started but")
+        let confirm = async {
+            self.probe
+                .confirm_ready(release, self.cfg.deadlines.start)
+                .await
+                .context("the new release started but")
+        };
+        let watch = async {
+            let started = self.systemd.status(&unit).await?;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let st = self.systemd.status(&unit).await?;
+                if st.has_crashed() || st.n_restarts > started.n_restarts || !st.is_running_or_starting() {
+                    return Err::<(), _>(anyhow::anyhow!(
+                        "{}; {}",
+                        st.start_failure(),
+                        crate::systemd::journal_hint(&unit)
+                    ));
+                }
+            }
+        };
+        tokio::select! {
+            r = confirm => r,
+            r = watch => r,
+        }
     }
 
     /// Step 5: every instance but the new one drains and is disabled. The switch is

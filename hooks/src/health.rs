@@ -27,6 +27,8 @@ pub struct Probe {
     addrs: Vec<SocketAddr>,
     path: String,
     instance_header: Option<String>,
+    /// How the new instance said it serves, for messages.
+    ready: crate::config::Ready,
 }
 
 /// One answer.
@@ -49,6 +51,7 @@ impl Probe {
             addrs: cfg.probe_addrs(),
             path: cfg.health.path.clone(),
             instance_header: cfg.health.instance_header.clone(),
+            ready: cfg.app.ready,
         })
     }
 
@@ -129,16 +132,22 @@ impl Probe {
                         Err(e) => last_error = Some(format!("GET http://{addr}{}: {e}", self.path)),
                     }
                 }
+                let (after, said) = match self.ready {
+                    crate::config::Ready::Notify => ("after READY=1", "sent READY=1"),
+                    crate::config::Ready::Probe => ("after it started", "started"),
+                };
+                // The instance takes its share of connections from its first accept(): an
+                // error answer ends it at once, in either readiness mode.
                 if let (true, false, Some(own)) = (fail_fast, healthy, &last_own) {
                     bail!(
-                        "{release} answered {own} on {addr}{} after READY=1 ({probes} probes, \
+                        "{release} answered {own} on {addr}{} {after} ({probes} probes, \
                          {from_others} answered by other instances)",
                         self.path
                     );
                 }
                 if fail_fast && !healthy && unanswered >= HUNG_AFTER {
                     bail!(
-                        "{release} sent READY=1 but does not answer: {unanswered} probes on {addr}{} connected \
+                        "{release} {said} but does not answer: {unanswered} probes on {addr}{} connected \
                          and got no answer within {:.0} s each ({probes} probes, {from_others} answered by other \
                          instances). The release accepts connections and hangs (a deadlock, or a blocked event \
                          loop?); the requests it accepted meanwhile were lost",

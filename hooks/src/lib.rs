@@ -11,13 +11,15 @@
 //! - [`systemd`] — a typed client for systemd over the system bus (zbus);
 //! - [`health`] — HTTP probes through the real port (reqwest);
 //! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
-//! - [`appspec`], [`timeouts`] — the bundle as the agent reads it, its timeouts against the deadlines;
+//! - [`appspec`], [`timeouts`], [`fit`] — the bundle as the agent reads it, its timeouts against the
+//!   deadlines, its units against what the app is;
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place.
 pub mod appspec;
 pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod fault;
+pub mod fit;
 pub mod health;
 pub mod lifecycle;
 pub mod lock;

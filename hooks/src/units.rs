@@ -60,6 +60,7 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         ("start_timeout", format!("{}ms", cfg.deadlines.start.as_millis())),
         ("stop_timeout", format!("{}ms", cfg.drain.budget.as_millis())),
         ("output", output),
+        ("type", cfg.app.ready.service_type().to_string()),
     ];
     let mut out = Vec::new();
     for (file, name) in templates(cfg) {
@@ -85,12 +86,39 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
                     .join(", ")
             )));
         }
+        if file == "app@.service" {
+            check_readiness(cfg, &text)?;
+        }
         out.push(Rendered {
             name,
             text: format!("{MARKER}\n{text}"),
         });
     }
     Ok(out)
+}
+
+/// The instance template's `Type=` must be what `app.ready` expects: a `Type=notify` unit
+/// whose app never sends READY=1 fails every start after `deadlines.start`; a `Type=exec`
+/// unit with `ready: notify` would count a release as started before it serves.
+fn check_readiness(cfg: &DeployConfig, template: &str) -> Result<()> {
+    let declared = template
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Type="))
+        .next_back()
+        .unwrap_or("simple");
+    let want = cfg.app.ready.service_type();
+    if declared != want {
+        let ready = match cfg.app.ready {
+            crate::config::Ready::Notify => "notify",
+            crate::config::Ready::Probe => "probe",
+        };
+        bail!(Fault::input(format!(
+            "units/app@.service: Type={declared}, but deploy.yml app.ready is {ready}, which needs Type={want}; \
+             write `Type={{{{type}}}}` in the template (the hooks fill it in from app.ready), or set app.ready: {}",
+            if declared == "notify" { "notify" } else { "probe" }
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses unit names that belong to someone else: a file in `dir` without our marker, or a
@@ -245,6 +273,21 @@ mod tests {
                 .contains("ExecStart=/opt/shop/releases/%i/bin/shop \"-v\"\n")
         );
         assert!(units[2].text.contains("Sockets=shop.socket"));
+        assert!(
+            units[2].text.contains("\nType=notify\n"),
+            "app.ready defaults to notify"
+        );
+        let mut probe = cfg("127.0.0.1:8080");
+        probe.app.ready = crate::config::Ready::Probe;
+        assert!(render(&probe, &dir).unwrap()[2].text.contains("\nType=exec\n"));
+        // A template with a fixed Type= that app.ready contradicts is refused with the fix.
+        let template = dir.join("units/app@.service");
+        let fixed = std::fs::read_to_string(&template)
+            .unwrap()
+            .replace("Type={{type}}", "Type=notify");
+        std::fs::write(&template, fixed).unwrap();
+        let err = format!("{:#}", render(&probe, &dir).unwrap_err());
+        assert!(err.contains("write `Type={{type}}` in the template"), "{err}");
         assert!(units[2].text.contains("TimeoutStopSec=20000ms"));
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -4,6 +4,7 @@ mod faults;
 mod hooks;
 mod integrity;
 mod load;
+mod readiness;
 mod rehearsal;
 mod sample_app;
 mod sandbox;
