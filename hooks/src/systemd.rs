@@ -117,9 +117,10 @@ impl UnitStatus {
             )
         } else if self.result == "signal" || self.result == "core-dump" {
             format!(
-                "{unit} was killed by signal {} while starting: {}",
+                "{unit} was killed by signal {} while starting: {}{}",
                 signal_name(self.exec_main_status),
-                self.describe()
+                self.describe(),
+                signal_hint(self.exec_main_status)
             )
         } else {
             format!("{unit} crashed while starting: {}", self.describe())
@@ -465,6 +466,24 @@ fn denied_or(e: zbus::Error, what: &str) -> anyhow::Error {
     }
 }
 
+/// The likely cause of a death by signal at start, among the unit's hardening directives.
+fn signal_hint(n: i32) -> &'static str {
+    match n {
+        // SIGILL, SIGTRAP, SIGSEGV: what V8, the JVM and other JITs die of when they cannot
+        // map memory writable and executable.
+        4 | 5 | 11 => {
+            ". If the app runs a JIT (Node, Java, PyPy, .NET), the likely cause is MemoryDenyWriteExecute=yes in \
+             units/app@.service: remove that line"
+        }
+        // SIGSYS: a system call refused by seccomp with the default action.
+        31 => {
+            ". A system call was refused by SystemCallFilter= in units/app@.service: find it with \
+             `journalctl -k | grep audit` or strace, then allow its group (e.g. SystemCallFilter=@setuid)"
+        }
+        _ => "",
+    }
+}
+
 /// "SIGTRAP (5)" for 5.
 fn signal_name(n: i32) -> String {
     match nix::sys::signal::Signal::try_from(n) {
@@ -541,6 +560,12 @@ mod tests {
             trap.describe().contains("result signal (SIGTRAP (5))"),
             "{}",
             trap.describe()
+        );
+        assert!(
+            trap.start_failure()
+                .contains("likely cause is MemoryDenyWriteExecute=yes"),
+            "{}",
+            trap.start_failure()
         );
     }
 }
