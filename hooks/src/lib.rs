@@ -11,8 +11,8 @@
 //! - [`systemd`] — a typed client for systemd over the system bus (zbus);
 //! - [`health`] — HTTP probes through the real port (reqwest);
 //! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
-//! - [`appspec`], [`timeouts`], [`fit`] — the bundle as the agent reads it, its timeouts against the
-//!   deadlines, its units against what the app is;
+//! - [`appspec`], [`lint`], [`timeouts`], [`fit`] — `lint-bundle`: the appspec as the agent reads it,
+//!   the bundle's parts, its timeouts against the deadlines, its units against what the app is;
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place.
 pub mod appspec;
 pub mod cli;
@@ -22,6 +22,7 @@ pub mod fault;
 pub mod fit;
 pub mod health;
 pub mod lifecycle;
+pub mod lint;
 pub mod lock;
 pub mod rehearsal;
 pub mod release;

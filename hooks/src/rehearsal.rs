@@ -735,7 +735,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
         (Source::Folder(opts.bundle.clone()), opts.bundle.clone())
     } else {
         let staged = layout.deployment_dir.join(".bundle");
-        let problems = appspec::unpack_zip(&opts.bundle, &staged).map_err(|e| {
+        let problems = crate::lint::unpack_zip(&opts.bundle, &staged).map_err(|e| {
             let _ = std::fs::remove_dir_all(&layout.deployment_dir);
             Fault::input(format!("{e:#}"))
         })?;

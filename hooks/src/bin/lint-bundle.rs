@@ -21,7 +21,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let report = match handoff::appspec::lint(&args.path) {
+    let report = match handoff::lint::lint(&args.path) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e:#}");
