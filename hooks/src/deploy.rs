@@ -318,12 +318,12 @@ impl<'a> Deployer<'a> {
         if self.systemd.status(&socket_name).await?.is_running_or_starting()
             && let Ok(installed) = std::fs::read_to_string(self.unit_dir.join(&socket_name))
             && let Some(at) = rendered.iter().position(|u| u.name == socket_name)
-            && units::listen_lines(&installed) != units::listen_lines(&rendered[at].text)
+            && let Some(before) = units::listen_change(&installed, &rendered[at].text)
         {
             tracing::warn!(
                 "the socket's addresses change from [{}] to [{}]: the new release starts on the current \
                  socket first; the socket moves once it serves (the release is restarted onto it)",
-                units::listen_lines(&installed).join(", "),
+                before.join(", "),
                 self.cfg.listen.join(", ")
             );
             deferred_socket = Some(rendered.remove(at));

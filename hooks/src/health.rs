@@ -64,12 +64,6 @@ impl Probe {
     }
 
     /// One GET of the health path on `addr`.
-    pub async fn get(&self, addr: SocketAddr) -> Result<Reply> {
-        self.fetch(addr)
-            .await
-            .map_err(|e| anyhow!("GET http://{addr}{}: {e}", self.path))
-    }
-
     async fn fetch(&self, addr: SocketAddr) -> std::result::Result<Reply, reqwest::Error> {
         let url = format!("http://{addr}{}", self.path);
         let resp = self.client.get(&url).send().await?;

@@ -2,8 +2,8 @@
 //! its `deploy.yml`, and installed into `/etc/systemd/system`.
 //!
 //! Installing compares before writing (each file written durably: temporary file, fsync,
-//! rename), and a change of the socket's listen addresses is reported, because systemd applies
-//! it only when the socket is re-created (see [`crate::deploy`]).
+//! rename). A change of the socket's listen addresses is told apart ([`listen_change`]),
+//! because systemd applies it only when the socket is re-created (see [`crate::deploy`]).
 //!
 //! Every rendered unit starts with a [`MARKER`] line. A unit file of the same name without it
 //! belongs to someone else (`service: ssh` would otherwise overwrite the distribution's
@@ -161,8 +161,6 @@ pub fn check_ownership(units: &[Rendered], dir: &Path, fragments: &[(String, Str
 pub struct Changes {
     /// Units whose file was created or changed.
     pub written: Vec<String>,
-    /// The socket's ListenStream= lines before, when they changed (None on first install).
-    pub listen_before: Option<Vec<String>>,
     /// What each written file held before (None: it did not exist), to undo the install.
     pub previous: Vec<(PathBuf, Option<String>)>,
 }
@@ -170,9 +168,6 @@ pub struct Changes {
 impl Changes {
     pub fn any(&self) -> bool {
         !self.written.is_empty()
-    }
-    pub fn listen_changed(&self) -> bool {
-        self.listen_before.is_some()
     }
 }
 
@@ -184,14 +179,6 @@ pub fn install(units: &[Rendered], dir: &Path, dry_run: bool) -> Result<Changes>
         let before = std::fs::read_to_string(&path).ok();
         if before.as_deref() == Some(unit.text.as_str()) {
             continue;
-        }
-        if unit.name.ends_with(".socket")
-            && let Some(before) = &before
-        {
-            let old = listen_lines(before);
-            if old != listen_lines(&unit.text) {
-                changes.listen_before = Some(old);
-            }
         }
         changes.written.push(unit.name.clone());
         changes.previous.push((path.clone(), before.clone()));
@@ -216,6 +203,13 @@ pub fn undo(changes: &Changes) -> Result<()> {
         .with_context(|| format!("cannot restore {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The `ListenStream=` lines of an installed socket unit when a rendered one changes them
+/// (None when the addresses stay): systemd applies new addresses only to a re-created socket.
+pub fn listen_change(installed: &str, rendered: &str) -> Option<Vec<String>> {
+    let before = listen_lines(installed);
+    (before != listen_lines(rendered)).then_some(before)
 }
 
 pub fn listen_lines(text: &str) -> Vec<String> {
@@ -298,15 +292,18 @@ mod tests {
         let target = dir.join("installed");
         let first = install(&render(&cfg("127.0.0.1:8080"), &dir).unwrap(), &target, false).unwrap();
         assert_eq!(first.written.len(), 3);
-        assert!(!first.listen_changed());
-        let again = install(&render(&cfg("127.0.0.1:8080"), &dir).unwrap(), &target, false).unwrap();
+        let installed = std::fs::read_to_string(target.join("shop.socket")).unwrap();
+        let same = render(&cfg("127.0.0.1:8080"), &dir).unwrap();
+        assert_eq!(listen_change(&installed, &same[0].text), None);
+        let again = install(&same, &target, false).unwrap();
         assert!(!again.any(), "nothing changed, nothing written");
-        let moved = install(&render(&cfg("127.0.0.1:9090"), &dir).unwrap(), &target, false).unwrap();
-        assert_eq!(moved.written, vec!["shop.socket"]);
+        let elsewhere = render(&cfg("127.0.0.1:9090"), &dir).unwrap();
         assert_eq!(
-            moved.listen_before.as_ref().unwrap()[0],
+            listen_change(&installed, &elsewhere[0].text).unwrap()[0],
             "ListenStream=127.0.0.1:8080"
         );
+        let moved = install(&elsewhere, &target, false).unwrap();
+        assert_eq!(moved.written, vec!["shop.socket"]);
         undo(&moved).unwrap();
         let restored = std::fs::read_to_string(target.join("shop.socket")).unwrap();
         assert!(restored.contains("ListenStream=127.0.0.1:8080\n"), "{restored}");

@@ -195,11 +195,7 @@ fn revision_with_deadlines(
     deadlines: &str,
 ) -> std::path::PathBuf {
     let rev = svc.revision(id, env, "");
-    let path = rev.join("deploy.yml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("deadlines:\n  start: 10s\n  validate: 10s\n", deadlines);
-    std::fs::write(path, text).unwrap();
+    crate::service::edit_deploy_yml(&rev, "deadlines:\n  start: 10s\n  validate: 10s\n", deadlines);
     rev
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::load::{Load, Report, clock};
-use crate::service::TestService;
+use crate::service::{TestService, edit_deploy_yml};
 use crate::support::*;
 
 fn stderr(out: &std::process::Output) -> String {
@@ -45,13 +45,6 @@ fn break_template(revision: &Path) {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(path, text).unwrap();
-}
-
-fn set_in_deploy_yml(revision: &Path, from: &str, to: &str) {
-    let path = revision.join("deploy.yml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{from} not in {text}");
-    std::fs::write(path, text.replace(from, to)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,7 +154,7 @@ async fn a_release_that_hangs_or_fails_every_request_after_ready_is_stopped_with
         &[("SAMPLE_HANG", "1"), ("SAMPLE_DRAIN_TIMEOUT_MS", "500")],
         "",
     );
-    set_in_deploy_yml(&hung, "start: 10s", "start: 30s");
+    edit_deploy_yml(&hung, "start: 10s", "start: 30s");
     let (hang_from, t) = (clock(), Instant::now());
     let failure = svc.deploy_fails(
         "d-2",
@@ -229,8 +222,8 @@ async fn a_release_that_hangs_or_fails_every_request_after_ready_is_stopped_with
         "was killed by signal SIGTRAP (5) while starting",
     );
     let silent = svc.revision("v5", &[], "");
-    set_in_deploy_yml(&silent, "instance_header: X-Instance", "instance_header: X-Other");
-    set_in_deploy_yml(&silent, "start: 10s", "start: 2s");
+    edit_deploy_yml(&silent, "instance_header: X-Instance", "instance_header: X-Other");
+    edit_deploy_yml(&silent, "start: 10s", "start: 2s");
     svc.deploy_fails(
         "d-5",
         &silent,
@@ -405,7 +398,7 @@ async fn rollbacks_never_pick_a_rejected_release_and_never_cut_into_a_deployment
     let v3 = svc.revision("v3", &[], "");
     let out = tokio::task::block_in_place(|| svc.hook("application-start", "d-3", &v3));
     assert!(out.status.success(), "{}", stderr(&out));
-    set_in_deploy_yml(&v3, "path: /healthz", "path: /missing");
+    edit_deploy_yml(&v3, "path: /healthz", "path: /missing");
     let out = tokio::task::block_in_place(|| svc.hook("validate-service", "d-3", &v3));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(

@@ -6,17 +6,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::load::Load;
-use crate::service::TestService;
+use crate::service::{TestService, edit_deploy_yml};
 
 fn probe_ready(revision: &Path) {
-    let path = revision.join("deploy.yml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("  log_to_file: true\n"));
-    std::fs::write(
-        path,
-        text.replace("  log_to_file: true\n", "  log_to_file: true\n  ready: probe\n"),
-    )
-    .unwrap();
+    edit_deploy_yml(
+        revision,
+        "  log_to_file: true\n",
+        "  log_to_file: true\n  ready: probe\n",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,6 +13,14 @@ pub struct TestService {
     last_installed: Option<PathBuf>,
 }
 
+/// Replaces `from` with `to` in a revision's deploy.yml (`from` must be there).
+pub fn edit_deploy_yml(revision: &Path, from: &str, to: &str) {
+    let path = revision.join("deploy.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in {text}");
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
 /// Which hook failed, and its output.
 #[derive(Debug)]
 pub struct HookFailure {

@@ -31,14 +31,8 @@ async fn the_serving_instance_keeps_a_non_blocking_socket_while_the_next_one_sta
 
     // The next release never touches the socket (and never sends READY=1): whatever the
     // flag is while it starts is what systemd made of it.
-    let v2 = svc.revision("v2", &[], "deadlines:\n  start: 3s\n  validate: 10s\n");
-    let path = v2.join("deploy.yml");
-    let text = std::fs::read_to_string(&path).unwrap().replacen(
-        "deadlines:\n  start: 10s\n  validate: 10s\n",
-        "",
-        1,
-    );
-    std::fs::write(&path, text).unwrap();
+    let v2 = svc.revision("v2", &[], "");
+    crate::service::edit_deploy_yml(&v2, "start: 10s", "start: 3s");
     std::fs::write(v2.join("bin/sample-app"), "#!/bin/sh\nexec sleep 30\n").unwrap();
     let mut start = svc.hook_command("application-start", "d-2", &v2);
     let hook = start
