@@ -1,0 +1,189 @@
+//! Command line and environment configuration (clap derive; every flag has an
+//! `HANDOFF_FRONT_*` environment fallback). `handoff-front --help` lists them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+/// A reverse proxy on the systemd-owned listening socket.
+///
+/// It forwards HTTP and WebSockets to the current release of the app on a
+/// loopback port (read from --routes at start, switched with the `route`
+/// command on --control), drains the previous release itself, and hands its
+/// own socket over to a successor instance without losing a request (SIGTERM:
+/// stop accepting, lame duck, finish in-flight requests, close WebSockets with
+/// 1012). Exit codes: 0 drained, 1 drain timed out or runtime failure, 2 usage
+/// error or no listening socket.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "handoff-front", version)]
+pub struct Config {
+    /// JSON routes file written by the hooks: {"release":"v2","upstream":"127.0.0.1:21001"}.
+    /// Read once at start; a missing file means "no release routed yet" (503).
+    #[arg(long, value_name = "PATH", env = "HANDOFF_FRONT_ROUTES")]
+    pub routes: PathBuf,
+
+    /// Unix socket to bind for the control channel (mode 0600; a stale file is removed).
+    #[arg(long, value_name = "PATH", env = "HANDOFF_FRONT_CONTROL")]
+    pub control: PathBuf,
+
+    /// This instance's id, echoed in X-Handoff-Front on probe requests and in `status`.
+    #[arg(long, value_name = "ID", env = "HANDOFF_FRONT_ID")]
+    pub id: String,
+
+    /// Bind ADDR yourself instead of inheriting sockets from systemd (local runs and
+    /// tests only). Without it, LISTEN_FDS/LISTEN_PID must be set. Repeatable.
+    #[arg(
+        long = "bind",
+        value_name = "ADDR",
+        env = "HANDOFF_FRONT_BIND",
+        value_delimiter = ','
+    )]
+    pub bind: Vec<String>,
+
+    /// A client must deliver a whole request head within this long (from the
+    /// connection's start or the first byte of a later request), else it is closed.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "HANDOFF_FRONT_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
+
+    /// A keep-alive client connection idle this long between requests is closed.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "HANDOFF_FRONT_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub idle_timeout_ms: u64,
+
+    /// Upstream connect timeout.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "HANDOFF_FRONT_CONNECT_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub connect_timeout_ms: u64,
+
+    /// Largest request head accepted; larger ones get 431.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "HANDOFF_FRONT_MAX_HEADER_BYTES",
+        default_value_t = 16_384
+    )]
+    pub max_header_bytes: usize,
+
+    /// Most client connections served at once; beyond it, accepting pauses until
+    /// one closes (new connections wait in the kernel queue).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HANDOFF_FRONT_MAX_CONNECTIONS",
+        default_value_t = 16_384
+    )]
+    pub max_connections: usize,
+
+    /// Own drain budget after SIGTERM: in-flight requests must finish within it;
+    /// whatever is still open then is cut and the exit code is 1.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "HANDOFF_FRONT_DRAIN_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub drain_timeout_ms: u64,
+
+    /// Own drain: after SIGTERM, answer every request with `Connection: close` for
+    /// this long before closing idle keep-alive connections.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "HANDOFF_FRONT_LAME_DUCK_MS",
+        default_value_t = 500
+    )]
+    pub lame_duck_ms: u64,
+
+    /// Own drain: a connection that has not delivered its first request at SIGTERM
+    /// gets this long to do so before it may be closed.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "HANDOFF_FRONT_FIRST_REQUEST_GRACE_MS",
+        default_value_t = 200
+    )]
+    pub first_request_grace_ms: u64,
+
+    /// How long to wait for both sides of a WebSocket to finish the close
+    /// handshake (1012 to the client, 1001 to the upstream) before dropping it.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "HANDOFF_FRONT_WS_CLOSE_TIMEOUT_MS",
+        default_value_t = 1_000
+    )]
+    pub ws_close_timeout_ms: u64,
+
+    /// More logging (-v debug, -vv trace). RUST_LOG, if set, wins.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Send sd_notify messages (READY=1, STOPPING=1, STATUS=). Tests turn it off.
+    #[arg(skip = true)]
+    pub notify: bool,
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl Config {
+    /// `--header-read-timeout-ms`.
+    pub fn header_read_timeout(&self) -> Duration {
+        ms(self.header_read_timeout_ms)
+    }
+    /// `--idle-timeout-ms`.
+    pub fn idle_timeout(&self) -> Duration {
+        ms(self.idle_timeout_ms)
+    }
+    /// `--connect-timeout-ms`.
+    pub fn connect_timeout(&self) -> Duration {
+        ms(self.connect_timeout_ms)
+    }
+    /// `--drain-timeout-ms`.
+    pub fn drain_timeout(&self) -> Duration {
+        ms(self.drain_timeout_ms)
+    }
+    /// `--lame-duck-ms`.
+    pub fn lame_duck(&self) -> Duration {
+        ms(self.lame_duck_ms)
+    }
+    /// `--first-request-grace-ms`.
+    pub fn first_request_grace(&self) -> Duration {
+        ms(self.first_request_grace_ms)
+    }
+    /// `--ws-close-timeout-ms`.
+    pub fn ws_close_timeout(&self) -> Duration {
+        ms(self.ws_close_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_required() {
+        let c = Config::try_parse_from(["f", "--routes", "/r", "--control", "/c", "--id", "a"]).unwrap();
+        assert_eq!(c.header_read_timeout_ms, 10_000);
+        assert_eq!(c.idle_timeout_ms, 60_000);
+        assert_eq!(c.max_header_bytes, 16_384);
+        assert_eq!(c.drain_timeout_ms, 30_000);
+        assert!(c.bind.is_empty());
+        assert!(Config::try_parse_from(["f", "--routes", "/r", "--id", "a"]).is_err());
+    }
+}

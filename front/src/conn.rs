@@ -1,0 +1,310 @@
+//! Client connections: the accept loop (bounded by `--max-connections`), one
+//! hyper `http1` connection per socket, its timeouts, and the per-connection
+//! part of the own drain.
+//!
+//! Timeouts are kept here rather than with hyper's `header_read_timeout`:
+//! hyper (1.12) starts that timer whenever it waits for a head, including on
+//! an idle keep-alive connection right after a response, so it would close
+//! idle keep-alive connections after the *header* timeout. Instead a thin
+//! wrapper around the socket ([`Watched`]) notes the first byte of a new
+//! request head, the service notes when a head was complete (the handler
+//! runs) and when its response ended, and a watchdog in the connection task
+//! applies:
+//!
+//! * `--header-read-timeout-ms` from the connection's start, or from the
+//!   first byte of a later request, until the head is complete (slowloris):
+//!   the connection is dropped;
+//! * `--idle-timeout-ms` between requests on a keep-alive connection:
+//!   `graceful_shutdown()`.
+//!
+//! Drain (sample-app's protocol, [`Phase`]): nothing changes in lame duck
+//! (the proxy adds `Connection: close` to responses); at `Closing`, a
+//! connection that has not sent a byte gets the first-request grace, then
+//! `graceful_shutdown()` lets an in-flight request finish; at `Abort` the
+//! task is dropped with the socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sample_app::http::FirstRead;
+use sample_app::state::Phase;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::{debug, trace, warn};
+
+use crate::proxy;
+use crate::state::Shared;
+
+/// A client connection, as the proxy sees it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Request timing, for the timeouts.
+    pub activity: Activity,
+    /// `--max-connections` slot: held while anything (the HTTP connection or
+    /// a WebSocket relayed over it) still uses the connection.
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Debug)]
+struct ActState {
+    /// Requests whose head was read and whose response has not ended.
+    active: usize,
+    /// When the current, incomplete request head began (connection start for the first).
+    head_since: Option<Instant>,
+    /// When the connection last became idle.
+    idle_since: Instant,
+}
+
+/// Request timing of one connection.
+#[derive(Debug)]
+pub struct Activity {
+    state: Mutex<ActState>,
+    changed: Notify,
+}
+
+enum Due {
+    Header,
+    Idle,
+}
+
+impl Activity {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            state: Mutex::new(ActState {
+                active: 0,
+                head_since: Some(now),
+                idle_since: now,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn bytes_read(&self) {
+        let mut s = self.state.lock().expect("activity lock");
+        if s.active == 0 && s.head_since.is_none() {
+            s.head_since = Some(Instant::now());
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    fn due(&self, header: Duration, idle: Duration) -> Option<(Instant, Due)> {
+        let s = self.state.lock().expect("activity lock");
+        if s.active > 0 {
+            None
+        } else if let Some(t) = s.head_since {
+            Some((t + header, Due::Header))
+        } else {
+            Some((s.idle_since + idle, Due::Idle))
+        }
+    }
+}
+
+impl ConnInfo {
+    /// A request head was complete: the handler runs. The returned guard marks
+    /// the end of the request (drop it once the response has been sent).
+    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+        {
+            let mut s = self.activity.state.lock().expect("activity lock");
+            s.active += 1;
+            s.head_since = None;
+        }
+        self.activity.changed.notify_one();
+        RequestGuard(self.clone())
+    }
+}
+
+/// Marks the end of a request when dropped.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<ConnInfo>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        {
+            let mut s = self.0.activity.state.lock().expect("activity lock");
+            s.active -= 1;
+            s.idle_since = Instant::now();
+        }
+        self.0.activity.changed.notify_one();
+    }
+}
+
+/// Notes reads on the client socket (see the module documentation).
+struct Watched {
+    inner: TcpStream,
+    conn: Arc<ConnInfo>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.conn.activity.bytes_read();
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts connections until the drain begins, then drops (closes) the
+/// listener. At most `limit` connections are open at once: beyond, it stops
+/// accepting until one closes, and new connections wait in the kernel queue.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    started: oneshot::Sender<()>,
+) {
+    let addr = listener.local_addr().ok();
+    let _ = started.send(());
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shared.wait_phase(|p| !p.is_serving()) => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        tokio::select! {
+            biased;
+            _ = shared.wait_phase(|p| !p.is_serving()) => break,
+            res = listener.accept() => match res {
+                Ok((stream, peer)) => spawn_connection(stream, peer, shared.clone(), permit),
+                Err(e) => {
+                    warn!("accept on {addr:?} failed: {e}");
+                    sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    debug!(?addr, "listener closed");
+}
+
+fn spawn_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+    let guard = shared.open_guard(false);
+    shared.count_connection();
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        let _guard = guard;
+        tokio::select! {
+            () = serve(stream, peer, shared.clone(), permit) => {}
+            _ = shared.wait_phase(Phase::is_abort) => debug!(%peer, "drain timeout: dropping connection"),
+        }
+    });
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+    let info = Arc::new(ConnInfo {
+        peer,
+        activity: Activity::new(),
+        _permit: permit,
+    });
+    let (first_tx, mut first_rx) = oneshot::channel();
+    let io = TokioIo::new(FirstRead::new(
+        Watched {
+            inner: stream,
+            conn: info.clone(),
+        },
+        first_tx,
+    ));
+    let svc = {
+        let (shared, info) = (shared.clone(), info.clone());
+        service_fn(move |req| proxy::handle(req, shared.clone(), info.clone()))
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_header_size(shared.max_header_bytes)
+        .max_buf_size(shared.max_header_bytes.max(8192) + 8192)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+
+    // Serving: watch the header and idle timeouts until the drain closes us.
+    let phase = loop {
+        let due = info.activity.due(shared.header_read_timeout, shared.idle_timeout);
+        let deadline = due.as_ref().map(|(t, _)| *t);
+        tokio::select! {
+            res = conn.as_mut() => return finished(peer, res),
+            () = info.activity.changed.notified() => {}
+            phase = shared.wait_phase(Phase::is_closing) => break phase,
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                // Re-check: the state may have changed since `due` was computed.
+                match info.activity.due(shared.header_read_timeout, shared.idle_timeout) {
+                    Some((t, Due::Header)) if t <= Instant::now() => {
+                        debug!(%peer, "request head not complete within the header read timeout: closing");
+                        return;
+                    }
+                    Some((t, Due::Idle)) if t <= Instant::now() => {
+                        trace!(%peer, "idle timeout: closing");
+                        conn.as_mut().graceful_shutdown();
+                        return finished(peer, conn.await);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    let grace_until = match phase {
+        Phase::Closing { grace_until } => grace_until,
+        _ => Instant::now(),
+    };
+    if matches!(first_rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+        trace!(%peer, "closing: waiting for the first request (grace)");
+        tokio::select! {
+            res = conn.as_mut() => return finished(peer, res),
+            _ = &mut first_rx => {}
+            () = sleep_until(grace_until) => {}
+        }
+    }
+    trace!(%peer, "graceful shutdown");
+    conn.as_mut().graceful_shutdown();
+    finished(peer, conn.await);
+}
+
+fn finished(peer: SocketAddr, res: hyper::Result<()>) {
+    match res {
+        Ok(()) => trace!(%peer, "connection closed"),
+        Err(e) => debug!(%peer, "connection error: {e}"),
+    }
+}

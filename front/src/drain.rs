@@ -1,0 +1,255 @@
+//! [`run`]: serve, then drain on shutdown: the front's own restart.
+//!
+//! The front is replaced the way sample-app is (its README, "The drain
+//! protocol"): a second front instance starts on the same systemd socket,
+//! sends `READY=1` once it serves, and the old one gets SIGTERM. Times count
+//! from the signal:
+//!
+//! 1. **Stop accepting at once**: the accept loops end and drop their
+//!    listeners, which really closes our fds; new connections queue in the
+//!    kernel for the successor.
+//! 2. **`STOPPING=1`** and a `STATUS=` line.
+//! 3. **Lame duck** (`--lame-duck-ms`, cut short when nothing is open): every
+//!    response carries `Connection: close`, so keep-alive clients leave after
+//!    their current request instead of racing a close with their next one.
+//! 4. **First-request grace** (`--first-request-grace-ms`): a connection that
+//!    has not sent a byte is not shut down before it does or the grace ends
+//!    (hyper would reset a request already in the kernel buffer).
+//! 5. **`graceful_shutdown()`** of every HTTP connection: in-flight requests
+//!    finish (forwarded to their upstream as usual), idle connections close.
+//! 6. **WebSockets**: 1012 to the client, 1001 to the upstream, up to
+//!    `--ws-close-timeout-ms` for the handshakes.
+//! 7. **Exit** once nothing is open: [`Outcome::Drained`] (exit 0); at
+//!    `--drain-timeout-ms`, what is left is dropped: [`Outcome::DrainTimedOut`]
+//!    (exit 1).
+//!
+//! `READY=1` is sent only once every inherited socket is served and the
+//! control socket is bound. The control socket keeps answering during the
+//! drain; its file is never removed (the successor has bound its own there).
+//!
+//! Exit codes are decided in [`exit_code`] alone.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sample_app::Open;
+use sample_app::state::Phase;
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::state::Shared;
+use crate::{conn, control, route};
+
+/// A usage error or a missing listening socket: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Drained completely within the drain timeout.
+    Drained {
+        /// Open at the signal.
+        open_at_shutdown: Open,
+        /// From the signal to the end.
+        elapsed: Duration,
+    },
+    /// The drain timeout ran out; what was open was dropped.
+    DrainTimedOut {
+        /// Still open at the timeout.
+        dropped: Open,
+    },
+}
+
+/// The process exit code: 0 drained, 1 drain timed out or runtime failure,
+/// 2 usage error or no listening socket.
+pub fn exit_code(result: &anyhow::Result<Outcome>) -> u8 {
+    match result {
+        Ok(Outcome::Drained { .. }) => 0,
+        Ok(Outcome::DrainTimedOut { .. }) => 1,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => 2,
+        Err(_) => 1,
+    }
+}
+
+struct Notifier(bool);
+
+impl Notifier {
+    fn send(&self, states: &[NotifyState<'_>]) {
+        if self.0
+            && let Err(e) = sd_notify::notify(states)
+        {
+            warn!("sd_notify failed: {e}");
+        }
+    }
+}
+
+fn draining(o: Open) -> String {
+    format!("draining: {} connections, {} websockets", o.http, o.ws)
+}
+
+/// Serves `listeners` until `shutdown` resolves, then drains (see the module
+/// documentation). Reads the routes file and binds the control socket first;
+/// errors before `READY=1` are start failures ([`UsageError`] for a bad
+/// routes file).
+pub async fn run(
+    listeners: Vec<std::net::TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    let notifier = Notifier(config.notify);
+    if listeners.is_empty() {
+        return Err(UsageError("no listening socket to serve".into()).into());
+    }
+    let initial = route::load_routes(&config.routes).map_err(UsageError)?;
+    match &initial {
+        Some(r) => info!(release = %r.release, upstream = %r.upstream, "routing"),
+        None => info!(
+            routes = %config.routes.display(),
+            "no routes file yet: answering 503 until a `route` command arrives"
+        ),
+    }
+    let shared = Shared::new(&config, initial);
+
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let mut tokio_listeners = Vec::new();
+    for l in listeners {
+        l.set_nonblocking(true).context("listener: set_nonblocking")?;
+        addrs.push(l.local_addr().context("listener: local_addr")?);
+        tokio_listeners.push(TcpListener::from_std(l).context("listener: register with tokio")?);
+    }
+    let control = control::bind(&config.control)?;
+    let control_task = tokio::spawn(control::serve(control, shared.clone(), config.drain_timeout()));
+
+    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut accept_loops = JoinSet::new();
+    let mut started = Vec::new();
+    for l in tokio_listeners {
+        let (tx, rx) = oneshot::channel();
+        started.push(rx);
+        accept_loops.spawn(conn::accept_loop(l, shared.clone(), limit.clone(), tx));
+    }
+    for rx in started {
+        rx.await.context("accept loop failed to start")?;
+    }
+    let serving = format!("front {} serving on {} socket(s)", config.id, addrs.len());
+    notifier.send(&[NotifyState::Status(&serving), NotifyState::Ready]);
+    info!(?addrs, control = %config.control.display(), "ready");
+
+    shutdown.await;
+
+    // (1) Stop accepting.
+    let t0 = Instant::now();
+    let deadline = t0 + config.drain_timeout();
+    let open_at_shutdown = shared.open();
+    shared.phase.send_replace(Phase::LameDuck);
+    while accept_loops.join_next().await.is_some() {}
+    // (2)
+    notifier.send(&[
+        NotifyState::Stopping,
+        NotifyState::Status(&draining(open_at_shutdown)),
+    ]);
+    info!(
+        connections = open_at_shutdown.http,
+        websockets = open_at_shutdown.ws,
+        "draining: listeners closed, lame duck for {} ms",
+        config.lame_duck_ms
+    );
+    // (3) Lame duck, cut short when nothing is open.
+    let mut open_rx = shared.subscribe_open();
+    tokio::select! {
+        () = sleep_until((t0 + config.lame_duck()).min(deadline)) => {}
+        _ = open_rx.wait_for(|o| o.total() == 0) => {}
+    }
+    // (4)-(6)
+    shared.phase.send_replace(Phase::Closing {
+        grace_until: t0 + config.first_request_grace(),
+    });
+    // (7)
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = open_at_shutdown;
+    let timed_out = loop {
+        tokio::select! {
+            _ = open_rx.wait_for(|o| o.total() == 0) => break false,
+            () = sleep_until(deadline) => break true,
+            _ = tick.tick() => {
+                let now = shared.open();
+                if now != reported {
+                    reported = now;
+                    notifier.send(&[NotifyState::Status(&draining(now))]);
+                    debug!(connections = now.http, websockets = now.ws, "draining");
+                }
+            }
+        }
+    };
+    control_task.abort();
+    let outcome = if timed_out {
+        let dropped = shared.open();
+        shared.phase.send_replace(Phase::Abort);
+        let _ = tokio::time::timeout(Duration::from_millis(500), open_rx.wait_for(|o| o.total() == 0)).await;
+        Outcome::DrainTimedOut { dropped }
+    } else {
+        Outcome::Drained {
+            open_at_shutdown,
+            elapsed: t0.elapsed(),
+        }
+    };
+    let summary = match &outcome {
+        Outcome::Drained { elapsed, .. } => format!(
+            "drain finished in {} ms ({} connections and {} websockets open at the signal)",
+            elapsed.as_millis(),
+            open_at_shutdown.http,
+            open_at_shutdown.ws
+        ),
+        Outcome::DrainTimedOut { dropped } => format!(
+            "drain timed out after {} ms: dropped {} connections and {} websockets",
+            config.drain_timeout_ms, dropped.http, dropped.ws
+        ),
+    };
+    notifier.send(&[NotifyState::Status(&summary)]);
+    if timed_out {
+        warn!("{summary}");
+    } else {
+        info!("{summary}");
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        let d = Ok(Outcome::Drained {
+            open_at_shutdown: Open::default(),
+            elapsed: Duration::ZERO,
+        });
+        assert_eq!(exit_code(&d), 0);
+        assert_eq!(
+            exit_code(&Ok(Outcome::DrainTimedOut {
+                dropped: Open::default()
+            })),
+            1
+        );
+        assert_eq!(exit_code(&Err(UsageError("x".into()).into())), 2);
+        assert_eq!(exit_code(&Err(anyhow::anyhow!("runtime"))), 1);
+    }
+}

@@ -1,0 +1,30 @@
+//! handoff-front: a small reverse proxy that holds the systemd-owned listening
+//! socket and forwards to the current release of the app on a loopback port.
+//!
+//! * [`route`]: the routes file, the current upstream, per-upstream client
+//!   pools and in-flight/WebSocket counters; draining a previous release.
+//! * [`proxy`]: request forwarding: headers, streaming, the one retry, errors.
+//! * [`ws`]: the WebSocket relay and its close codes.
+//! * [`control`]: the unix control socket (`route`, `status`).
+//! * [`conn`]: accepting client connections, their timeouts and their part of
+//!   the own drain.
+//! * [`drain`]: [`run`], the own restart protocol (sample-app's native
+//!   two-instance handoff), [`Outcome`] and [`exit_code`].
+//! * [`listen`]: inherited (`LISTEN_FDS`) or `--bind` sockets.
+//! * [`config`]: flags with `HANDOFF_FRONT_*` environment fallbacks.
+//!
+//! The binary only parses the configuration, obtains the sockets, installs
+//! signal handlers and maps the result to an exit code.
+
+pub mod config;
+pub mod conn;
+pub mod control;
+pub mod drain;
+pub mod listen;
+pub mod proxy;
+pub mod route;
+pub mod state;
+pub mod ws;
+
+pub use config::Config;
+pub use drain::{Outcome, UsageError, exit_code, run};

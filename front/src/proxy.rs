@@ -1,0 +1,425 @@
+//! Request forwarding: headers, the one retry, errors.
+//!
+//! * The request is routed to the current upstream ([`crate::route::Router::acquire`]) and
+//!   counted in flight until its response body has been sent (or dropped).
+//! * Bodies stream both ways: the client's `Incoming` goes upstream as it
+//!   arrives, the upstream's `Incoming` comes back as it arrives. If the
+//!   upstream fails mid-response, the body errors and hyper closes the client
+//!   connection (no fake success).
+//! * Hop-by-hop headers (`Connection` and every header it names,
+//!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`,
+//!   `Upgrade`) are removed both ways, except that a WebSocket upgrade keeps
+//!   `Connection: upgrade` + `Upgrade`. `X-Forwarded-For` (client IP
+//!   appended), `X-Forwarded-Proto: http` and `X-Forwarded-Host` are set.
+//!   Client-sent `X-Handoff-*` headers never reach the upstream (nor
+//!   upstream-sent ones the client); `X-Handoff-Probe` makes the response
+//!   carry `X-Handoff-Front: <id>` and `X-Handoff-Release: <release>`.
+//! * Framing: hyper (1.12) itself answers 400 to conflicting `Content-Length`
+//!   headers; a request with both `Content-Length` and `Transfer-Encoding`
+//!   is parsed as chunked with the `Content-Length` removed and the
+//!   connection closed after the response (RFC 9112 §6.1), so the upstream
+//!   never sees both. A `Content-Length` list that reaches the handler
+//!   (`5, 5`) or both headers together are refused here with 400 and
+//!   `Connection: close`.
+//! * Retry: a request that failed before any byte of the response head came
+//!   back (connect refused/reset, connection closed before the head) is sent
+//!   once more on a fresh connection if its method is idempotent and it has
+//!   no body. Nothing else is ever replayed.
+//! * Errors: `502` with a short body and a `warn!` naming release, address and
+//!   cause; no route yet: `503 no release is routed yet`.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use tracing::{debug, info, warn};
+
+use crate::conn::ConnInfo;
+use crate::route::{ProxyBody, Upstream};
+use crate::state::Shared;
+use crate::ws;
+
+/// `X-Handoff-Front`.
+pub const H_FRONT: &str = "x-handoff-front";
+/// `X-Handoff-Release`.
+pub const H_RELEASE: &str = "x-handoff-release";
+/// `X-Handoff-Probe`.
+pub const H_PROBE: &str = "x-handoff-probe";
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether a header's comma-separated values contain `token` (case-insensitive).
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets
+/// `Connection: upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let keep = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if let Some(u) = keep {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes every `X-Handoff-*` header.
+pub fn strip_handoff(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-handoff-"))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(&n);
+    }
+}
+
+/// A short plain-text response.
+pub fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The hyper service: one client request.
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let request_guard = conn.request_started();
+    let probe = req.headers().contains_key(H_PROBE);
+    let (mut resp, release) = route(req, &shared, &conn, request_guard).await;
+    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    if probe {
+        h.insert(H_FRONT, shared.h_id.clone());
+        if let Some(r) = release.and_then(|r| HeaderValue::from_str(&r).ok()) {
+            h.insert(H_RELEASE, r);
+        }
+    }
+    // Lame duck (own drain): clients leave after this response.
+    if !shared.phase().is_serving() && !upgraded {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+/// Smuggling guard: ambiguous framing that reached the handler.
+fn ambiguous_framing(headers: &HeaderMap) -> bool {
+    let cl: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    cl.len() > 1
+        || cl.iter().any(|v| v.as_bytes().contains(&b','))
+        || (!cl.is_empty() && headers.contains_key(header::TRANSFER_ENCODING))
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn without_body(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    let cl_zero_or_none = match h.get(header::CONTENT_LENGTH) {
+        None => true,
+        Some(v) => v.as_bytes() == b"0",
+    };
+    cl_zero_or_none && !h.contains_key(header::TRANSFER_ENCODING) && req.body().is_end_stream()
+}
+
+async fn route(
+    mut req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnInfo>,
+    request_guard: crate::conn::RequestGuard,
+) -> (Response<ProxyBody>, Option<String>) {
+    if ambiguous_framing(req.headers()) {
+        debug!(peer = %conn.peer, "ambiguous Content-Length/Transfer-Encoding: 400");
+        let mut r = text(
+            StatusCode::BAD_REQUEST,
+            "bad request: ambiguous message framing\n",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (r, None);
+    }
+    if req.method() == Method::CONNECT {
+        return (
+            text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"),
+            None,
+        );
+    }
+    let Some(acq) = shared.router.acquire() else {
+        if !shared.no_route_logged.swap(true, Ordering::Relaxed) {
+            info!("no release is routed yet: answering 503 until a `route` command arrives");
+        }
+        return (
+            text(StatusCode::SERVICE_UNAVAILABLE, "no release is routed yet\n"),
+            None,
+        );
+    };
+    let release = Some(acq.upstream.release.clone());
+    let websocket = ws::is_websocket_upgrade(&req);
+    let retryable = idempotent(req.method()) && without_body(&req);
+    let on_client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, websocket);
+    strip_handoff(&mut headers);
+    if websocket {
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    forwarded(&mut headers, conn);
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = match format!("http://{}{}", acq.upstream.addr, if pq == "*" { "/" } else { pq }).parse() {
+        Ok(u) => u,
+        Err(_) => return (text(StatusCode::BAD_REQUEST, "bad request target\n"), release),
+    };
+    let build = |body: ProxyBody| {
+        let mut r = Request::new(body);
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = uri.clone();
+        *r.version_mut() = Version::HTTP_11;
+        *r.headers_mut() = headers.clone();
+        r
+    };
+    let first = if retryable {
+        build(empty())
+    } else {
+        build(body.boxed_unsync())
+    };
+    let mut res = acq.client.request(first).await;
+    if let Err(e) = &res {
+        let f = classify(e, shared);
+        if retryable && f.retry {
+            debug!(release = %acq.upstream.release, "{}: retrying once on a fresh connection", f.cause);
+            res = shared.retry_client.request(build(empty())).await;
+        }
+    }
+    let mut resp = match res {
+        Ok(r) => r,
+        Err(e) => return (bad_gateway(&acq.upstream, &e, shared), release),
+    };
+
+    if websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let on_upstream = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        strip_handoff(&mut parts.headers);
+        if let Some(on_client) = on_client_upgrade {
+            ws::spawn_relay(
+                on_client,
+                on_upstream,
+                acq.upstream.clone(),
+                shared.clone(),
+                conn.clone(),
+            );
+        }
+        drop(acq.guard);
+        return (Response::from_parts(parts, empty()), release);
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    strip_handoff(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    // The request stays counted (in flight to the upstream, active on the
+    // connection) until the body has been sent or dropped.
+    let guards = (acq.guard, request_guard);
+    let body = body
+        .map_frame(move |f| {
+            let _keep = &guards;
+            f
+        })
+        .boxed_unsync();
+    (Response::from_parts(parts, body), release)
+}
+
+fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|n| match n {})
+        .boxed_unsync()
+}
+
+fn forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
+    let ip = conn.peer.ip().to_canonical().to_string();
+    let prior: Vec<String> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    let xff = if prior.is_empty() {
+        ip
+    } else {
+        format!("{}, {ip}", prior.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    match headers.get(header::HOST).cloned() {
+        Some(host) => headers.insert("x-forwarded-host", host),
+        None => headers.remove("x-forwarded-host"),
+    };
+}
+
+/// Why a request to an upstream failed.
+struct Failure {
+    /// Failed before any byte of the response head: may be retried.
+    retry: bool,
+    /// The client's own request body failed (the client went away).
+    client: bool,
+    cause: String,
+}
+
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+fn classify(e: &hyper_util::client::legacy::Error, shared: &Shared) -> Failure {
+    let io_kind = chain(e)
+        .find_map(|e| e.downcast_ref::<io::Error>())
+        .map(io::Error::kind);
+    let hyper_err = chain(e).find_map(|e| e.downcast_ref::<hyper::Error>());
+    let text = chain(e).map(|e| e.to_string()).collect::<Vec<_>>().join(": ");
+    let f = |retry, client, cause: String| Failure { retry, client, cause };
+    if e.is_connect() {
+        return match io_kind {
+            Some(io::ErrorKind::ConnectionRefused) => f(
+                true,
+                false,
+                "refused the connection: is it running? systemd restarts a crashed release".into(),
+            ),
+            Some(io::ErrorKind::TimedOut) => f(
+                true,
+                false,
+                format!(
+                    "did not accept the connection within {} ms",
+                    shared.connect_timeout.as_millis()
+                ),
+            ),
+            _ => f(true, false, format!("could not be connected to ({text})")),
+        };
+    }
+    if let Some(h) = hyper_err {
+        if h.is_user() || h.is_body_write_aborted() {
+            return f(
+                false,
+                true,
+                format!("request body from the client failed ({text})"),
+            );
+        }
+        if h.is_incomplete_message() || h.is_canceled() {
+            return f(true, false, "closed the connection before answering".into());
+        }
+        if h.is_parse() {
+            return f(false, false, format!("sent an invalid response ({text})"));
+        }
+    }
+    match io_kind {
+        Some(
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe,
+        ) => f(true, false, "reset the connection before answering".into()),
+        _ => f(false, false, format!("failed ({text})")),
+    }
+}
+
+fn bad_gateway(up: &Upstream, e: &hyper_util::client::legacy::Error, shared: &Shared) -> Response<ProxyBody> {
+    let f = classify(e, shared);
+    if f.client {
+        debug!(release = %up.release, upstream = %up.addr, "{}", f.cause);
+        return text(StatusCode::BAD_REQUEST, "bad request: request body failed\n");
+    }
+    warn!("release {} at {} {}", up.release, up.addr, f.cause);
+    text(
+        StatusCode::BAD_GATEWAY,
+        "bad gateway: the release is not answering\n",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_handoff_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-handoff-probe", HeaderValue::from_static("1"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        let mut up = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        strip_handoff(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-app"));
+        strip_hop_by_hop(&mut up, true);
+        assert_eq!(up.get(header::CONNECTION).unwrap(), "upgrade");
+        assert_eq!(up.get(header::UPGRADE).unwrap(), "websocket");
+        assert!(!up.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn framing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(!ambiguous_framing(&h));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(ambiguous_framing(&h));
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
+        assert!(ambiguous_framing(&h));
+    }
+}

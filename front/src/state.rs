@@ -1,0 +1,126 @@
+//! State shared by the coordinator, the accept loops, every connection task
+//! and the control channel: identity, drain phase (sample-app's
+//! [`Phase`]), open connections, the router.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::header::HeaderValue;
+use sample_app::Open;
+use sample_app::state::Phase;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::route::{HttpClient, Route, Router, make_client};
+
+/// Everything tasks need.
+#[derive(Debug)]
+pub struct Shared {
+    /// `--id`.
+    pub id: String,
+    /// `--id` as a header value (`X-Handoff-Front`).
+    pub h_id: HeaderValue,
+    /// Where requests go.
+    pub router: Router,
+    /// A client without pooling, for the one retry on a fresh connection.
+    pub retry_client: HttpClient,
+    /// Drain phase (sample-app's protocol).
+    pub phase: watch::Sender<Phase>,
+    open: watch::Sender<Open>,
+    /// Connections accepted over the life of the process.
+    pub connections: AtomicU64,
+    /// Whether "no release is routed yet" was logged.
+    pub no_route_logged: AtomicBool,
+    /// `--header-read-timeout-ms`.
+    pub header_read_timeout: Duration,
+    /// `--idle-timeout-ms`.
+    pub idle_timeout: Duration,
+    /// `--max-header-bytes`.
+    pub max_header_bytes: usize,
+    /// `--ws-close-timeout-ms`.
+    pub ws_close_timeout: Duration,
+    /// `--connect-timeout-ms`.
+    pub connect_timeout: Duration,
+}
+
+impl Shared {
+    /// Shared state for a run routed to `route` (if any).
+    pub fn new(config: &Config, route: Option<Route>) -> Arc<Self> {
+        let clean: String = config
+            .id
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect();
+        Arc::new(Self {
+            id: config.id.clone(),
+            h_id: HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("?")),
+            router: Router::new(route, config.connect_timeout()),
+            retry_client: make_client(config.connect_timeout(), false),
+            phase: watch::Sender::new(Phase::Serving),
+            open: watch::Sender::new(Open::default()),
+            connections: AtomicU64::new(0),
+            no_route_logged: AtomicBool::new(false),
+            header_read_timeout: config.header_read_timeout(),
+            idle_timeout: config.idle_timeout(),
+            max_header_bytes: config.max_header_bytes,
+            ws_close_timeout: config.ws_close_timeout(),
+            connect_timeout: config.connect_timeout(),
+        })
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Resolves once the phase satisfies `pred` (at once if it already does).
+    pub async fn wait_phase(&self, pred: impl Fn(&Phase) -> bool) -> Phase {
+        let mut rx = self.phase.subscribe();
+        match rx.wait_for(|p| pred(p)).await {
+            Ok(p) => *p,
+            Err(_) => Phase::Abort,
+        }
+    }
+
+    /// Counts an open HTTP connection (`ws == false`) or WebSocket until dropped.
+    pub fn open_guard(self: &Arc<Self>, ws: bool) -> OpenGuard {
+        self.open
+            .send_modify(|o| if ws { o.ws += 1 } else { o.http += 1 });
+        OpenGuard {
+            shared: self.clone(),
+            ws,
+        }
+    }
+
+    /// What is open now.
+    pub fn open(&self) -> Open {
+        *self.open.borrow()
+    }
+
+    /// Subscribes to changes of [`Shared::open`].
+    pub fn subscribe_open(&self) -> watch::Receiver<Open> {
+        self.open.subscribe()
+    }
+
+    /// Counts an accepted connection.
+    pub fn count_connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a connection counted as open.
+#[derive(Debug)]
+pub struct OpenGuard {
+    shared: Arc<Shared>,
+    ws: bool,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let ws = self.ws;
+        self.shared
+            .open
+            .send_modify(|o| if ws { o.ws -= 1 } else { o.http -= 1 });
+    }
+}

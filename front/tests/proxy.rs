@@ -1,0 +1,400 @@
+//! Black-box tests of the real binary: forwarding, headers, streaming,
+//! WebSockets, errors, retry, framing, limits.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Bytes, Frame};
+use hyper::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn forwards_with_keep_alive_reuse_and_probe_headers() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let mut c = client(front.addr).await;
+    for _ in 0..3 {
+        let r = soon(c.send_request(get("/"))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(!r.headers().contains_key("x-handoff-front"));
+        assert!(!r.headers().contains_key("x-handoff-release"));
+        assert_eq!(text(r).await, "v1 body=0");
+    }
+    // One client connection, one pooled upstream connection.
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1);
+
+    let mut req = get("/");
+    req.headers_mut().insert("x-handoff-probe", "1".parse().unwrap());
+    let r = soon(c.send_request(req)).await.unwrap();
+    assert_eq!(r.headers()["x-handoff-front"], "front-a");
+    assert_eq!(r.headers()["x-handoff-release"], "v1");
+}
+
+#[tokio::test]
+async fn forwarded_and_hop_by_hop_headers() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let mut c = client(front.addr).await;
+    let req = Request::builder()
+        .uri("/headers")
+        .header("host", "example.test")
+        .header("connection", "keep-alive, x-drop")
+        .header("x-drop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-connection", "keep-alive")
+        .header("x-handoff-evil", "1")
+        .header("x-handoff-probe", "1")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("x-forwarded-proto", "https")
+        .header("x-app", "kept")
+        .body(http_body_util::Full::new(Bytes::new()).boxed())
+        .unwrap();
+    let r = soon(c.send_request(req)).await.unwrap();
+    let h = r.headers().clone();
+    let seen = text(r).await;
+    let has = |l: &str| seen.lines().any(|x| x == l);
+    assert!(has("x-forwarded-for: 10.0.0.1, 127.0.0.1"), "{seen}");
+    assert!(has("x-forwarded-proto: http"), "{seen}");
+    assert!(has("x-forwarded-host: example.test"), "{seen}");
+    assert!(has("host: example.test"), "{seen}");
+    assert!(has("x-app: kept"), "{seen}");
+    for gone in [
+        "x-drop",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "x-handoff-",
+        "connection: keep-alive",
+    ] {
+        assert!(
+            !seen.contains(&format!("\n{gone}")) && !seen.starts_with(gone),
+            "{gone} reached the upstream: {seen}"
+        );
+    }
+    // Back to the client: hop-by-hop removed, forged X-Handoff-* replaced.
+    assert!(
+        !h.contains_key("keep-alive") && !h.contains_key("x-up-hop"),
+        "{h:?}"
+    );
+    assert_eq!(h["x-app"], "kept");
+    assert_eq!(h["x-handoff-release"], "v1");
+}
+
+#[tokio::test]
+async fn streams_response_before_upstream_finishes() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let mut c = client(front.addr).await;
+    let r = soon(c.send_request(get("/stream"))).await.unwrap();
+    let mut body = r.into_body();
+    let first = soon(body.frame()).await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first\n");
+    // The upstream has not sent its second chunk yet: it waits for us.
+    up.stream_go.notify_one();
+    let rest = soon(body.collect()).await.unwrap().to_bytes();
+    assert_eq!(rest, "second\n");
+}
+
+#[tokio::test]
+async fn streams_upload_before_client_finishes() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let mut c = client(front.addr).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+    });
+    let req = Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "x")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap();
+    let resp = tokio::spawn(c.send_request(req));
+    tx.send(Bytes::from(vec![b'a'; 1000])).await.unwrap();
+    // The upstream sees the first part while the client still holds the rest.
+    soon(up.first_frame.notified()).await;
+    tx.send(Bytes::from(vec![b'b'; 500])).await.unwrap();
+    drop(tx);
+    let r = soon(resp).await.unwrap().unwrap();
+    assert_eq!(text(r).await, "1500");
+}
+
+#[tokio::test]
+async fn websocket_echo_and_upstream_close_forwarded() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let (mut ws, resp) = soon(tokio_tungstenite::connect_async(
+        front.url("/ws").replace("http", "ws"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(soon(ws.next()).await.unwrap().unwrap(), Message::text("v1"));
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(soon(ws.next()).await.unwrap().unwrap(), Message::text("hello"));
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(
+        soon(ws.next()).await.unwrap().unwrap(),
+        Message::binary(vec![1, 2, 3])
+    );
+    // The upstream closes with 4000: the client gets that close frame.
+    ws.send(Message::text("bye")).await.unwrap();
+    match soon(ws.next()).await.unwrap().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4000),
+        m => panic!("expected close, got {m:?}"),
+    }
+
+    // An upstream that drops the connection: the client gets 1011.
+    let (mut ws, _) = soon(tokio_tungstenite::connect_async(
+        front.url("/ws").replace("http", "ws"),
+    ))
+    .await
+    .unwrap();
+    soon(ws.next()).await.unwrap().unwrap();
+    ws.send(Message::text("drop")).await.unwrap();
+    match soon(ws.next()).await.unwrap().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1011),
+        m => panic!("expected close, got {m:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_gateway_fast_when_upstream_is_down() {
+    let front = Front::start(Some(("v9", dead_addr())), &[]).await;
+    let t = Instant::now();
+    let (st, body, _) = fetch(front.addr, "/").await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY);
+    assert!(!body.is_empty());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let mut front = front;
+    let line = front.wait_log("refused the connection").await;
+    assert!(line.contains("v9"), "{line}");
+}
+
+#[tokio::test]
+async fn no_route_yet_is_503() {
+    let front = Front::start(None, &[]).await;
+    let (st, body, _) = fetch(front.addr, "/").await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "no release is routed yet\n");
+    let s = front.control(r#"{"op":"status"}"#).await;
+    assert_eq!(s["ok"], true);
+    assert_eq!(s["release"], serde_json::Value::Null);
+}
+
+/// An upstream that reads a request head and closes without answering on
+/// its first `closes` connections, then answers 200. Counts requests.
+async fn flaky_upstream(
+    closes: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let i = count.fetch_add(1, Ordering::SeqCst);
+                if i >= closes {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, n)
+}
+
+#[tokio::test]
+async fn get_retried_once_post_never() {
+    let (addr, n) = flaky_upstream(1).await;
+    let front = Front::start(Some(("v1", addr)), &[]).await;
+    let (st, body, _) = fetch(front.addr, "/").await;
+    assert_eq!((st, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(n.load(Ordering::SeqCst), 2, "one retry");
+
+    // Always closing: a GET is tried twice, then 502.
+    let (addr, n) = flaky_upstream(usize::MAX).await;
+    let front = Front::start(Some(("v1", addr)), &[]).await;
+    let (st, _, _) = fetch(front.addr, "/").await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY);
+    assert_eq!(n.load(Ordering::SeqCst), 2, "exactly one retry");
+
+    // POST (with or without a body) is never replayed.
+    let (addr, n) = flaky_upstream(1).await;
+    let front = Front::start(Some(("v1", addr)), &[]).await;
+    let out = raw(
+        front.addr,
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert_eq!(n.load(Ordering::SeqCst), 1, "POST not replayed");
+    // A GET with a body is not replayed either.
+    let out = raw(
+        front.addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "fresh connection answers: {out}");
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn ambiguous_framing_never_forwarded() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    // CL + TE: hyper decodes chunked, drops Content-Length and closes the
+    // connection after the response; the upstream never sees both.
+    let out = raw(
+        front.addr,
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert!(!up.saw_cl_and_te.load(Ordering::SeqCst));
+    assert_eq!(
+        out.matches("HTTP/1.1").count(),
+        1,
+        "connection closed after one response: {out}"
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.1 400"),
+        "{out}"
+    );
+    // A Content-Length list: 400 from the front, connection closed.
+    let before = up.requests.load(Ordering::SeqCst);
+    let out = raw(
+        front.addr,
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5, 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Conflicting Content-Length: 400 (hyper).
+    let out = raw(
+        front.addr,
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(up.requests.load(Ordering::SeqCst), before, "nothing forwarded");
+    // Another client is served.
+    assert_eq!(fetch(front.addr, "/").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oversized_head_gets_431() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let big = "a".repeat(20_000);
+    let out = raw(
+        front.addr,
+        format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn slowloris_closed_after_header_timeout_others_served() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(
+        Some(("v1", up.addr)),
+        &["--header-read-timeout-ms", "700", "--idle-timeout-ms", "60000"],
+    )
+    .await;
+    let t = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(front.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    // Meanwhile a keep-alive client is served, and stays open past the
+    // header timeout (idle keep-alive is governed by the idle timeout).
+    let mut c = client(front.addr).await;
+    assert_eq!(
+        soon(c.send_request(get("/"))).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let mut buf = Vec::new();
+    let n = soon(slow.read_to_end(&mut buf)).await;
+    assert!(matches!(n, Ok(0)) || n.is_err(), "{n:?}");
+    assert!(t.elapsed() >= Duration::from_millis(600), "{:?}", t.elapsed());
+    let r = soon(c.send_request(get("/"))).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "idle keep-alive connection survived the header timeout"
+    );
+}
+
+#[tokio::test]
+async fn client_vanishing_mid_upload_does_not_disturb_others() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let mut a = tokio::net::TcpStream::connect(front.addr).await.unwrap();
+    a.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    soon(up.first_frame.notified()).await;
+    drop(a);
+    for _ in 0..3 {
+        let (st, body, _) = fetch(front.addr, "/").await;
+        assert_eq!((st, body.as_str()), (StatusCode::OK, "v1 body=0"));
+    }
+}
+
+#[tokio::test]
+async fn bad_usage_exits_2() {
+    let dir = temp_dir();
+    let routes = dir.join("routes.json");
+    std::fs::write(&routes, "{not json").unwrap();
+    let out = bin()
+        .args(["--bind", "127.0.0.1:0", "--id", "x", "--control"])
+        .arg(dir.join("c.sock"))
+        .arg("--routes")
+        .arg(&routes)
+        .env_remove("LISTEN_FDS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("routes.json"), "{err}");
+
+    let out = bin()
+        .args(["--id", "x", "--control"])
+        .arg(dir.join("c.sock"))
+        .arg("--routes")
+        .arg(&routes)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("HANDOFF_FRONT_BIND")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LISTEN_FDS") && err.contains("LISTEN_PID"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
