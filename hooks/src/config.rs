@@ -3,7 +3,14 @@
 //! ```yaml
 //! service: sample              # unit names: sample.socket, sample-hold.service, sample@<release>.service
 //! listen: ["127.0.0.1:8080"]   # the socket unit's ListenStream= addresses
-//! strategy: handoff            # or "restart" for services that cannot run two instances at once
+//! strategy: handoff            # or "restart", or "proxy" (any app: our front holds the socket)
+//! front:                       # strategy: proxy only; every field optional
+//!   ports: "20000-20999"       # each release gets a free loopback port from here, in $PORT
+//!   header_read_timeout: 10s   # a client's request head must arrive within this
+//!   idle_timeout: 60s          # a keep-alive client connection idle this long is closed
+//!   connect_timeout: 2s        # connecting to the release
+//!   max_connections: 16384     # client connections; more wait in the socket's queue
+//!   max_header_bytes: 16384    # larger request heads get 431
 //! app:
 //!   command: bin/sample-app    # relative to the release directory
 //!   args: ["-v"]
@@ -54,6 +61,9 @@ pub struct DeployConfig {
     pub drain: Drain,
     #[serde(default)]
     pub releases: Releases,
+    /// The front's settings (`strategy: proxy`).
+    #[serde(default)]
+    pub front: Front,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -66,6 +76,9 @@ pub enum Strategy {
     /// Stop the serving release, then start the new one; the socket queues connections in
     /// between, so nothing is refused, but clients wait for the drain and the start.
     Restart,
+    /// Any app, unchanged: our front holds the socket and the client connections and forwards
+    /// to the release on a private loopback port (`$PORT`); it drains the old release itself.
+    Proxy,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -94,6 +107,16 @@ pub enum Ready {
     #[default]
     Notify,
     Probe,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Handoff => "handoff",
+            Strategy::Restart => "restart",
+            Strategy::Proxy => "proxy",
+        }
+    }
 }
 
 impl Ready {
@@ -170,6 +193,57 @@ pub struct Releases {
 impl Default for Releases {
     fn default() -> Self {
         Self { keep: 3 }
+    }
+}
+
+/// The front of `strategy: proxy` (its settings become its environment: a change of them
+/// replaces the front with the same handoff as a new front binary).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Front {
+    /// Private loopback ports for releases, "FIRST-LAST".
+    pub ports: String,
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    pub max_connections: u32,
+    pub max_header_bytes: u32,
+}
+
+impl Default for Front {
+    fn default() -> Self {
+        Self {
+            ports: "20000-20999".into(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+            max_connections: 16384,
+            max_header_bytes: 16384,
+        }
+    }
+}
+
+impl Front {
+    /// The port range, validated.
+    pub fn port_range(&self) -> Result<std::ops::RangeInclusive<u16>> {
+        let bad = || {
+            anyhow::anyhow!(
+                "front.ports: '{}' is not a port range; write FIRST-LAST with 1024 <= FIRST <= LAST, e.g. \"20000-20999\"",
+                self.ports
+            )
+        };
+        let (a, b) = self.ports.split_once('-').ok_or_else(bad)?;
+        let (a, b): (u16, u16) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if a < 1024 || a > b {
+            return Err(bad());
+        }
+        Ok(a..=b)
     }
 }
 
@@ -273,9 +347,18 @@ impl DeployConfig {
             );
         }
         for a in &self.app.args {
-            if a.contains(['\n', '"', '\\', '%', '$']) {
+            // `${PORT}` is the one variable systemd substitutes for the app (strategy: proxy).
+            if a.replace("${PORT}", "").contains(['\n', '"', '\\', '%', '$']) {
                 bail!(
-                    "app.args: '{a}' contains a newline, quote, backslash, '%' or '$'; pass such values through app.environment"
+                    "app.args: '{a}' contains a newline, quote, backslash, '%' or '$' (other than ${{PORT}}); pass such \
+                     values through app.environment"
+                );
+            }
+            if a.contains("${PORT}") && self.strategy != Strategy::Proxy {
+                bail!(
+                    "app.args: '{a}' uses ${{PORT}}, which only strategy: proxy sets; with strategy: {} the app \
+                     serves the socket systemd passes it",
+                    self.strategy.name()
                 );
             }
         }
@@ -315,6 +398,40 @@ impl DeployConfig {
                 );
             }
         }
+        if self.strategy == Strategy::Proxy {
+            self.front.port_range()?;
+            for (field, d) in [
+                ("front.header_read_timeout", self.front.header_read_timeout),
+                ("front.idle_timeout", self.front.idle_timeout),
+                ("front.connect_timeout", self.front.connect_timeout),
+            ] {
+                if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                    bail!(
+                        "{field}: {} s is out of range; use between 100ms and 1h",
+                        d.as_secs_f64()
+                    );
+                }
+            }
+            if !(16..=1_000_000).contains(&self.front.max_connections) {
+                bail!(
+                    "front.max_connections: {} is out of range; use 16 to 1000000",
+                    self.front.max_connections
+                );
+            }
+            if !(8192..=1_048_576).contains(&self.front.max_header_bytes) {
+                bail!(
+                    "front.max_header_bytes: {} is out of range; use 8192 to 1048576",
+                    self.front.max_header_bytes
+                );
+            }
+            if self.app.environment.contains_key("PORT") {
+                bail!(
+                    "app.environment.PORT: with strategy: proxy the hooks choose the port (front.ports); remove it"
+                );
+            }
+        } else if self.front != Front::default() {
+            bail!("front: is for strategy: proxy only; remove it or set strategy: proxy");
+        }
         if self.releases.keep < 2 {
             bail!(
                 "releases.keep: {} is too few; keep at least 2 so the previous release can serve again on rollback",
@@ -343,6 +460,18 @@ impl DeployConfig {
     }
     pub fn instance_pattern(&self) -> String {
         format!("{}@*.service", self.service)
+    }
+    pub fn front_template_unit(&self) -> String {
+        format!("{}-front@.service", self.service)
+    }
+    pub fn front_unit(&self, id: &str) -> String {
+        format!("{}-front@{id}.service", self.service)
+    }
+    pub fn front_pattern(&self) -> String {
+        format!("{}-front@*.service", self.service)
+    }
+    pub fn is_proxy(&self) -> bool {
+        self.strategy == Strategy::Proxy
     }
 
     /// The addresses the hooks probe: a wildcard listen address is probed on loopback.
@@ -412,6 +541,36 @@ mod tests {
         assert!(err(&format!("{GOOD}health:\n  path: healthz\n")).contains("health.path"));
         assert!(err(&format!("{GOOD}colour: blue\n")).contains("colour"));
         assert!(err(&format!("{GOOD}strategy: blue-green\n")).contains("blue-green"));
+    }
+
+    #[test]
+    fn proxy_settings_are_checked_and_port_only_in_args() {
+        let proxy = format!("{GOOD}strategy: proxy\n");
+        let c = DeployConfig::parse(&proxy).unwrap();
+        assert!(c.is_proxy());
+        assert_eq!(c.front.port_range().unwrap(), 20000..=20999);
+        assert_eq!(c.front_unit("ab12"), "sample-front@ab12.service");
+        let with_port = proxy.replace(
+            "bin/sample-app\n",
+            "bin/sample-app\n  args: [\"--bind\", \"127.0.0.1:${PORT}\"]\n",
+        );
+        assert_eq!(
+            DeployConfig::parse(&with_port).unwrap().app.args[1],
+            "127.0.0.1:${PORT}"
+        );
+        assert!(err(&with_port.replace("strategy: proxy\n", "")).contains("only strategy: proxy sets"));
+        assert!(err(&with_port.replace("${PORT}", "${HOME}")).contains("other than ${PORT}"));
+        assert!(err(&format!("{proxy}front:\n  ports: \"80-90\"\n")).contains("front.ports"));
+        assert!(err(&format!("{proxy}front:\n  ports: \"9000\"\n")).contains("FIRST-LAST"));
+        assert!(err(&format!("{proxy}front:\n  idle_timeout: 10ms\n")).contains("front.idle_timeout"));
+        assert!(err(&format!("{GOOD}front:\n  idle_timeout: 5s\n")).contains("strategy: proxy only"));
+        assert!(
+            err(&proxy.replace(
+                "bin/sample-app\n",
+                "bin/sample-app\n  environment: { PORT: \"1\" }\n"
+            ))
+            .contains("app.environment.PORT")
+        );
     }
 
     #[test]

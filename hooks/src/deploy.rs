@@ -54,7 +54,8 @@ use crate::units;
 /// when it reaches that step, so tests interrupt a switch at a named point, not by timing.
 /// Steps, in order: `after-intent`, `units-written` (before the reload), `after-units`,
 /// `after-start` (the new release answers; not committed), `after-commit` (before the old
-/// one drains), `socket-written` (a socket move, before the socket is re-created).
+/// one drains), `socket-written` (a socket move, before the socket is re-created),
+/// `route-written` (strategy: proxy: the route file written, the fronts not yet told).
 pub fn kill_point(step: &str) {
     if std::env::var("HANDOFF_KILL_AT").is_ok_and(|s| s == step) {
         eprintln!("HANDOFF_KILL_AT={step}: killing this hook here (test fault injection)");
@@ -99,11 +100,11 @@ impl<'a> Deployer<'a> {
     }
 
     /// Stop jobs wait for the drain; systemd's own TimeoutStopSec= (the drain budget) ends it.
-    fn stop_deadline(&self) -> Duration {
+    pub(crate) fn stop_deadline(&self) -> Duration {
         self.cfg.drain.budget + Duration::from_secs(10)
     }
 
-    fn start_deadline(&self) -> Duration {
+    pub(crate) fn start_deadline(&self) -> Duration {
         self.cfg.deadlines.start + Duration::from_secs(5)
     }
 
@@ -159,7 +160,11 @@ impl<'a> Deployer<'a> {
                 }
             };
             on_socket.ensure_socket().await?;
-            let switch = on_socket.start_beside(release).await?;
+            let switch = if self.cfg.is_proxy() {
+                on_socket.start_behind_front(release).await?
+            } else {
+                on_socket.start_beside(release).await?
+            };
             kill_point("after-start");
             // Enabled before the commit: from the commit on, a reboot must bring the new
             // release back (an undo disables it again).
@@ -237,6 +242,8 @@ impl<'a> Deployer<'a> {
             // it would take the service down.
             return format!("{release} keeps serving");
         }
+        // strategy: proxy (either side): the fronts send requests to `serving` again first.
+        self.route_back(release, serving).await;
         self.abandon(release).await;
         let Some(serving) = serving else {
             return "nothing served before it".into();
@@ -285,6 +292,14 @@ impl<'a> Deployer<'a> {
                 )?;
             }
             tracing::info!("undid the interrupted switch to {}: {serving}", sw.to);
+        }
+        // More than one front left by a killed front handoff, or one in front of a native release.
+        if let Some(serving) = state.serving.as_deref()
+            && !self.live_fronts().await?.is_empty()
+        {
+            let proxied = DeployConfig::load(&self.store.dir(serving).join(config::FILE_NAME))
+                .is_ok_and(|c| c.is_proxy());
+            self.settle_fronts(proxied).await;
         }
         if let Some(serving) = state.socket_pending.as_deref()
             && state.serving.as_deref() == Some(serving)
@@ -588,29 +603,22 @@ impl<'a> Deployer<'a> {
                 .await
                 .context("the new release started but")
         };
-        let watch = async {
-            let started = self.systemd.status(&unit).await?;
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let st = self.systemd.status(&unit).await?;
-                if st.has_crashed() || st.n_restarts > started.n_restarts || !st.is_running_or_starting() {
-                    return Err::<(), _>(anyhow::anyhow!(
-                        "{}; {}",
-                        st.start_failure(),
-                        crate::systemd::journal_hint(&unit)
-                    ));
-                }
-            }
-        };
         tokio::select! {
             r = confirm => r,
-            r = watch => r,
+            r = self.crash_watch(&unit) => r,
         }
     }
 
     /// Step 5: every instance but the new one drains and is disabled. The switch is
     /// committed: a failure here is reported and left for the next step, never undone.
     async fn retire_others(&self, release: &str, report: &mut Switch) {
+        if !self.cfg.is_proxy() {
+            // A native release serves the socket itself: fronts of a proxied release before it
+            // drain first (they still send requests to the old release).
+            for id in self.live_fronts().await.unwrap_or_default() {
+                self.stop_front(&id).await;
+            }
+        }
         let mut others = report.stopped.clone();
         match self.live_releases().await {
             Ok(live) => {
@@ -625,7 +633,8 @@ impl<'a> Deployer<'a> {
         for other in &others {
             let other_unit = self.cfg.instance_unit(other);
             let t = Instant::now();
-            if self.cfg.strategy == Strategy::Handoff {
+            // strategy: proxy: the front has drained it, nothing is in flight to it.
+            if self.cfg.strategy != Strategy::Restart {
                 tracing::info!("stopping {other_unit}: it drains while {release} serves");
                 if let Err(e) = self.systemd.stop(&other_unit, self.stop_deadline()).await {
                     // The new release serves; a slow drain does not undo the switch.
@@ -762,7 +771,7 @@ impl<'a> Deployer<'a> {
 
     /// Stops a release that did not make it, leaving its unit inactive rather than failed and
     /// disabled. Never the release that serves.
-    async fn abandon(&self, release: &str) {
+    pub(crate) async fn abandon(&self, release: &str) {
         if self.store.load_state().ok().and_then(|s| s.serving).as_deref() == Some(release) {
             return;
         }

@@ -47,18 +47,27 @@ pub fn check(cfg: &DeployConfig, bundle: &Path, units: &[Rendered]) -> Vec<Probl
     let Some(template) = units.iter().find(|u| u.name == cfg.template_unit()) else {
         return problems;
     };
+    let file = if cfg.is_proxy() {
+        "units/proxied@.service"
+    } else {
+        "units/app@.service"
+    };
     if let Some(runtime) = runtime_of(&bundle.join(&cfg.app.command))
         && JIT_RUNTIMES.contains(&runtime.as_str())
         && has_directive(&template.text, "MemoryDenyWriteExecute=yes")
     {
         problems.push(Problem::error(
-            "units/app@.service",
+            file,
             "MemoryDenyWriteExecute",
             format!(
                 "app.command runs {runtime}, a JIT runtime: it needs writable and executable memory and dies at start \
                  (SIGTRAP or SIGSEGV) under MemoryDenyWriteExecute=yes; remove that line from the template"
             ),
         ));
+    }
+    if cfg.is_proxy() {
+        // No shared socket in the app, and the front names the release that answers.
+        return problems;
     }
     if !has_directive(&template.text, "NonBlocking=yes") {
         problems.push(Problem::warning(

@@ -27,9 +27,19 @@ pub struct Probe {
     addrs: Vec<SocketAddr>,
     path: String,
     instance_header: Option<String>,
+    /// Sent with every probe: `X-Handoff-Probe` asks the front (strategy: proxy) to name itself
+    /// and the release it routed to.
+    ask_front: bool,
     /// How the new instance said it serves, for messages.
     ready: crate::config::Ready,
 }
+
+/// The request header that makes the front name itself and the release it routed to.
+pub const FRONT_PROBE_HEADER: &str = "X-Handoff-Probe";
+/// The front's answer: which release it routed the probe to.
+pub const FRONT_RELEASE_HEADER: &str = "X-Handoff-Release";
+/// The front's answer: its own id.
+pub const FRONT_ID_HEADER: &str = "X-Handoff-Front";
 
 /// One answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,20 +48,56 @@ pub struct Reply {
     pub instance: Option<String>,
 }
 
+fn client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(PROBE_TIMEOUT)
+        .no_proxy()
+        .build()
+        .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))
+}
+
 impl Probe {
+    /// Probes through the service's port. With `strategy: proxy` the front answers which
+    /// release it routed each probe to, so no header is asked of the app.
     pub fn new(cfg: &DeployConfig) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .timeout(PROBE_TIMEOUT)
-            .no_proxy()
-            .build()
-            .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))?;
+        let proxy = cfg.is_proxy();
         Ok(Self {
-            client,
+            client: client()?,
             addrs: cfg.probe_addrs(),
             path: cfg.health.path.clone(),
-            instance_header: cfg.health.instance_header.clone(),
-            ready: cfg.app.ready,
+            instance_header: if proxy {
+                Some(FRONT_RELEASE_HEADER.into())
+            } else {
+                cfg.health.instance_header.clone()
+            },
+            ask_front: proxy,
+            ready: if proxy {
+                crate::config::Ready::Probe
+            } else {
+                cfg.app.ready
+            },
+        })
+    }
+
+    /// Probes through the service's port that confirm which front answers (`X-Handoff-Front`).
+    pub fn front(cfg: &DeployConfig) -> Result<Self> {
+        Ok(Self {
+            instance_header: Some(FRONT_ID_HEADER.into()),
+            ready: crate::config::Ready::Notify,
+            ..Self::new(cfg)?
+        })
+    }
+
+    /// Probes of a release on its private port (strategy: proxy), before it takes traffic.
+    pub fn direct(cfg: &DeployConfig, port: u16) -> Result<Self> {
+        Ok(Self {
+            client: client()?,
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+            path: cfg.health.path.clone(),
+            instance_header: None,
+            ask_front: false,
+            ready: crate::config::Ready::Probe,
         })
     }
 
@@ -66,7 +112,11 @@ impl Probe {
     /// One GET of the health path on `addr`.
     async fn fetch(&self, addr: SocketAddr) -> std::result::Result<Reply, reqwest::Error> {
         let url = format!("http://{addr}{}", self.path);
-        let resp = self.client.get(&url).send().await?;
+        let mut req = self.client.get(&url);
+        if self.ask_front {
+            req = req.header(FRONT_PROBE_HEADER, "1");
+        }
+        let resp = req.send().await?;
         let instance = self
             .instance_header
             .as_ref()
@@ -157,6 +207,11 @@ impl Probe {
                     let seen = match (&last_own, &last_error, &self.instance_header) {
                         (Some(own), _, _) => format!("{release} answered {own}"),
                         (None, Some(e), _) => format!("last error: {e}"),
+                        (None, None, Some(h)) if from_others > 0 && self.ask_front => format!(
+                            "every answer through the front named another in its {h} header (seen: {}); is an \
+                             older front still serving? (`handoff status`)",
+                            other_instances.join(", ")
+                        ),
                         (None, None, Some(h)) if from_others > 0 => format!(
                             "no answer named {release} in its {h} header (seen: {}); the app must echo its \
                              INSTANCE environment variable (the release id) in a {h} response header, or remove \

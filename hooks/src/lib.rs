@@ -6,6 +6,7 @@
 //! - [`lifecycle`] — the four hooks (ApplicationStop, BeforeInstall, ApplicationStart,
 //!   ValidateService) and the operator's status and rollback;
 //! - [`deploy`] — the release switch itself: start beside, confirm, drain the old;
+//! - [`proxy`] — the switch of `strategy: proxy`: private ports, the front's route and drain;
 //! - [`release`] — release folders under `/opt/<service>/releases`, and which one serves;
 //! - [`units`] — the socket, holder and instance units rendered from `units/`;
 //! - [`systemd`] — a typed client for systemd over the system bus (zbus);
@@ -24,6 +25,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod lint;
 pub mod lock;
+pub mod proxy;
 pub mod rehearsal;
 pub mod release;
 pub mod systemd;

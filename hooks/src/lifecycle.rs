@@ -160,6 +160,10 @@ async fn stop_service_now(
     let deployer = Deployer::new(cfg, systemd, store)?;
     deployer.recover("application-stop", &args.deployment()).await?;
     let deadline = cfg.drain.budget + Duration::from_secs(10);
+    // The fronts first (strategy: proxy): they drain the releases they send requests to.
+    for id in deployer.live_fronts().await? {
+        deployer.stop_front(&id).await;
+    }
     for r in deployer.live_releases().await? {
         let unit = cfg.instance_unit(&r);
         tracing::info!("stopping {unit} (it drains)");
@@ -199,6 +203,9 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
             cfg.app.command,
             command.display()
         )));
+    }
+    if cfg.is_proxy() {
+        crate::proxy::front_build(&cfg, &revision)?;
     }
     let systemd = connect(args).await?;
     let store = ReleaseStore::for_config(&cfg);
@@ -632,10 +639,39 @@ pub async fn status(service: &str) -> Result<String> {
         writeln!(out, "socket    {} on {addrs}{}", st.describe(), stale(&st))?;
         let holder = systemd.status(&format!("{service}-hold.service")).await?;
         writeln!(out, "holder    {}{}", holder.describe(), stale(&holder))?;
+        for unit in systemd.list_live(&format!("{service}-front@*.service")).await? {
+            let st = systemd.status(&unit).await?;
+            let enabled = systemd.unit_file_state(&unit).await.unwrap_or_default();
+            let recorded = if state
+                .front
+                .as_deref()
+                .is_some_and(|f| unit.contains(&format!("@{f}.")))
+            {
+                ""
+            } else {
+                " (not the recorded front: the next hook stops it)"
+            };
+            writeln!(
+                out,
+                "front     {}, {enabled}{recorded}{}",
+                st.describe(),
+                stale(&st)
+            )?;
+        }
         for unit in systemd.list_live(&format!("{service}@*.service")).await? {
             let st = systemd.status(&unit).await?;
             let enabled = systemd.unit_file_state(&unit).await.unwrap_or_default();
             writeln!(out, "instance  {}, {enabled}{}", st.describe(), stale(&st))?;
+        }
+    }
+    if let Some(cfg) = cfg.as_ref().filter(|c| c.is_proxy()) {
+        match crate::proxy::read_route(cfg) {
+            Some(route) => writeln!(
+                out,
+                "route     strategy proxy: the front sends requests to {} at {}",
+                route.release, route.upstream
+            )?,
+            None => writeln!(out, "route     strategy proxy: no route written yet")?,
         }
     }
     if let Some(sw) = &state.switching {

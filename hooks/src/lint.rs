@@ -59,6 +59,17 @@ fn check_deploy(bundle: &Path, problems: &mut Vec<Problem>) -> Option<DeployConf
             ),
         ));
     }
+    if cfg.is_proxy() && !is_executable(&bundle.join(crate::proxy::FRONT_BINARY)) {
+        problems.push(Problem::error(
+            file,
+            "strategy",
+            format!(
+                "strategy: proxy ships the front as {} in the bundle, and it is missing or not executable; build the \
+                 bundle with `make bundle` (scripts/bundle puts it there)",
+                crate::proxy::FRONT_BINARY
+            ),
+        ));
+    }
     Some(cfg)
 }
 
@@ -158,22 +169,26 @@ fn check_units(cfg: &DeployConfig, bundle: &Path, report: &mut Report) {
     );
     let release_root = format!("{}/releases/", cfg.root().display());
     let dir_prefix = format!("{}/", dir.0.display());
-    let template_of = |name: &str| {
-        [
-            (cfg.socket_unit(), "units/app.socket"),
-            (cfg.holder_unit(), "units/app-hold.service"),
-            (cfg.template_unit(), "units/app@.service"),
-        ]
+    let templates: Vec<(String, String)> = units::templates(cfg)
         .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t)
+        .map(|(file, name)| (name, format!("units/{file}")))
+        .collect();
+    let template_of = |name: &str| {
+        templates
+            .iter()
+            .find(|(n, _)| {
+                n == name
+                    || n.replace("@.service", "@") == name.split('@').next().unwrap_or("").to_string() + "@"
+            })
+            .map(|(_, t)| t.as_str())
     };
+    let fronts_root = format!("{}/fronts/", cfg.root().display());
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         // ExecStart= points into the release folder the hooks create on the instance
         // (/opt/<service>/releases/<release>/...), which does not exist on the machine that
         // lints the bundle: systemd-analyze reports exactly that as "Command ... is not
         // executable: No such file or directory". That one message is expected here.
-        if line.contains(&release_root)
+        if (line.contains(&release_root) || line.contains(&fronts_root))
             && (line.contains("is not executable") || line.contains("No such file or directory"))
         {
             continue;
@@ -195,16 +210,7 @@ fn check_units(cfg: &DeployConfig, bundle: &Path, report: &mut Report) {
             ),
             None => {
                 let unit = line.split(':').next().unwrap_or("");
-                let base = unit.split('@').next().unwrap_or(unit);
-                let file = [
-                    (cfg.socket_unit(), "units/app.socket"),
-                    (cfg.holder_unit(), "units/app-hold.service"),
-                ]
-                .into_iter()
-                .find(|(n, _)| n == unit)
-                .map(|(_, t)| t)
-                .or_else(|| (base == cfg.service && unit.contains('@')).then_some("units/app@.service"))
-                .unwrap_or("units/");
+                let file = template_of(unit).unwrap_or("units/");
                 (file, String::new(), line.to_string())
             }
         };

@@ -61,6 +61,9 @@ pub struct State {
     /// (a hook killed while it re-created the socket): the next step applies them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_pending: Option<String>,
+    /// `strategy: proxy`: the id of the front that holds the socket (`<service>-front@<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front: Option<String>,
     /// Fields of other versions, kept as they are.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -76,6 +79,7 @@ impl Default for State {
             switching: None,
             validating: None,
             socket_pending: None,
+            front: None,
             extra: serde_json::Map::new(),
         }
     }

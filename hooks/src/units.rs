@@ -22,13 +22,20 @@ pub const UNIT_DIR: &str = "/etc/systemd/system";
 pub const MARKER: &str =
     "# Managed by the handoff deploy hooks: edits here are replaced at the next deployment.";
 
-/// Template file in `units/` → installed name.
-fn templates(cfg: &DeployConfig) -> [(&'static str, String); 3] {
-    [
+/// Template file in `units/` → installed name. With `strategy: proxy` the instances come from
+/// `proxied@.service` (no socket: the app listens on `$PORT`) and the front is a unit of its own.
+pub fn templates(cfg: &DeployConfig) -> Vec<(&'static str, String)> {
+    let mut t = vec![
         ("app.socket", cfg.socket_unit()),
         ("app-hold.service", cfg.holder_unit()),
-        ("app@.service", cfg.template_unit()),
-    ]
+    ];
+    if cfg.is_proxy() {
+        t.push(("proxied@.service", cfg.template_unit()));
+        t.push(("front@.service", cfg.front_template_unit()));
+    } else {
+        t.push(("app@.service", cfg.template_unit()));
+    }
+    t
 }
 
 /// A unit file ready to install.
@@ -60,7 +67,15 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         ("start_timeout", format!("{}ms", cfg.deadlines.start.as_millis())),
         ("stop_timeout", format!("{}ms", cfg.drain.budget.as_millis())),
         ("output", output),
-        ("type", cfg.app.ready.service_type().to_string()),
+        (
+            "type",
+            if cfg.is_proxy() {
+                "exec"
+            } else {
+                cfg.app.ready.service_type()
+            }
+            .to_string(),
+        ),
     ];
     let mut out = Vec::new();
     for (file, name) in templates(cfg) {

@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, value_name = "MS", env = "SAMPLE_UNHEALTHY_AFTER_MS")]
     pub unhealthy_after_ms: Option<u64>,
 
+    /// Exit at once on SIGTERM, without draining: an app that does nothing for a deploy
+    /// (strategy: proxy, where the front drains for it).
+    #[arg(long, env = "SAMPLE_EXIT_ON_SIGTERM", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub exit_on_sigterm: bool,
+
     /// Serve, but never send READY=1 (systemd's start job then times out).
     #[arg(long, env = "SAMPLE_NEVER_READY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub never_ready: bool,
@@ -145,6 +150,7 @@ impl Default for Config {
             hang: false,
             unhealthy_after_ms: None,
             never_ready: false,
+            exit_on_sigterm: false,
             crash_after_ms: None,
             first_request_grace_ms: DEFAULT_FIRST_REQUEST_GRACE_MS,
             lame_duck_ms: DEFAULT_LAME_DUCK_MS,

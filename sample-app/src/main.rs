@@ -48,8 +48,9 @@ fn main() -> ExitCode {
         }
     };
     let hard_deadline = config.hard_deadline();
+    let exit_at_once = config.exit_on_sigterm;
     let result = runtime.block_on(async move {
-        let shutdown = shutdown_signal(hard_deadline)?;
+        let shutdown = shutdown_signal(hard_deadline, exit_at_once)?;
         let listeners = listeners.into_iter().map(|l| l.listener).collect();
         sample_app::run(listeners, config, shutdown).await
     });
@@ -85,8 +86,13 @@ fn sockets(config: &Config) -> Result<Vec<Listener>, String> {
     unsafe { listen::from_systemd() }.map_err(|e| e.to_string())
 }
 
-/// Resolves at the first SIGTERM or SIGINT, and arms the hard deadline then.
-fn shutdown_signal(hard_deadline: std::time::Duration) -> anyhow::Result<impl Future<Output = ()>> {
+/// Resolves at the first SIGTERM or SIGINT, and arms the hard deadline then. With
+/// `exit_at_once` (SAMPLE_EXIT_ON_SIGTERM) the process exits there instead, like an app that
+/// does nothing for a deploy: whatever is open is cut.
+fn shutdown_signal(
+    hard_deadline: std::time::Duration,
+    exit_at_once: bool,
+) -> anyhow::Result<impl Future<Output = ()>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     Ok(async move {
@@ -94,6 +100,10 @@ fn shutdown_signal(hard_deadline: std::time::Duration) -> anyhow::Result<impl Fu
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
+        if exit_at_once {
+            info!("{name}: exiting at once (SAMPLE_EXIT_ON_SIGTERM: no drain)");
+            std::process::exit(0);
+        }
         info!("{name}: shutting down");
         sample_app::arm_hard_deadline(hard_deadline);
     })

@@ -4,6 +4,7 @@ mod faults;
 mod hooks;
 mod integrity;
 mod load;
+mod proxy;
 mod readiness;
 mod rehearsal;
 mod sample_app;

@@ -76,6 +76,64 @@ impl TestService {
         dir
     }
 
+    /// A revision with `strategy: proxy`: the sample app binds `127.0.0.1:$PORT` itself and
+    /// exits at once on SIGTERM (an app that does nothing for a deploy), behind the front.
+    /// `front` tags the front build: another tag is another front binary (a new id).
+    pub fn proxied_revision(&self, label: &str, env: &[(&str, &str)], front: &str, extra: &str) -> PathBuf {
+        let mut env = env.to_vec();
+        env.push(("SAMPLE_EXIT_ON_SIGTERM", "1"));
+        // Private ports below the ephemeral range, where `free_port()` picks the listen ports
+        // of the tests that run at the same time (an app must never take one of those).
+        let ports = 20000 + (free_port() % 250) * 40;
+        let dir = self.revision(
+            label,
+            &env,
+            &format!(
+                "strategy: proxy\nfront:\n  ports: \"{ports}-{}\"\n{extra}",
+                ports + 40
+            ),
+        );
+        edit_deploy_yml(
+            &dir,
+            "  command: bin/sample-app\n",
+            "  command: bin/sample-app\n  args: [\"--bind\", \"127.0.0.1:${PORT}\"]\n",
+        );
+        self.ship_front(&dir, front);
+        dir
+    }
+
+    /// Puts the proxy templates and a front launcher tagged `tag` into a revision.
+    pub fn ship_front(&self, dir: &Path, tag: &str) {
+        for f in ["proxied@.service", "front@.service"] {
+            std::fs::copy(workspace().join("units").join(f), dir.join("units").join(f)).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("front")).unwrap();
+        let front = self.sandbox.test_binary("handoff-front");
+        let launcher = dir.join("front/handoff-front");
+        std::fs::write(
+            &launcher,
+            format!("#!/bin/sh\n# front build {tag}\nexec {front} \"$@\"\n"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Front instances systemd has running (active or on their way).
+    pub fn live_fronts(&self) -> Vec<String> {
+        let out = run_ok(self.sandbox.command("systemctl").args([
+            "list-units",
+            "--plain",
+            "--no-legend",
+            "--state=active,activating,deactivating,failed",
+            &format!("{}-front@*.service", self.name),
+        ]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
     /// A hook run inside the sandbox with the agent's environment.
     pub fn hook_command(&self, hook: &str, deployment: &str, revision: &Path) -> Command {
         let mut cmd = self.sandbox.command(self.sandbox.test_binary(hook));
@@ -297,6 +355,11 @@ impl TestService {
     pub fn crash_and_wait_for_restart(&self, release: &str) {
         let unit = format!("{}@{release}.service", self.name);
         let pid = self.unit_property(&unit, "MainPID");
+        // `kill -KILL 0` would kill this test's own process group.
+        assert!(
+            pid.parse::<u32>().is_ok_and(|p| p > 1),
+            "{unit} has no main process ({pid})"
+        );
         run_ok(self.sandbox.command("kill").args(["-KILL", &pid]));
         for _ in 0..100 {
             std::thread::sleep(std::time::Duration::from_millis(100));

@@ -1,0 +1,278 @@
+//! `strategy: proxy`: apps that do nothing for a deploy (bind `$PORT`, die at once on SIGTERM,
+//! never drain) switch without a failed request, because the front drains for them; the front
+//! itself is replaced with the native handoff; a broken release never takes traffic.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::load::{Load, Report};
+use crate::service::{TestService, edit_deploy_yml};
+use crate::support::*;
+
+fn assert_no_failures(report: &Report, what: &str) {
+    assert_eq!(report.failures(), 0, "{what}:\n{}", report.summary());
+    assert!(
+        report.ab.requests > 100 && report.wrk.requests > 100 && report.probe.requests > 100,
+        "{what}: too little load:\n{}",
+        report.summary()
+    );
+}
+
+/// Slow requests in flight across a switch: each must be answered 200.
+fn slow_requests(port: u16, n: usize) -> Vec<tokio::task::JoinHandle<String>> {
+    (0..n)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                http_get(port, "/?sleep_ms=1500").unwrap_or_else(|e| format!("error {e}"))
+            })
+        })
+        .collect()
+}
+
+async fn assert_answered(slow: Vec<tokio::task::JoinHandle<String>>, what: &str) {
+    for s in slow {
+        let reply = s.await.unwrap();
+        assert!(is_status(&reply, 200), "{what}: a slow request failed: {reply}");
+    }
+}
+
+/// Whether an HTTP reply's status line has `code`.
+fn is_status(reply: &str, code: u16) -> bool {
+    reply
+        .lines()
+        .next()
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some(&code.to_string()))
+}
+
+/// The one front that runs, by id.
+fn front_id(svc: &TestService) -> String {
+    let fronts = svc.live_fronts();
+    assert_eq!(fronts.len(), 1, "{fronts:?}");
+    fronts[0]
+        .trim_start_matches("shop-front@")
+        .trim_end_matches(".service")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apps_that_die_on_sigterm_switch_behind_the_front_and_the_front_is_replaced_without_a_failed_request()
+{
+    let mut svc = TestService::new();
+    let v1 = svc.proxied_revision("v1", &[], "a", "");
+    svc.deploy_ok("d-1", &v1);
+    assert_eq!(svc.answering_release(), "v1");
+    let first_front = front_id(&svc);
+    assert_eq!(svc.state()["front"], first_front.as_str(), "{}", svc.state());
+    // The release listens on loopback only, on the port the hooks chose, without the socket.
+    let env = svc.instance_environment("d-1");
+    let port: u16 = env
+        .lines()
+        .find_map(|l| l.strip_prefix("PORT="))
+        .expect("PORT in the release's environment")
+        .parse()
+        .unwrap();
+    assert!(!env.contains("LISTEN_FDS"), "{env}");
+    assert!(is_status(&http_get(port, "/healthz").unwrap(), 200));
+
+    let load = Load::start(svc.port, Duration::from_secs(30), 4).await;
+
+    // 1. A route switch: same front, new release (which takes 300 ms to start).
+    let v2 = svc.proxied_revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "300")], "a", "");
+    let slow = slow_requests(svc.port, 5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = svc.deploy_ok("d-2", &v2);
+    assert!(out.contains("front") && out.contains("drained d-1"), "{out}");
+    assert_answered(slow, "route switch").await;
+    assert_eq!(front_id(&svc), first_front, "the same front serves");
+    assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
+
+    // 2. A front switch: v1 again, with another front build and other front settings.
+    let v1b = svc.proxied_revision("v1", &[], "b", "");
+    edit_deploy_yml(&v1b, "front:\n", "front:\n  idle_timeout: 30s\n");
+    let slow = slow_requests(svc.port, 5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    svc.deploy_ok("d-3", &v1b);
+    assert_answered(slow, "front switch").await;
+    let second_front = front_id(&svc);
+    assert_ne!(second_front, first_front);
+    assert_eq!(
+        svc.is_enabled(&format!("shop-front@{first_front}.service")),
+        "disabled"
+    );
+    assert_eq!(
+        svc.is_enabled(&format!("shop-front@{second_front}.service")),
+        "enabled"
+    );
+
+    // 3. `handoff rollback`: d-2 again, through the new front.
+    let out = tokio::task::block_in_place(|| svc.handoff(&["rollback"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let report = load.finish().await;
+    assert_no_failures(
+        &report,
+        "v1 -> v2 -> v1 (new front) -> rollback, apps that die on SIGTERM",
+    );
+    assert!(
+        report.ws.closes_1012 >= 4 && report.ws.releases_seen.len() >= 2,
+        "every switch closes the WebSockets to the old release with 1012 and they reconnect:\n{}",
+        report.summary()
+    );
+    eprintln!("{}", report.summary());
+    assert_eq!(svc.answering_release(), "v2");
+    // A rollback serves d-2 with the front d-2 shipped: the first one, replaced again.
+    assert_eq!(front_id(&svc), first_front);
+    let status = svc.status();
+    assert!(
+        status.contains(&first_front) && status.contains("strategy proxy"),
+        "{status}"
+    );
+
+    // Least privilege: the front's exposure score.
+    let out = run_ok(svc.sandbox.command("systemd-analyze").args([
+        "security",
+        "--no-pager",
+        &format!("shop-front@{first_front}.service"),
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("exposure level for ").nth(1))
+        .and_then(|rest| rest.split(": ").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {text}"));
+    assert!(score <= 2.0, "the front's exposure is {score}:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_that_never_gets_healthy_crashes_listens_publicly_or_fails_validation_costs_nothing() {
+    let mut svc = TestService::new();
+    let v1 = svc.proxied_revision("v1", &[], "a", "");
+    svc.deploy_ok("d-1", &v1);
+    let load = Load::start(svc.port, Duration::from_secs(45), 2).await;
+
+    let unhealthy = svc.proxied_revision("v2", &[("SAMPLE_UNHEALTHY", "1")], "a", "");
+    edit_deploy_yml(&unhealthy, "start: 10s", "start: 3s");
+    let t = Instant::now();
+    let failure = svc.deploy_fails(
+        "d-2",
+        &unhealthy,
+        "application-start",
+        1,
+        "answer GET /healthz with 200",
+    );
+    assert!(failure.output.contains("d-1 keeps serving"), "{}", failure.output);
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+
+    let crashing = svc.proxied_revision("v3", &[("SAMPLE_FAIL_START", "1")], "a", "");
+    svc.deploy_fails("d-3", &crashing, "application-start", 1, "d-1 keeps serving");
+
+    let public = svc.proxied_revision("v4", &[], "a", "");
+    edit_deploy_yml(&public, "127.0.0.1:${PORT}", "0.0.0.0:${PORT}");
+    svc.deploy_fails("d-4", &public, "application-start", 2, "not loopback only");
+    assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
+
+    // Healthy at the switch, unhealthy a moment later: ValidateService routes back to d-1.
+    let later = svc.proxied_revision("v5", &[("SAMPLE_UNHEALTHY_AFTER_MS", "3000")], "a", "");
+    edit_deploy_yml(&later, "stable_for: 1s", "stable_for: 4s");
+    svc.deploy_fails(
+        "d-5",
+        &later,
+        "validate-service",
+        1,
+        "Rolled back: d-1 serves again",
+    );
+    assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
+
+    // A hook killed between the route file and the front: the next step routes back first.
+    let v6 = svc.proxied_revision("v6", &[], "a", "");
+    assert!(is_status(&http_get(svc.port, "/").unwrap(), 200));
+    tokio::task::block_in_place(|| svc.hook("before-install", "d-6", &v6));
+    svc.hook_killed_at("route-written", "application-start", "d-6", &v6);
+    svc.deploy_ok("d-6", &v6);
+    let report = load.finish().await;
+    assert_no_failures(
+        &report,
+        "four releases that never took traffic for long, and an interrupted switch",
+    );
+    assert_eq!(svc.answering_release(), "v6");
+
+    // A crash of the serving release: 502 from the front, quickly, until systemd restarts it.
+    let pid = svc.unit_property("shop@d-6.service", "MainPID");
+    assert!(
+        pid.parse::<u32>().is_ok_and(|p| p > 1),
+        "MainPID {pid}:\n{}",
+        svc.status()
+    );
+    run_ok(svc.sandbox.command("kill").args(["-KILL", &pid]));
+    let t = Instant::now();
+    let reply = http_get(svc.port, "/").unwrap();
+    assert!(is_status(&reply, 502) || is_status(&reply, 200), "{reply}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let back = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        http_get(svc.port, "/").is_ok_and(|r| is_status(&r, 200))
+    });
+    assert!(back, "d-6 did not come back after a crash");
+
+    // After a reboot the front and the release come back on their own.
+    svc.sandbox.reboot();
+    let mut answered = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        answered = http_get(svc.port, "/").unwrap_or_default();
+        if is_status(&answered, 200) {
+            break;
+        }
+    }
+    assert!(answered.contains("v6"), "after a reboot: {answered}");
+}
+
+/// A real third-party server with its defaults: gunicorn (Debian's package, sync worker),
+/// bound to `127.0.0.1:$PORT`, with no drain of its own beyond what gunicorn does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gunicorn_with_its_defaults_switches_behind_the_front_without_a_failed_request() {
+    if !Path::new("/usr/bin/gunicorn").exists() {
+        panic!("gunicorn is not installed: run scripts/setup (it installs Debian's gunicorn)");
+    }
+    let mut svc = TestService::new();
+    let revision = |svc: &TestService, label: &str| {
+        let dir = svc.proxied_revision(label, &[], "a", "");
+        std::fs::write(
+            dir.join("app.py"),
+            format!(
+                "def app(environ, start_response):\n    body = b'{label}\\n'\n    \
+                 start_response('200 OK', [('Content-Type', 'text/plain'), ('X-Release', '{label}'), \
+                 ('Content-Length', str(len(body)))])\n    return [body]\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("bin/sample-app"),
+            "#!/bin/sh\nexec /usr/bin/gunicorn \"$@\"\n",
+        )
+        .unwrap();
+        edit_deploy_yml(
+            &dir,
+            "[\"--bind\", \"127.0.0.1:${PORT}\"]",
+            "[\"--bind\", \"127.0.0.1:${PORT}\", \"app:app\"]",
+        );
+        dir
+    };
+    let v1 = revision(&svc, "g1");
+    if let Err(f) = tokio::task::block_in_place(|| svc.deploy("d-1", &v1)) {
+        panic!("{}\ngunicorn's log:\n{}", f.output, svc.app_log("d-1"));
+    }
+    assert_eq!(svc.answering_release(), "g1");
+    let load = Load::start(svc.port, Duration::from_secs(20), 0).await;
+    let v2 = revision(&svc, "g2");
+    svc.deploy_ok("d-2", &v2);
+    let v1 = revision(&svc, "g1");
+    svc.deploy_ok("d-3", &v1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = load.finish().await;
+    assert_no_failures(&report, "gunicorn g1 -> g2 -> g1");
+    assert_eq!(svc.answering_release(), "g1");
+    eprintln!("{}", report.summary());
+}
