@@ -6,8 +6,11 @@
 //!   (deployment windows) from a control file or stdin. Writes samples.csv and summary.json.
 //! - `report` (src/bin/report.rs, [`report`]): baseline vs switch-window latencies, which release
 //!   served when, failures per client kind; markdown, a comparison table, a PNG via gnuplot.
+//! - `hopbench` (src/bin/hopbench.rs, [`hop`]): the cost of a proxy hop for scripts/bench-hop —
+//!   paced keep-alive latency from intended send times, idle connections held open, RSS.
 
 pub mod data;
+pub mod hop;
 pub mod load;
 pub mod report;
 pub mod stats;
