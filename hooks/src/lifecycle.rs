@@ -332,6 +332,13 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
             Ok(_) => {}
             Err(e) => tracing::warn!("could not remove old releases: {e:#}; the next deployment tries again"),
         }
+        match deployer.prune_fronts().await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!("removed front builds no longer running: {}", removed.join(", "))
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not remove old front builds: {e:#}"),
+        }
     }
     let total = t0.elapsed();
     tracing::info!(

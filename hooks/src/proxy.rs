@@ -518,6 +518,28 @@ impl Deployer<'_> {
         Ok(())
     }
 
+    /// Removes front builds from `<root>/fronts` that do not run and are not the recorded one
+    /// (a rollback installs its release's front again from the release folder).
+    pub async fn prune_fronts(&self) -> Result<Vec<String>> {
+        let dir = fronts_dir(self.cfg);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let live = self.live_fronts().await?;
+        let recorded = self.store.load_state()?.front;
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().to_string();
+            if live.contains(&id) || recorded.as_deref() == Some(id.as_str()) {
+                continue;
+            }
+            std::fs::remove_dir_all(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            removed.push(id);
+        }
+        Ok(removed)
+    }
+
     /// Stops a front (it drains: lame duck, in-flight finished, WebSockets closed 1012) and
     /// disables it.
     pub(crate) async fn stop_front(&self, id: &str) {

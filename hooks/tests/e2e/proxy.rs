@@ -103,8 +103,17 @@ async fn apps_that_die_on_sigterm_switch_behind_the_front_and_the_front_is_repla
         svc.is_enabled(&format!("shop-front@{second_front}.service")),
         "enabled"
     );
+    let builds: Vec<String> = std::fs::read_dir(svc.sandbox.host_path("/opt/shop/fronts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        builds,
+        vec![second_front.clone()],
+        "front builds that no longer run are removed"
+    );
 
-    // 3. `handoff rollback`: d-2 again, through the new front.
+    // 3. `handoff rollback`: d-2 again, with the front it shipped.
     let out = tokio::task::block_in_place(|| svc.handoff(&["rollback"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     tokio::time::sleep(Duration::from_millis(700)).await;
