@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -37,7 +38,7 @@ use sample_app::http::FirstRead;
 use sample_app::state::Phase;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, trace, warn};
 
@@ -49,6 +50,8 @@ use crate::state::Shared;
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// Its IP as an `X-Forwarded-For` value.
+    pub xff: HeaderValue,
     /// Request timing, for the timeouts.
     pub activity: Activity,
     /// `--max-connections` slot: held while anything (the HTTP connection or
@@ -67,10 +70,13 @@ struct ActState {
 }
 
 /// Request timing of one connection.
+///
+/// Nothing is signalled when it changes: the watchdog re-checks at a time no
+/// later than any deadline that may have come into force meanwhile (see
+/// [`serve`]).
 #[derive(Debug)]
 pub struct Activity {
     state: Mutex<ActState>,
-    changed: Notify,
 }
 
 enum Due {
@@ -87,7 +93,6 @@ impl Activity {
                 head_since: Some(now),
                 idle_since: now,
             }),
-            changed: Notify::new(),
         }
     }
 
@@ -95,8 +100,6 @@ impl Activity {
         let mut s = self.state.lock().expect("activity lock");
         if s.active == 0 && s.head_since.is_none() {
             s.head_since = Some(Instant::now());
-            drop(s);
-            self.changed.notify_one();
         }
     }
 
@@ -121,7 +124,6 @@ impl ConnInfo {
             s.active += 1;
             s.head_since = None;
         }
-        self.activity.changed.notify_one();
         RequestGuard(self.clone())
     }
 }
@@ -132,12 +134,9 @@ pub struct RequestGuard(Arc<ConnInfo>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        {
-            let mut s = self.0.activity.state.lock().expect("activity lock");
-            s.active -= 1;
-            s.idle_since = Instant::now();
-        }
-        self.0.activity.changed.notify_one();
+        let mut s = self.0.activity.state.lock().expect("activity lock");
+        s.active -= 1;
+        s.idle_since = Instant::now();
     }
 }
 
@@ -236,6 +235,8 @@ fn spawn_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, pe
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
     let info = Arc::new(ConnInfo {
         peer,
+        xff: HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+            .expect("an IP is a valid header value"),
         activity: Activity::new(),
         _permit: permit,
     });
@@ -252,6 +253,9 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit:
         service_fn(move |req| proxy::handle(req, shared.clone(), info.clone()))
     };
     let conn = http1::Builder::new()
+        // Flattened writes (head and small bodies copied into one buffer, one
+        // write): less CPU per request than writev here, by measurement.
+        .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_header_size(shared.max_header_bytes)
@@ -261,26 +265,36 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit:
     tokio::pin!(conn);
 
     // Serving: watch the header and idle timeouts until the drain closes us.
+    // The timer is always set no later than any deadline that can be in force
+    // when it fires: exactly at a request head's deadline; while idle, at the
+    // idle deadline but at most a header timeout ahead (a head may begin any
+    // time); while a request runs, a header or idle timeout ahead. So request
+    // starts and ends need not wake this loop.
+    let (header, idle) = (shared.header_read_timeout, shared.idle_timeout);
+    let closing = shared.wait_phase(Phase::is_closing);
+    tokio::pin!(closing);
+    let timer = sleep_until(Instant::now() + header);
+    tokio::pin!(timer);
     let phase = loop {
-        let due = info.activity.due(shared.header_read_timeout, shared.idle_timeout);
-        let deadline = due.as_ref().map(|(t, _)| *t);
         tokio::select! {
+            biased;
             res = conn.as_mut() => return finished(peer, res),
-            () = info.activity.changed.notified() => {}
-            phase = shared.wait_phase(Phase::is_closing) => break phase,
-            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                // Re-check: the state may have changed since `due` was computed.
-                match info.activity.due(shared.header_read_timeout, shared.idle_timeout) {
-                    Some((t, Due::Header)) if t <= Instant::now() => {
+            phase = &mut closing => break phase,
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                match info.activity.due(header, idle) {
+                    Some((t, Due::Header)) if t <= now => {
                         debug!(%peer, "request head not complete within the header read timeout: closing");
                         return;
                     }
-                    Some((t, Due::Idle)) if t <= Instant::now() => {
+                    Some((t, Due::Idle)) if t <= now => {
                         trace!(%peer, "idle timeout: closing");
                         conn.as_mut().graceful_shutdown();
                         return finished(peer, conn.await);
                     }
-                    _ => {}
+                    Some((t, Due::Header)) => timer.as_mut().reset(t),
+                    Some((t, Due::Idle)) => timer.as_mut().reset(t.min(now + header)),
+                    None => timer.as_mut().reset(now + header.min(idle)),
                 }
             }
         }

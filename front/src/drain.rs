@@ -113,6 +113,18 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Outcome> {
+    run_on(listeners, config, shutdown, Vec::new()).await
+}
+
+/// [`run`], with client connections also accepted (and served) on each of
+/// `workers`: further runtimes, typically one `current_thread` runtime per
+/// core, each accepting from its own clone of every listening socket.
+pub async fn run_on(
+    listeners: Vec<std::net::TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    workers: Vec<tokio::runtime::Handle>,
+) -> anyhow::Result<Outcome> {
     let notifier = Notifier(config.notify);
     if listeners.is_empty() {
         return Err(UsageError("no listening socket to serve".into()).into());
@@ -129,9 +141,13 @@ pub async fn run(
 
     let mut addrs: Vec<SocketAddr> = Vec::new();
     let mut tokio_listeners = Vec::new();
+    let mut worker_listeners = Vec::new();
     for l in listeners {
         l.set_nonblocking(true).context("listener: set_nonblocking")?;
         addrs.push(l.local_addr().context("listener: local_addr")?);
+        for w in &workers {
+            worker_listeners.push((w.clone(), l.try_clone().context("listener: clone")?));
+        }
         tokio_listeners.push(TcpListener::from_std(l).context("listener: register with tokio")?);
     }
     let control = control::bind(&config.control)?;
@@ -144,6 +160,21 @@ pub async fn run(
         let (tx, rx) = oneshot::channel();
         started.push(rx);
         accept_loops.spawn(conn::accept_loop(l, shared.clone(), limit.clone(), tx));
+    }
+    for (w, l) in worker_listeners {
+        let (tx, rx) = oneshot::channel();
+        started.push(rx);
+        let (shared, limit) = (shared.clone(), limit.clone());
+        // Registered with the worker's own reactor, so from inside it.
+        accept_loops.spawn_on(
+            async move {
+                match TcpListener::from_std(l) {
+                    Ok(l) => conn::accept_loop(l, shared, limit, tx).await,
+                    Err(e) => warn!("listener: register with a worker runtime: {e}"),
+                }
+            },
+            &w,
+        );
     }
     for rx in started {
         rx.await.context("accept loop failed to start")?;
@@ -158,7 +189,7 @@ pub async fn run(
     let t0 = Instant::now();
     let deadline = t0 + config.drain_timeout();
     let open_at_shutdown = shared.open();
-    shared.phase.send_replace(Phase::LameDuck);
+    shared.set_phase(Phase::LameDuck);
     while accept_loops.join_next().await.is_some() {}
     // (2)
     notifier.send(&[
@@ -178,7 +209,7 @@ pub async fn run(
         _ = open_rx.wait_for(|o| o.total() == 0) => {}
     }
     // (4)-(6)
-    shared.phase.send_replace(Phase::Closing {
+    shared.set_phase(Phase::Closing {
         grace_until: t0 + config.first_request_grace(),
     });
     // (7)
@@ -202,7 +233,7 @@ pub async fn run(
     control_task.abort();
     let outcome = if timed_out {
         let dropped = shared.open();
-        shared.phase.send_replace(Phase::Abort);
+        shared.set_phase(Phase::Abort);
         let _ = tokio::time::timeout(Duration::from_millis(500), open_rx.wait_for(|o| o.total() == 0)).await;
         Outcome::DrainTimedOut { dropped }
     } else {

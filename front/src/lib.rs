@@ -27,4 +27,4 @@ pub mod state;
 pub mod ws;
 
 pub use config::Config;
-pub use drain::{Outcome, UsageError, exit_code, run};
+pub use drain::{Outcome, UsageError, exit_code, run, run_on};

@@ -24,16 +24,12 @@ fn main() -> ExitCode {
                 "starting"
             );
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-            match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-            {
+            match per_core(workers) {
                 Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
-                Ok(rt) => rt.block_on(async move {
+                Ok((rt, others)) => rt.block_on(async move {
                     let shutdown = shutdown_signal()?;
                     let listeners = listeners.into_iter().map(|l| l.listener).collect();
-                    handoff_front::run(listeners, config, shutdown).await
+                    handoff_front::run_on(listeners, config, shutdown, others).await
                 }),
             }
         }
@@ -44,6 +40,28 @@ fn main() -> ExitCode {
     let code = exit_code(&result);
     info!(code, "exit");
     ExitCode::from(code)
+}
+
+/// One `current_thread` runtime per worker: this thread's (returned to be
+/// driven by `block_on`) and `n - 1` more, each driven by a thread of its own
+/// for the life of the process. Each accepts and serves its own client
+/// connections with its own upstream connections: no task moves between
+/// threads, so a request causes no cross-thread wake-up.
+fn per_core(n: usize) -> std::io::Result<(tokio::runtime::Runtime, Vec<tokio::runtime::Handle>)> {
+    let build = || tokio::runtime::Builder::new_current_thread().enable_all().build();
+    handoff_front::route::set_workers(n);
+    let mut others = Vec::new();
+    for i in 1..n {
+        let rt = build()?;
+        others.push(rt.handle().clone());
+        std::thread::Builder::new()
+            .name(format!("front-worker-{i}"))
+            .spawn(move || {
+                handoff_front::route::set_worker_index(i);
+                rt.block_on(std::future::pending::<()>());
+            })?;
+    }
+    Ok((build()?, others))
 }
 
 /// Resolves at the first SIGTERM or SIGINT.

@@ -24,23 +24,32 @@
 //! * Retry: a request that failed before any byte of the response head came
 //!   back (connect refused/reset, connection closed before the head) is sent
 //!   once more on a fresh connection if its method is idempotent and it has
-//!   no body. Nothing else is ever replayed.
+//!   no body. Nothing else is ever replayed. (A request that never left,
+//!   because its pooled connection had closed before hyper took it, goes out
+//!   on a new connection whatever its method: that is not a replay.)
+//! * Cost: a request is served on the thread (runtime) that accepted its
+//!   client connection, with upstream connections of that thread's pool; only
+//!   a retryable request keeps a copy of its head; header rewriting allocates
+//!   nothing in the usual case (no hop-by-hop or `X-Handoff-*` header, no
+//!   prior `X-Forwarded-For`).
 //! * Errors: `502` with a short body and a `warn!` naming release, address and
 //!   cause; no route yet: `503 no release is routed yet`.
 
 use std::convert::Infallible;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tracing::{debug, info, warn};
 
-use crate::conn::ConnInfo;
-use crate::route::{ProxyBody, Upstream};
+use crate::conn::{ConnInfo, RequestGuard};
+use crate::route::{self, InFlight, Pool, ProxyBody, Sender, Upstream, UpstreamError};
 use crate::state::Shared;
 use crate::ws;
 
@@ -50,6 +59,11 @@ pub const H_FRONT: &str = "x-handoff-front";
 pub const H_RELEASE: &str = "x-handoff-release";
 /// `X-Handoff-Probe`.
 pub const H_PROBE: &str = "x-handoff-probe";
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
 
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -73,6 +87,10 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets
 /// `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Usually there is none: one pass over the names, no allocation.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -96,14 +114,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Removes every `X-Handoff-*` header.
 pub fn strip_handoff(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-handoff-"))
-        .cloned()
-        .collect();
+    if !headers.keys().any(is_handoff) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| is_handoff(n)).cloned().collect();
     for n in names {
         headers.remove(&n);
     }
+}
+
+fn is_handoff(n: &HeaderName) -> bool {
+    n.as_str().starts_with("x-handoff-")
 }
 
 /// A short plain-text response.
@@ -129,17 +150,17 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let request_guard = conn.request_started();
     let probe = req.headers().contains_key(H_PROBE);
-    let (mut resp, release) = route(req, &shared, &conn, request_guard).await;
+    let (mut resp, upstream) = route(req, &shared, &conn, request_guard).await;
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     if probe {
         h.insert(H_FRONT, shared.h_id.clone());
-        if let Some(r) = release.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        if let Some(r) = upstream.and_then(|u| HeaderValue::from_str(&u.release).ok()) {
             h.insert(H_RELEASE, r);
         }
     }
     // Lame duck (own drain): clients leave after this response.
-    if !shared.phase().is_serving() && !upgraded {
+    if !shared.is_serving() && !upgraded {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(resp)
@@ -173,8 +194,8 @@ async fn route(
     mut req: Request<Incoming>,
     shared: &Arc<Shared>,
     conn: &Arc<ConnInfo>,
-    request_guard: crate::conn::RequestGuard,
-) -> (Response<ProxyBody>, Option<String>) {
+    request_guard: RequestGuard,
+) -> (Response<ProxyBody>, Option<Arc<Upstream>>) {
     if ambiguous_framing(req.headers()) {
         debug!(peer = %conn.peer, "ambiguous Content-Length/Transfer-Encoding: 400");
         let mut r = text(
@@ -200,7 +221,7 @@ async fn route(
             None,
         );
     };
-    let release = Some(acq.upstream.release.clone());
+    let upstream = Some(acq.upstream.clone());
     let websocket = ws::is_websocket_upgrade(&req);
     let retryable = idempotent(req.method()) && without_body(&req);
     let on_client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -213,35 +234,53 @@ async fn route(
         headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     forwarded(&mut headers, conn);
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = match format!("http://{}{}", acq.upstream.addr, if pq == "*" { "/" } else { pq }).parse() {
-        Ok(u) => u,
-        Err(_) => return (text(StatusCode::BAD_REQUEST, "bad request target\n"), release),
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, acq.pool.host.clone());
+    }
+    // Origin form (`/path?query`); `*` (OPTIONS) and absolute-form targets are rewritten.
+    let uri = match parts.uri.path_and_query().map(|p| p.as_str()) {
+        Some(pq) if parts.uri.scheme().is_none() && parts.uri.authority().is_none() && pq != "*" => parts.uri,
+        pq => {
+            let pq = match pq {
+                None | Some("*") => "/",
+                Some(pq) => pq,
+            };
+            match Uri::builder().path_and_query(pq).build() {
+                Ok(u) => u,
+                Err(_) => return (text(StatusCode::BAD_REQUEST, "bad request target\n"), upstream),
+            }
+        }
     };
-    let build = |body: ProxyBody| {
+    let build = |method: Method, uri: Uri, headers: HeaderMap, body: ProxyBody| {
         let mut r = Request::new(body);
-        *r.method_mut() = parts.method.clone();
-        *r.uri_mut() = uri.clone();
+        *r.method_mut() = method;
+        *r.uri_mut() = uri;
         *r.version_mut() = Version::HTTP_11;
-        *r.headers_mut() = headers.clone();
+        *r.headers_mut() = headers;
         r
     };
-    let first = if retryable {
-        build(empty())
+    // Only a request that may be retried keeps a copy of its head.
+    let (first, again) = if retryable {
+        let again = (parts.method.clone(), uri.clone(), headers.clone());
+        (build(parts.method, uri, headers, empty()), Some(again))
     } else {
-        build(body.boxed_unsync())
+        (build(parts.method, uri, headers, body.boxed_unsync()), None)
     };
-    let mut res = acq.client.request(first).await;
+    let mut res = send(&acq.pool, first).await.map(|(r, s)| (r, s, true));
     if let Err(e) = &res {
         let f = classify(e, shared);
-        if retryable && f.retry {
+        if let Some((method, uri, headers)) = again
+            && f.retry
+        {
             debug!(release = %acq.upstream.release, "{}: retrying once on a fresh connection", f.cause);
-            res = shared.retry_client.request(build(empty())).await;
+            res = send_fresh(&acq.pool, build(method, uri, headers, empty()))
+                .await
+                .map(|(r, s)| (r, s, false));
         }
     }
-    let mut resp = match res {
+    let (mut resp, sender, pooled) = match res {
         Ok(r) => r,
-        Err(e) => return (bad_gateway(&acq.upstream, &e, shared), release),
+        Err(e) => return (bad_gateway(&acq.upstream, &e, shared), upstream),
     };
 
     if websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -258,8 +297,8 @@ async fn route(
                 conn.clone(),
             );
         }
-        drop(acq.guard);
-        return (Response::from_parts(parts, empty()), release);
+        drop((acq.guard, sender));
+        return (Response::from_parts(parts, empty()), upstream);
     }
 
     let (mut parts, body) = resp.into_parts();
@@ -267,15 +306,87 @@ async fn route(
     strip_handoff(&mut parts.headers);
     parts.version = Version::HTTP_11;
     // The request stays counted (in flight to the upstream, active on the
-    // connection) until the body has been sent or dropped.
-    let guards = (acq.guard, request_guard);
-    let body = body
-        .map_frame(move |f| {
-            let _keep = &guards;
-            f
-        })
-        .boxed_unsync();
-    (Response::from_parts(parts, body), release)
+    // connection) until the body has been sent or dropped; then the upstream
+    // connection goes back to the pool if the response was complete.
+    let body = Relay {
+        body,
+        done: false,
+        back: Some((sender, pooled.then(|| acq.pool.clone()))),
+        _guards: (acq.guard, request_guard),
+    }
+    .boxed_unsync();
+    (Response::from_parts(parts, body), upstream)
+}
+
+/// Sends on an idle pooled connection, or on a new one if there is none or
+/// the pooled one turned out closed before the request went out.
+async fn send(pool: &Pool, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+    let mut req = req;
+    if let Some(mut s) = pool.checkout() {
+        match s.try_send_request(req).await {
+            Ok(r) => return Ok((r, s)),
+            Err(mut e) => match e.take_message() {
+                Some(r) => req = r,
+                None => return Err(UpstreamError::Http(e.into_error())),
+            },
+        }
+    }
+    send_fresh(pool, req).await
+}
+
+/// Sends on a new connection.
+async fn send_fresh(
+    pool: &Pool,
+    req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+    let mut s = route::connect(pool.addr, pool.connect_timeout).await?;
+    match s.try_send_request(req).await {
+        Ok(r) => Ok((r, s)),
+        Err(e) => Err(UpstreamError::Http(e.into_error())),
+    }
+}
+
+/// The upstream's response body on its way to the client: holds the request's
+/// counters and, once complete, hands the upstream connection back to its pool.
+struct Relay {
+    body: Incoming,
+    done: bool,
+    back: Option<(Sender, Option<Arc<Pool>>)>,
+    _guards: (InFlight, RequestGuard),
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let f = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if f.is_none() {
+            self.done = true;
+        }
+        Poll::Ready(f)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some((sender, Some(pool))) = self.back.take()
+            && (self.done || self.body.is_end_stream())
+        {
+            pool.put(sender);
+        }
+    }
 }
 
 fn empty() -> ProxyBody {
@@ -285,25 +396,28 @@ fn empty() -> ProxyBody {
 }
 
 fn forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
-    let ip = conn.peer.ip().to_canonical().to_string();
-    let prior: Vec<String> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    let xff = if prior.is_empty() {
-        ip
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        let prior: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let ip = conn.xff.to_str().unwrap_or_default();
+        let xff = if prior.is_empty() {
+            ip.to_owned()
+        } else {
+            format!("{}, {ip}", prior.join(", "))
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
     } else {
-        format!("{}, {ip}", prior.join(", "))
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, conn.xff.clone());
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HTTP);
     match headers.get(header::HOST).cloned() {
-        Some(host) => headers.insert("x-forwarded-host", host),
-        None => headers.remove("x-forwarded-host"),
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
     };
 }
 
@@ -322,14 +436,16 @@ fn chain<'a>(
     std::iter::successors(Some(e), |e| e.source())
 }
 
-fn classify(e: &hyper_util::client::legacy::Error, shared: &Shared) -> Failure {
+fn classify(e: &UpstreamError, shared: &Shared) -> Failure {
+    let connect = e.is_connect();
+    let e: &(dyn std::error::Error + 'static) = e;
     let io_kind = chain(e)
         .find_map(|e| e.downcast_ref::<io::Error>())
         .map(io::Error::kind);
     let hyper_err = chain(e).find_map(|e| e.downcast_ref::<hyper::Error>());
     let text = chain(e).map(|e| e.to_string()).collect::<Vec<_>>().join(": ");
     let f = |retry, client, cause: String| Failure { retry, client, cause };
-    if e.is_connect() {
+    if connect {
         return match io_kind {
             Some(io::ErrorKind::ConnectionRefused) => f(
                 true,
@@ -370,7 +486,7 @@ fn classify(e: &hyper_util::client::legacy::Error, shared: &Shared) -> Failure {
     }
 }
 
-fn bad_gateway(up: &Upstream, e: &hyper_util::client::legacy::Error, shared: &Shared) -> Response<ProxyBody> {
+fn bad_gateway(up: &Upstream, e: &UpstreamError, shared: &Shared) -> Response<ProxyBody> {
     let f = classify(e, shared);
     if f.client {
         debug!(release = %up.release, upstream = %up.addr, "{}", f.cause);

@@ -1,36 +1,225 @@
 //! Where requests go: the routes file, the current upstream, and the
 //! bookkeeping that lets a switch drain the previous release.
 //!
-//! Each [`Upstream`] (one release on one loopback address) owns its own hyper
-//! [`Client`] (a keep-alive pool), an in-flight request counter and a count of
-//! the WebSockets relayed to it. A request *acquires* the current upstream
+//! Each [`Upstream`] (one release on one loopback address) owns its own
+//! keep-alive [`Pool`] of hyper `client::conn::http1` connections, an
+//! in-flight request counter and a count of the WebSockets relayed to it. A request *acquires* the current upstream
 //! under the router's lock, which increments the counter in the same critical
 //! section as the read of "current": once [`Router::switch`] has returned, no
 //! new request can be counted against the old upstream, so waiting for its
-//! counter to reach zero is a real drain. Dropping the upstream's client then
-//! drops its pool (idle pooled connections close); in-flight requests hold
-//! their own clone until they end.
+//! counter to reach zero is a real drain. The drain then closes the upstream's
+//! pool (idle pooled connections close); connections of requests still in
+//! flight are closed when those end instead of going back to the pool.
+//!
+//! The pool is deliberately small: a stack of idle `SendRequest`s (most
+//! recently used first), each with its connection driven by a task of its
+//! own. A connection goes back when its response body has ended; it is taken
+//! out only once hyper says it is ready for the next request (a closed one is
+//! dropped); idle ones are closed after [`POOL_IDLE_TIMEOUT`].
 
 use std::collections::BTreeMap;
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1;
+use hyper::header::HeaderValue;
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tracing::debug;
 
 /// The body type sent upstream and back to clients.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
-/// The upstream HTTP client.
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+/// One upstream HTTP/1.1 connection's request handle.
+pub type Sender = http1::SendRequest<ProxyBody>;
+
+/// Idle pooled upstream connections are closed after this long.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a request to an upstream failed.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// The connection could not be made (refused, timed out, ...).
+    Connect(io::Error),
+    /// The connection failed (handshake, request or response head).
+    Http(hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether connecting failed.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_))
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(_) => f.write_str("connect error"),
+            Self::Http(_) => f.write_str("upstream error"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect(e) => Some(e),
+            Self::Http(e) => Some(e),
+        }
+    }
+}
+
+/// Opens a new connection to `addr` (TCP_NODELAY, `timeout` to connect) and
+/// spawns the task that drives it (with upgrades, for WebSockets).
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, UpstreamError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+        Err(_) => {
+            return Err(UpstreamError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connect timed out",
+            )));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    // Flattened writes, as toward clients (see `conn`).
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!("upstream connection: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// Idle connections, each with the time it became idle.
+type Stack = Vec<(Sender, Instant)>;
+
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many worker threads (each with its own runtime) serve connections:
+/// pools keep one stack of idle connections per worker. Set before any pool
+/// is made.
+pub fn set_workers(n: usize) {
+    WORKERS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Marks the calling thread as worker `i` (0 by default).
+pub fn set_worker_index(i: usize) {
+    WORKER_INDEX.with(|w| w.set(i));
+}
+
+/// Idle keep-alive connections to one upstream (see the module documentation).
+/// One stack per worker thread: a connection is driven by a task on the
+/// runtime that opened it and only used from there.
+#[derive(Debug)]
+pub struct Pool {
+    /// Where they go.
+    pub addr: SocketAddr,
+    /// `--connect-timeout-ms`.
+    pub connect_timeout: Duration,
+    /// `Host` for requests that came without one.
+    pub host: HeaderValue,
+    /// Per worker, oldest first; each with the time it became idle.
+    idle: Box<[Mutex<Stack>]>,
+    closed: AtomicBool,
+}
+
+impl Pool {
+    /// An empty pool; a task evicts idle connections while it exists.
+    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            addr,
+            connect_timeout,
+            host: HeaderValue::from_str(&addr.to_string()).expect("an address is a valid header value"),
+            idle: (0..WORKERS.load(Ordering::Relaxed))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            closed: AtomicBool::new(false),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak: Weak<Self> = Arc::downgrade(&pool);
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(POOL_IDLE_TIMEOUT / 4).await;
+                    let Some(p) = weak.upgrade() else { break };
+                    p.evict(Instant::now());
+                }
+            });
+        }
+        pool
+    }
+
+    fn mine(&self) -> &Mutex<Stack> {
+        &self.idle[WORKER_INDEX.with(std::cell::Cell::get) % self.idle.len()]
+    }
+
+    /// An idle connection ready for a request, if there is one.
+    pub fn checkout(&self) -> Option<Sender> {
+        let mut idle = self.mine().lock().expect("pool lock");
+        // Most recently used first; connections still finishing their last
+        // response stay, closed ones are dropped.
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].0.is_ready() {
+                return Some(idle.remove(i).0);
+            }
+            if idle[i].0.is_closed() {
+                idle.remove(i);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response has ended (dropped, and so closed,
+    /// once the pool is closed or when the connection is).
+    pub fn put(&self, sender: Sender) {
+        if self.closed.load(Ordering::Relaxed) || sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.mine().lock().expect("pool lock");
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        idle.push((sender, now));
+    }
+
+    fn evict(&self, now: Instant) {
+        for idle in &self.idle {
+            let mut idle = idle.lock().expect("pool lock");
+            idle.retain(|(s, t)| !s.is_closed() && now.duration_since(*t) < POOL_IDLE_TIMEOUT);
+        }
+    }
+
+    /// Closes the idle connections; later ones are closed instead of pooled.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        for idle in &self.idle {
+            let idle = std::mem::take(&mut *idle.lock().expect("pool lock"));
+            drop(idle);
+        }
+    }
+}
 
 /// The routes file: `{"release":"v2","upstream":"127.0.0.1:21001"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,21 +250,6 @@ pub fn load_routes(path: &Path) -> Result<Option<Route>, String> {
     Ok(Some(route))
 }
 
-/// Builds an upstream client: keep-alive pool (or none), TCP_NODELAY, connect timeout.
-pub fn make_client(connect_timeout: Duration, pooled: bool) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_timer(TokioTimer::new()).timer(TokioTimer::new());
-    if pooled {
-        b.pool_idle_timeout(Duration::from_secs(30));
-    } else {
-        b.pool_max_idle_per_host(0);
-    }
-    b.build(connector)
-}
-
 /// One release on one address, with its pool and what is open to it.
 #[derive(Debug)]
 pub struct Upstream {
@@ -83,8 +257,12 @@ pub struct Upstream {
     pub release: String,
     /// Its address.
     pub addr: SocketAddr,
-    client: Mutex<Option<HttpClient>>,
-    in_flight: watch::Sender<usize>,
+    pool: Mutex<Option<Arc<Pool>>>,
+    in_flight: AtomicUsize,
+    /// Signalled when `in_flight` drops to zero while `closing`.
+    in_flight_zero: Notify,
+    /// Set with `closing` (readable without a lock on the request path).
+    draining: AtomicBool,
     websockets: watch::Sender<usize>,
     /// Set when the upstream is drained: relayed WebSockets close (1012 to the client).
     closing: watch::Sender<bool>,
@@ -92,12 +270,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(route: &Route, client: HttpClient) -> Arc<Self> {
+    fn new(route: &Route, connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             release: route.release.clone(),
             addr: route.upstream,
-            client: Mutex::new(Some(client)),
-            in_flight: watch::Sender::new(0),
+            pool: Mutex::new(Some(Pool::new(route.upstream, connect_timeout))),
+            in_flight: AtomicUsize::new(0),
+            in_flight_zero: Notify::new(),
+            draining: AtomicBool::new(false),
             websockets: watch::Sender::new(0),
             closing: watch::Sender::new(false),
             ws_closed: AtomicU64::new(0),
@@ -106,7 +286,7 @@ impl Upstream {
 
     /// Requests in flight to it now.
     pub fn in_flight(&self) -> usize {
-        *self.in_flight.borrow()
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// WebSockets relayed to it now.
@@ -137,11 +317,22 @@ impl Upstream {
     /// reconnect to the new release meanwhile.
     pub async fn drain(&self, budget: Duration, ws_wait: Duration) -> Drained {
         let t0 = Instant::now();
+        self.draining.store(true, Ordering::SeqCst);
         self.closing.send_replace(true);
-        let mut rx = self.in_flight.subscribe();
-        let _ = tokio::time::timeout(budget, rx.wait_for(|n| *n == 0)).await;
+        let none_left = async {
+            loop {
+                let zero = self.in_flight_zero.notified();
+                if self.in_flight() == 0 {
+                    break;
+                }
+                zero.await;
+            }
+        };
+        let _ = tokio::time::timeout(budget, none_left).await;
         let requests_left = self.in_flight();
-        self.client.lock().expect("client lock").take();
+        if let Some(pool) = self.pool.lock().expect("pool lock").take() {
+            pool.close();
+        }
         let mut ws = self.websockets.subscribe();
         let ws_deadline = (t0 + budget).max(Instant::now()) + ws_wait;
         let _ = tokio::time::timeout_at(ws_deadline, ws.wait_for(|n| *n == 0)).await;
@@ -175,7 +366,9 @@ pub struct InFlight(Arc<Upstream>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.send_modify(|n| *n -= 1);
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.draining.load(Ordering::SeqCst) {
+            self.0.in_flight_zero.notify_waiters();
+        }
     }
 }
 
@@ -194,8 +387,8 @@ impl Drop for WsGuard {
 pub struct Acquired {
     /// The upstream it was routed to.
     pub upstream: Arc<Upstream>,
-    /// Its pooled client.
-    pub client: HttpClient,
+    /// Its connection pool.
+    pub pool: Arc<Pool>,
     /// Counted in flight until dropped.
     pub guard: InFlight,
 }
@@ -226,7 +419,7 @@ pub enum Switch {
 impl Router {
     /// A router, routed to `initial` if any.
     pub fn new(initial: Option<Route>, connect_timeout: Duration) -> Self {
-        let current = initial.map(|r| Upstream::new(&r, make_client(connect_timeout, true)));
+        let current = initial.map(|r| Upstream::new(&r, connect_timeout));
         Self {
             routes: Mutex::new(Routes {
                 current,
@@ -241,12 +434,12 @@ impl Router {
     pub fn acquire(&self) -> Option<Acquired> {
         let routes = self.routes.lock().expect("routes lock");
         let upstream = routes.current.clone()?;
-        let client = upstream.client.lock().expect("client lock").clone()?;
-        upstream.in_flight.send_modify(|n| *n += 1);
+        let pool = upstream.pool.lock().expect("pool lock").clone()?;
+        upstream.in_flight.fetch_add(1, Ordering::SeqCst);
         Some(Acquired {
             guard: InFlight(upstream.clone()),
             upstream,
-            client,
+            pool,
         })
     }
 
@@ -264,7 +457,7 @@ impl Router {
         {
             return Switch::Unchanged;
         }
-        let new = Upstream::new(route, make_client(self.connect_timeout, true));
+        let new = Upstream::new(route, self.connect_timeout);
         if let Some(old) = routes.current.replace(new) {
             routes.retired.push(old);
         }

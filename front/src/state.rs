@@ -12,7 +12,7 @@ use sample_app::state::Phase;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::route::{HttpClient, Route, Router, make_client};
+use crate::route::{Route, Router};
 
 /// Everything tasks need.
 #[derive(Debug)]
@@ -23,10 +23,10 @@ pub struct Shared {
     pub h_id: HeaderValue,
     /// Where requests go.
     pub router: Router,
-    /// A client without pooling, for the one retry on a fresh connection.
-    pub retry_client: HttpClient,
-    /// Drain phase (sample-app's protocol).
+    /// Drain phase (sample-app's protocol); change it with [`Shared::set_phase`].
     pub phase: watch::Sender<Phase>,
+    /// Whether the phase is still `Serving` (read on every request without a lock).
+    serving: AtomicBool,
     open: watch::Sender<Open>,
     /// Connections accepted over the life of the process.
     pub connections: AtomicU64,
@@ -56,8 +56,8 @@ impl Shared {
             id: config.id.clone(),
             h_id: HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("?")),
             router: Router::new(route, config.connect_timeout()),
-            retry_client: make_client(config.connect_timeout(), false),
             phase: watch::Sender::new(Phase::Serving),
+            serving: AtomicBool::new(true),
             open: watch::Sender::new(Open::default()),
             connections: AtomicU64::new(0),
             no_route_logged: AtomicBool::new(false),
@@ -67,6 +67,17 @@ impl Shared {
             ws_close_timeout: config.ws_close_timeout(),
             connect_timeout: config.connect_timeout(),
         })
+    }
+
+    /// Moves to the next drain phase.
+    pub fn set_phase(&self, phase: Phase) {
+        self.serving.store(phase.is_serving(), Ordering::SeqCst);
+        self.phase.send_replace(phase);
+    }
+
+    /// Whether the phase is `Serving` (cheap: no lock).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 
     /// The current phase.
