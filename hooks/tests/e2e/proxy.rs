@@ -159,7 +159,7 @@ async fn a_release_that_never_gets_healthy_crashes_listens_publicly_or_fails_val
     let mut svc = TestService::new();
     let v1 = svc.proxied_revision("v1", &[], "a", "");
     svc.deploy_ok("d-1", &v1);
-    let load = Load::start(svc.port, Duration::from_secs(45), 2).await;
+    let load = Load::start(svc.port, Duration::from_secs(55), 2).await;
 
     let unhealthy = svc.proxied_revision("v2", &[("SAMPLE_UNHEALTHY", "1")], "a", "");
     edit_deploy_yml(&unhealthy, "start: 10s", "start: 3s");
@@ -183,8 +183,10 @@ async fn a_release_that_never_gets_healthy_crashes_listens_publicly_or_fails_val
     assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
 
     // Healthy at the switch, unhealthy a moment later: ValidateService routes back to d-1.
-    let later = svc.proxied_revision("v5", &[("SAMPLE_UNHEALTHY_AFTER_MS", "3000")], "a", "");
-    edit_deploy_yml(&later, "stable_for: 1s", "stable_for: 4s");
+    // (It turns unhealthy well after ApplicationStart on a loaded machine, and well within the
+    // validation's stability window.)
+    let later = svc.proxied_revision("v5", &[("SAMPLE_UNHEALTHY_AFTER_MS", "6000")], "a", "");
+    edit_deploy_yml(&later, "stable_for: 1s", "stable_for: 8s");
     svc.deploy_fails(
         "d-5",
         &later,
