@@ -287,3 +287,56 @@ async fn gunicorn_with_its_defaults_switches_behind_the_front_without_a_failed_r
     assert_eq!(svc.answering_release(), "g1");
     eprintln!("{}", report.summary());
 }
+
+/// Node's own `http` server with its defaults (it dies at once on SIGTERM, and closes idle
+/// keep-alive connections after 5 s, under the front's pooled connections), bound to
+/// `127.0.0.1:$PORT`. A JIT runtime: the revision's template drops `MemoryDenyWriteExecute=`,
+/// as `lint-bundle` tells a user to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_http_with_its_defaults_switches_behind_the_front_without_a_failed_request() {
+    let node = ["/usr/bin/node", "/usr/bin/nodejs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("node is not installed: run scripts/setup");
+    let mut svc = TestService::new();
+    let revision = |svc: &TestService, label: &str| {
+        let dir = svc.proxied_revision(label, &[], "a", "");
+        std::fs::write(
+            dir.join("server.js"),
+            format!(
+                "const http = require('http');\n\
+                 http.createServer((req, res) => {{\n  res.setHeader('X-Release', '{label}');\n  \
+                 res.end('{label}\\n');\n}}).listen(Number(process.env.PORT), '127.0.0.1');\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("bin/sample-app"),
+            format!("#!/bin/sh\nexec {node} server.js\n"),
+        )
+        .unwrap();
+        let template = dir.join("units/proxied@.service");
+        let text = std::fs::read_to_string(&template).unwrap();
+        assert!(text.contains("MemoryDenyWriteExecute=yes\n"));
+        std::fs::write(&template, text.replace("MemoryDenyWriteExecute=yes\n", "")).unwrap();
+        dir
+    };
+    let v1 = revision(&svc, "n1");
+    if let Err(f) = tokio::task::block_in_place(|| svc.deploy("d-1", &v1)) {
+        panic!("{}\nnode's log:\n{}", f.output, svc.app_log("d-1"));
+    }
+    assert_eq!(svc.answering_release(), "n1");
+    let load = Load::start(svc.port, Duration::from_secs(25), 0).await;
+    let v2 = revision(&svc, "n2");
+    svc.deploy_ok("d-2", &v2);
+    // Longer than Node's keep-alive timeout: the front's idle pooled connections are closed
+    // by Node under it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let v1 = revision(&svc, "n1");
+    svc.deploy_ok("d-3", &v1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = load.finish().await;
+    assert_no_failures(&report, "node n1 -> n2 -> n1");
+    assert_eq!(svc.answering_release(), "n1");
+    eprintln!("{}", report.summary());
+}
