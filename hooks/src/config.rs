@@ -458,17 +458,11 @@ impl DeployConfig {
     pub fn instance_unit(&self, release: &str) -> String {
         format!("{}@{release}.service", self.service)
     }
-    pub fn instance_pattern(&self) -> String {
-        format!("{}@*.service", self.service)
-    }
     pub fn front_template_unit(&self) -> String {
         format!("{}-front@.service", self.service)
     }
     pub fn front_unit(&self, id: &str) -> String {
         format!("{}-front@{id}.service", self.service)
-    }
-    pub fn front_pattern(&self) -> String {
-        format!("{}-front@*.service", self.service)
     }
     pub fn is_proxy(&self) -> bool {
         self.strategy == Strategy::Proxy

@@ -521,14 +521,18 @@ impl<'a> Deployer<'a> {
 
     /// Release ids of every instance that is not inactive (active, starting, stopping, failed).
     pub async fn live_releases(&self) -> Result<Vec<String>> {
-        let prefix = format!("{}@", self.cfg.service);
+        self.live_instances(&format!("{}@", self.cfg.service)).await
+    }
+
+    /// The instance names (`%i`) of every `<prefix><name>.service` that is not inactive.
+    pub(crate) async fn live_instances(&self, prefix: &str) -> Result<Vec<String>> {
         Ok(self
             .systemd
-            .list_live(&self.cfg.instance_pattern())
+            .list_live(&format!("{prefix}*.service"))
             .await?
             .into_iter()
             .filter_map(|u| {
-                u.strip_prefix(&prefix)?
+                u.strip_prefix(prefix)?
                     .strip_suffix(".service")
                     .map(str::to_string)
             })

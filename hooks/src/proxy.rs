@@ -277,18 +277,7 @@ pub async fn control(
 impl Deployer<'_> {
     /// Ids of the front instances that are not inactive.
     pub async fn live_fronts(&self) -> Result<Vec<String>> {
-        let prefix = format!("{}-front@", self.cfg.service);
-        Ok(self
-            .systemd
-            .list_live(&self.cfg.front_pattern())
-            .await?
-            .into_iter()
-            .filter_map(|u| {
-                u.strip_prefix(&prefix)?
-                    .strip_suffix(".service")
-                    .map(str::to_string)
-            })
-            .collect())
+        self.live_instances(&format!("{}-front@", self.cfg.service)).await
     }
 
     /// Steps 1–5 of the module doc for `release`: the proxy counterpart of starting beside.

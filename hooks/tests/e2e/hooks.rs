@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::load::Load;
+use crate::load::{Load, slow_requests};
 use crate::service::TestService;
 use crate::support::*;
 
@@ -19,17 +19,6 @@ fn assert_no_failures(report: &crate::load::Report, what: &str) {
         "{what}: too little load:\n{}",
         report.summary()
     );
-}
-
-/// Slow requests in flight across the switch: each must complete with 200.
-fn slow_requests(port: u16, n: usize) -> Vec<tokio::task::JoinHandle<String>> {
-    (0..n)
-        .map(|_| {
-            tokio::task::spawn_blocking(move || {
-                http_get(port, "/?sleep_ms=1500").unwrap_or_else(|e| format!("error {e}"))
-            })
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

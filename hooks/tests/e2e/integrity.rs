@@ -6,21 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::load::{Load, Report, clock};
+use crate::load::{Load, assert_no_failures, clock};
 use crate::service::{TestService, edit_deploy_yml};
 use crate::support::*;
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-fn assert_no_failures(report: &Report, what: &str) {
-    assert_eq!(report.failures(), 0, "{what}:\n{}", report.summary());
-    assert!(
-        report.ab.requests > 100 && report.wrk.requests > 100 && report.probe.requests > 100,
-        "{what}: too little load:\n{}",
-        report.summary()
-    );
 }
 
 /// Gives a revision's instance template a line of its own, so which template a running

@@ -341,3 +341,29 @@ pub fn percentiles(samples: &[Sample], from: Duration, to: Duration) -> Option<W
     let p = |q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)];
     Some((p(0.5), p(0.99), *l.last().unwrap(), l.len()))
 }
+
+/// No failed request of any client kind, and enough load that this means something.
+pub fn assert_no_failures(report: &Report, what: &str) {
+    assert_eq!(
+        report.failures(),
+        0,
+        "{what}: requests failed under load:\n{}",
+        report.summary()
+    );
+    assert!(
+        report.ab.requests > 100 && report.wrk.requests > 100 && report.probe.requests > 100,
+        "{what}: too little load:\n{}",
+        report.summary()
+    );
+}
+
+/// Slow requests (1.5 s) in flight across a switch; each must be answered 200.
+pub fn slow_requests(port: u16, n: usize) -> Vec<tokio::task::JoinHandle<String>> {
+    (0..n)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                crate::support::http_get(port, "/?sleep_ms=1500").unwrap_or_else(|e| format!("error {e}"))
+            })
+        })
+        .collect()
+}

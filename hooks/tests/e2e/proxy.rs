@@ -5,29 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::load::{Load, Report};
+use crate::load::{Load, assert_no_failures, slow_requests};
 use crate::service::{TestService, edit_deploy_yml};
 use crate::support::*;
-
-fn assert_no_failures(report: &Report, what: &str) {
-    assert_eq!(report.failures(), 0, "{what}:\n{}", report.summary());
-    assert!(
-        report.ab.requests > 100 && report.wrk.requests > 100 && report.probe.requests > 100,
-        "{what}: too little load:\n{}",
-        report.summary()
-    );
-}
-
-/// Slow requests in flight across a switch: each must be answered 200.
-fn slow_requests(port: u16, n: usize) -> Vec<tokio::task::JoinHandle<String>> {
-    (0..n)
-        .map(|_| {
-            tokio::task::spawn_blocking(move || {
-                http_get(port, "/?sleep_ms=1500").unwrap_or_else(|e| format!("error {e}"))
-            })
-        })
-        .collect()
-}
 
 async fn assert_answered(slow: Vec<tokio::task::JoinHandle<String>>, what: &str) {
     for s in slow {
