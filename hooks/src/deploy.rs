@@ -779,21 +779,26 @@ impl<'a> Deployer<'a> {
         if self.store.load_state().ok().and_then(|s| s.serving).as_deref() == Some(release) {
             return;
         }
-        let unit = self.cfg.instance_unit(release);
-        if !matches!(self.systemd.status(&unit).await, Ok(st) if st.active_state == "inactive") {
-            tracing::info!("stopping {unit}");
-            if let Err(e) = self.systemd.stop(&unit, self.stop_deadline()).await {
+        self.stop_and_disable(&self.cfg.instance_unit(release), "").await;
+    }
+
+    /// Stops `unit` unless it is inactive (it drains), leaves it inactive rather than failed,
+    /// and disables it. Failures are logged: the unit is on its way out either way.
+    pub(crate) async fn stop_and_disable(&self, unit: &str, why: &str) {
+        if !matches!(self.systemd.status(unit).await, Ok(st) if st.active_state == "inactive") {
+            tracing::info!("stopping {unit}{why}");
+            if let Err(e) = self.systemd.stop(unit, self.stop_deadline()).await {
                 tracing::warn!("could not stop {unit}: {e:#}");
             }
         }
-        let _ = self.systemd.reset_failed(&unit).await;
+        let _ = self.systemd.reset_failed(unit).await;
         if self
             .systemd
-            .unit_file_state(&unit)
+            .unit_file_state(unit)
             .await
             .is_ok_and(|s| s == "enabled")
         {
-            let _ = self.systemd.disable(&[&unit]).await;
+            let _ = self.systemd.disable(&[unit]).await;
         }
     }
 

@@ -532,20 +532,8 @@ impl Deployer<'_> {
     /// Stops a front (it drains: lame duck, in-flight finished, WebSockets closed 1012) and
     /// disables it.
     pub(crate) async fn stop_front(&self, id: &str) {
-        let unit = self.cfg.front_unit(id);
-        tracing::info!("stopping {unit}: it drains");
-        if let Err(e) = self.systemd.stop(&unit, self.stop_deadline()).await {
-            tracing::warn!("{e:#}");
-        }
-        let _ = self.systemd.reset_failed(&unit).await;
-        if self
-            .systemd
-            .unit_file_state(&unit)
-            .await
-            .is_ok_and(|s| s == "enabled")
-        {
-            let _ = self.systemd.disable(&[&unit]).await;
-        }
+        self.stop_and_disable(&self.cfg.front_unit(id), ": it drains")
+            .await;
     }
 
     /// Part of an undo: routes back to `serving` when the routes point at `release`, and
