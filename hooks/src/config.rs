@@ -12,12 +12,14 @@
 //!   max_connections: 16384     # client connections; more wait in the socket's queue
 //!   max_header_bytes: 16384    # larger request heads get 431
 //! app:
-//!   command: bin/sample-app    # relative to the release directory
+//!   command: bin/sample-app    # relative to the release directory, or a host program: /usr/bin/gunicorn
 //!   args: ["-v"]
 //!   environment: { RUST_LOG: info }
+//!   ready: notify              # or "probe": the app cannot send READY=1 (the unit is Type=exec)
+//!   needs: []                  # hardening relaxations: jit (V8, JVM, PyPy), setuid (gunicorn's workers)
 //! health:
 //!   path: /healthz
-//!   instance_header: X-Instance  # the app echoes its INSTANCE (the release id) here
+//!   instance_header: X-Instance  # the app echoes its INSTANCE (the release id) here; "none": not confirmed
 //!   stable_for: 2s               # validate-service watches the instance this long
 //! deadlines:
 //!   start: 60s                   # READY=1 within this, or the new release is stopped
@@ -41,6 +43,9 @@ use serde::{Deserialize, Deserializer};
 
 /// The name of the deploy config in a revision bundle and in every release directory.
 pub const FILE_NAME: &str = "deploy.yml";
+
+/// `health.instance_header: none`: the app names no instance, deliberately.
+pub const NO_INSTANCE_HEADER: &str = "none";
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -84,7 +89,8 @@ pub enum Strategy {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct App {
-    /// The executable, relative to the release directory.
+    /// The executable: relative to the release directory (shipped in the bundle), or an
+    /// absolute path to a program installed on every host (`/usr/bin/gunicorn`).
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
@@ -99,6 +105,32 @@ pub struct App {
     /// instance is ready when it answers its health check through the port).
     #[serde(default)]
     pub ready: Ready,
+    /// What the runtime needs that the strictest hardening refuses; rendered into the unit
+    /// template's `{{needs}}` line. Empty: the strictest profile.
+    #[serde(default)]
+    pub needs: Vec<Need>,
+}
+
+/// A relaxation of the instance unit's hardening, for a runtime that cannot work without it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Need {
+    /// A JIT compiler (V8/Node, the JVM, PyPy, .NET, Ruby's YJIT) writes machine code to
+    /// memory and runs it: `MemoryDenyWriteExecute=no`.
+    Jit,
+    /// Servers that fork workers and call setuid()/setgid() to their own ids at each worker's
+    /// start (gunicorn): `SystemCallFilter=@setuid`. Without capabilities no id can change, so
+    /// the calls grant nothing.
+    Setuid,
+}
+
+impl Need {
+    pub fn name(self) -> &'static str {
+        match self {
+            Need::Jit => "jit",
+            Need::Setuid => "setuid",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -135,6 +167,8 @@ pub struct Health {
     pub path: String,
     /// Response header in which the app names its instance (the release id); when set, the
     /// hooks confirm through the real port that the new release is the one answering.
+    /// `none` runs without that confirmation, deliberately (a warning at every deployment);
+    /// left out, `strategy: handoff` refuses to deploy (see [`DeployConfig::confirms_instance`]).
     pub instance_header: Option<String>,
     #[serde(deserialize_with = "duration")]
     pub stable_for: Duration,
@@ -337,14 +371,24 @@ impl DeployConfig {
             }
         }
         let cmd = Path::new(&self.app.command);
+        let plain = |c: Component| matches!(c, Component::Normal(_) | Component::RootDir);
         if self.app.command.is_empty()
-            || cmd.is_absolute()
-            || cmd.components().any(|c| !matches!(c, Component::Normal(_)))
+            || !cmd.components().all(plain)
+            || self.app.command.contains(char::is_whitespace)
+            || self.app.command.contains(['"', '\\', '%', '$'])
         {
             bail!(
-                "app.command: '{}' must be a path inside the release, relative and without '..', e.g. bin/my-api",
+                "app.command: '{}' must be a path inside the release (relative, without '..', e.g. bin/my-api) or an \
+                 absolute path to a program on the host (e.g. /usr/bin/gunicorn), without spaces; put arguments in app.args",
                 self.app.command
             );
+        }
+        let mut seen = Vec::new();
+        for n in &self.app.needs {
+            if seen.contains(n) {
+                bail!("app.needs: '{}' is listed twice", n.name());
+            }
+            seen.push(*n);
         }
         for a in &self.app.args {
             // `${PORT}` is the one variable systemd substitutes for the app (strategy: proxy).
@@ -383,6 +427,7 @@ impl DeployConfig {
         }
         if let Some(h) = &self.health.instance_header
             && (h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            && h != NO_INSTANCE_HEADER
         {
             bail!("health.instance_header: '{h}' is not a header name, e.g. X-Instance");
         }
@@ -468,6 +513,41 @@ impl DeployConfig {
         self.strategy == Strategy::Proxy
     }
 
+    /// The app's command as systemd runs it: a relative command lives in the release folder.
+    pub fn executable(&self) -> String {
+        if Path::new(&self.app.command).is_absolute() {
+            self.app.command.clone()
+        } else {
+            format!("{}/releases/%i/{}", self.root().display(), self.app.command)
+        }
+    }
+
+    /// The header that names the answering instance, if the app sets one.
+    pub fn instance_header(&self) -> Option<&str> {
+        self.health
+            .instance_header
+            .as_deref()
+            .filter(|h| *h != NO_INSTANCE_HEADER)
+    }
+
+    /// Whether the hooks can tell the new release's answers from the old one's while both
+    /// share the socket. With `strategy: handoff` and no `health.instance_header` at all, the
+    /// deployment is refused: a probe the old release answered would confirm a broken one.
+    /// `instance_header: none` is the deliberate choice to run without it.
+    pub fn check_instance_confirmation(&self) -> Result<()> {
+        if self.strategy == Strategy::Handoff && self.health.instance_header.is_none() {
+            bail!(
+                "health.instance_header: not set. While two releases share the socket, the hooks confirm the new one by \
+                 the header in which the app names its instance. Have the app add its INSTANCE environment variable \
+                 (the release id) to every response as a header, e.g. `X-Instance: $INSTANCE`, and write \
+                 `instance_header: X-Instance` under health: in deploy.yml. To deploy without that confirmation, write \
+                 `instance_header: none` (then a probe the old release answers can confirm a new release that is broken, \
+                 and a broken release takes its share of requests until validate-service rolls it back)"
+            );
+        }
+        Ok(())
+    }
+
     /// The addresses the hooks probe: a wildcard listen address is probed on loopback.
     pub fn probe_addrs(&self) -> Vec<SocketAddr> {
         self.listen
@@ -529,7 +609,44 @@ mod tests {
             err(&GOOD.replace("127.0.0.1:8080", "localhost")).contains("listen: 'localhost' is not IP:port")
         );
         assert!(err(&GOOD.replace("bin/sample-app", "../../bin/sh")).contains("app.command"));
-        assert!(err(&GOOD.replace("bin/sample-app", "/bin/sh")).contains("app.command"));
+        assert!(err(&GOOD.replace("bin/sample-app", "/bin/../sh")).contains("app.command"));
+        assert!(
+            err(&GOOD.replace("bin/sample-app", "\"bin/app --fast\"")).contains("put arguments in app.args")
+        );
+        assert_eq!(
+            DeployConfig::parse(&GOOD.replace("bin/sample-app", "/usr/bin/gunicorn"))
+                .unwrap()
+                .executable(),
+            "/usr/bin/gunicorn"
+        );
+        assert_eq!(
+            DeployConfig::parse(GOOD).unwrap().executable(),
+            "/opt/sample/releases/%i/bin/sample-app"
+        );
+        let needs = |n: &str| format!("{GOOD}  needs: {n}\n");
+        assert_eq!(
+            DeployConfig::parse(&needs("[jit, setuid]")).unwrap().app.needs,
+            vec![Need::Jit, Need::Setuid]
+        );
+        assert!(err(&needs("[jit, jit]")).contains("'jit' is listed twice"));
+        assert!(err(&needs("[wx]")).contains("wx"));
+        assert!(
+            err(&format!("{GOOD}health:\n  instance_header: \"X Instance\"\n")).contains("not a header name")
+        );
+        let none = DeployConfig::parse(&format!("{GOOD}health:\n  instance_header: none\n")).unwrap();
+        assert_eq!(none.instance_header(), None);
+        assert!(none.check_instance_confirmation().is_ok());
+        let unset = DeployConfig::parse(GOOD)
+            .unwrap()
+            .check_instance_confirmation()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unset.contains("X-Instance: $INSTANCE") && unset.contains("instance_header: none"),
+            "{unset}"
+        );
+        let restart = DeployConfig::parse(&format!("{GOOD}strategy: restart\n")).unwrap();
+        assert!(restart.check_instance_confirmation().is_ok());
         assert!(err(&format!("{GOOD}releases:\n  keep: 1\n")).contains("releases.keep"));
         assert!(err(&format!("{GOOD}drain:\n  budget: 0s\n")).contains("drain.budget"));
         assert!(err(&format!("{GOOD}health:\n  path: healthz\n")).contains("health.path"));

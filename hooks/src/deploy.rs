@@ -588,7 +588,16 @@ impl<'a> Deployer<'a> {
             self.abandon(release).await;
             return Err(e);
         }
-        tracing::info!("{release} answers through {}", self.describe_addrs());
+        if self.cfg.is_proxy() || self.cfg.instance_header().is_some() || report.stopped.is_empty() {
+            tracing::info!("{release} answers through {}", self.describe_addrs());
+        } else {
+            tracing::warn!(
+                "a probe through {} answered healthy, but without health.instance_header it may have been {}: {release} \
+                 is not confirmed (instance_header: none)",
+                self.describe_addrs(),
+                report.stopped.join(", ")
+            );
+        }
         Ok(report)
     }
 

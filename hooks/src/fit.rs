@@ -1,6 +1,7 @@
 //! What the rendered units ask of the app, checked against what `lint-bundle` can know about
 //! the app without running it: a JIT runtime cannot live under `MemoryDenyWriteExecute=yes`
-//! (V8, the JVM, PyPy, .NET die with SIGTRAP or SIGSEGV at start), a shared socket without
+//! (V8, the JVM, PyPy, .NET die with SIGTRAP or SIGSEGV at start) unless `app.needs: [jit]`,
+//! gunicorn's workers cannot call setuid() unless `app.needs: [setuid]`, a shared socket without
 //! `NonBlocking=yes` becomes blocking for the serving instance whenever the next one starts,
 //! and without `health.instance_header` the hooks cannot tell which instance answered.
 
@@ -37,8 +38,18 @@ fn runtime_of(command: &Path) -> Option<String> {
         .map(|n| n.to_string_lossy().to_string())
 }
 
-fn has_directive(unit: &str, directive: &str) -> bool {
-    unit.lines().any(|l| l.trim() == directive)
+/// The value a unit gives `key`: the last assignment wins, as in systemd.
+fn directive<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+}
+
+/// Whether a `SystemCallFilter=` line after the deny list allows the setuid group again.
+fn allows_setuid(unit: &str) -> bool {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix("SystemCallFilter="))
+        .any(|v| !v.starts_with('~') && v.split_whitespace().any(|g| g == "@setuid"))
 }
 
 /// Problems of the units' fit to the app, for `lint-bundle`.
@@ -47,29 +58,47 @@ pub fn check(cfg: &DeployConfig, bundle: &Path, units: &[Rendered]) -> Vec<Probl
     let Some(template) = units.iter().find(|u| u.name == cfg.template_unit()) else {
         return problems;
     };
-    let file = if cfg.is_proxy() {
-        "units/proxied@.service"
+    let command = if Path::new(&cfg.app.command).is_absolute() {
+        Path::new(&cfg.app.command).to_path_buf()
     } else {
-        "units/app@.service"
+        bundle.join(&cfg.app.command)
     };
-    if let Some(runtime) = runtime_of(&bundle.join(&cfg.app.command))
-        && JIT_RUNTIMES.contains(&runtime.as_str())
-        && has_directive(&template.text, "MemoryDenyWriteExecute=yes")
+    let program = Path::new(&cfg.app.command)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    if let Some(runtime) = runtime_of(&command).or_else(|| Some(program.clone()))
+        && (JIT_RUNTIMES.contains(&runtime.as_str()) || JIT_RUNTIMES.contains(&program.as_str()))
+        && directive(&template.text, "MemoryDenyWriteExecute") == Some("yes")
     {
+        let runtime = if JIT_RUNTIMES.contains(&program.as_str()) {
+            program.clone()
+        } else {
+            runtime
+        };
         problems.push(Problem::error(
-            file,
-            "MemoryDenyWriteExecute",
+            "deploy.yml",
+            "app.needs",
             format!(
                 "app.command runs {runtime}, a JIT runtime: it needs writable and executable memory and dies at start \
-                 (SIGTRAP or SIGSEGV) under MemoryDenyWriteExecute=yes; remove that line from the template"
+                 (SIGTRAP or SIGSEGV) under the unit's MemoryDenyWriteExecute=yes; add `needs: [jit]` under app:"
             ),
+        ));
+    }
+    if program == "gunicorn" && !allows_setuid(&template.text) {
+        problems.push(Problem::error(
+            "deploy.yml",
+            "app.needs",
+            "app.command is gunicorn, whose workers call setuid()/setgid() to their own ids at start; the unit's \
+             SystemCallFilter= refuses them (EPERM) and every worker fails to boot; add `needs: [setuid]` under app:"
+                .to_string(),
         ));
     }
     if cfg.is_proxy() {
         // No shared socket in the app, and the front names the release that answers.
         return problems;
     }
-    if !has_directive(&template.text, "NonBlocking=yes") {
+    if directive(&template.text, "NonBlocking") != Some("yes") {
         problems.push(Problem::warning(
             "units/app@.service",
             "NonBlocking",
@@ -77,11 +106,17 @@ pub fn check(cfg: &DeployConfig, bundle: &Path, units: &[Rendered]) -> Vec<Probl
              one, and a server that set the flag once stalls in accept() at every switch; add NonBlocking=yes",
         ));
     }
-    if cfg.health.instance_header.is_none() {
+    if let Err(e) = cfg.check_instance_confirmation() {
+        problems.push(Problem::error(
+            "deploy.yml",
+            "health.instance_header",
+            e.to_string(),
+        ));
+    } else if cfg.strategy == crate::config::Strategy::Handoff && cfg.instance_header().is_none() {
         problems.push(Problem::warning(
             "deploy.yml",
             "health.instance_header",
-            "not set: the hooks cannot tell which instance answered a probe, so the old release's answers can \
+            "none: the hooks cannot tell which instance answered a probe, so the old release's answers can \
              confirm a new release that is broken; have the app echo its INSTANCE environment variable in a \
              header (e.g. X-Instance) and name it here",
         ));
@@ -105,13 +140,13 @@ mod tests {
         d
     }
 
-    fn cfg(header: bool) -> DeployConfig {
+    fn cfg(header: &str) -> DeployConfig {
         DeployConfig::parse(&format!(
             "service: t\nlisten: [\"127.0.0.1:1\"]\napp:\n  command: bin/app\n{}",
-            if header {
-                "health:\n  instance_header: X-Instance\n"
+            if header.is_empty() {
+                String::new()
             } else {
-                ""
+                format!("health:\n  instance_header: {header}\n")
             }
         ))
         .unwrap()
@@ -128,21 +163,41 @@ mod tests {
     fn a_jit_runtime_under_memory_deny_write_execute_is_an_error() {
         let dir = bundle("#!/usr/bin/env node\nrequire('http')\n");
         let p = check(
-            &cfg(true),
+            &cfg("X-Instance"),
             &dir,
             &template("[Service]\nNonBlocking=yes\nMemoryDenyWriteExecute=yes\n"),
         );
         assert_eq!(p.len(), 1, "{p:#?}");
         assert!(
-            p[0].is_error() && p[0].message.contains("runs node, a JIT runtime"),
+            p[0].is_error()
+                && p[0].message.contains("runs node, a JIT runtime")
+                && p[0].message.contains("needs: [jit]"),
             "{p:#?}"
         );
-        // The same app without the directive, and a shell app with it, pass.
-        assert!(check(&cfg(true), &dir, &template("[Service]\nNonBlocking=yes\n")).is_empty());
+        // The same app without the directive, or with app.needs: [jit] rendered after it, and a
+        // shell app with it, pass.
+        assert!(
+            check(
+                &cfg("X-Instance"),
+                &dir,
+                &template("[Service]\nNonBlocking=yes\n")
+            )
+            .is_empty()
+        );
+        assert!(
+            check(
+                &cfg("X-Instance"),
+                &dir,
+                &template(
+                    "[Service]\nNonBlocking=yes\nMemoryDenyWriteExecute=yes\nMemoryDenyWriteExecute=no\n"
+                )
+            )
+            .is_empty()
+        );
         let sh = bundle("#!/bin/sh\nexec true\n");
         assert!(
             check(
-                &cfg(true),
+                &cfg("X-Instance"),
                 &sh,
                 &template("[Service]\nNonBlocking=yes\nMemoryDenyWriteExecute=yes\n")
             )
@@ -152,14 +207,42 @@ mod tests {
     }
 
     #[test]
-    fn a_blocking_socket_and_an_unconfirmable_health_check_are_warnings() {
+    fn gunicorn_without_setuid_is_an_error() {
         let dir = bundle("#!/bin/sh\n");
-        let p = check(&cfg(false), &dir, &template("[Service]\n"));
+        let mut c = cfg("X-Instance");
+        c.app.command = "/usr/bin/gunicorn".into();
+        let strict =
+            "[Service]\nNonBlocking=yes\nSystemCallFilter=@system-service\nSystemCallFilter=~@privileged\n";
+        let p = check(&c, &dir, &template(strict));
+        assert!(
+            p.len() == 1 && p[0].is_error() && p[0].message.contains("needs: [setuid]"),
+            "{p:#?}"
+        );
+        let relaxed = format!("{strict}SystemCallFilter=@setuid\n");
+        assert!(check(&c, &dir, &template(&relaxed)).is_empty());
+    }
+
+    #[test]
+    fn a_blocking_socket_is_a_warning_and_an_unconfirmable_health_check_must_be_deliberate() {
+        let dir = bundle("#!/bin/sh\n");
+        let p = check(&cfg(""), &dir, &template("[Service]\n"));
         let text: Vec<String> = p.iter().map(|p| p.to_string()).collect();
         assert_eq!(p.len(), 2, "{text:#?}");
-        assert!(p.iter().all(|p| !p.is_error()));
-        assert!(text[0].contains("missing NonBlocking=yes"), "{text:#?}");
-        assert!(text[1].contains("health.instance_header: not set"), "{text:#?}");
+        assert!(
+            !p[0].is_error() && text[0].contains("missing NonBlocking=yes"),
+            "{text:#?}"
+        );
+        assert!(
+            p[1].is_error() && text[1].contains("instance_header: none"),
+            "{text:#?}"
+        );
+        let p = check(&cfg("none"), &dir, &template("[Service]\nNonBlocking=yes\n"));
+        assert!(
+            p.len() == 1
+                && !p[0].is_error()
+                && p[0].message.contains("can confirm a new release that is broken"),
+            "{p:#?}"
+        );
     }
 
     #[test]

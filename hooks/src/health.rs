@@ -69,7 +69,7 @@ impl Probe {
             instance_header: if proxy {
                 Some(FRONT_RELEASE_HEADER.into())
             } else {
-                cfg.health.instance_header.clone()
+                cfg.instance_header().map(str::to_string)
             },
             ask_front: proxy,
             ready: if proxy {
@@ -212,10 +212,18 @@ impl Probe {
                              older front still serving? (`handoff status`)",
                             other_instances.join(", ")
                         ),
+                        (None, None, Some(h)) if from_others > 0 && other_instances == ["no header"] => {
+                            format!(
+                                "every answer came without a {h} header, so none can be told apart as {release}'s. The \
+                             app must add its INSTANCE environment variable (the release id) to its responses as a \
+                             header, `{h}: $INSTANCE` (one line in most frameworks), or deploy.yml must say \
+                             `instance_header: none` to deploy without that confirmation"
+                            )
+                        }
                         (None, None, Some(h)) if from_others > 0 => format!(
                             "no answer named {release} in its {h} header (seen: {}); the app must echo its \
-                             INSTANCE environment variable (the release id) in a {h} response header, or remove \
-                             health.instance_header from deploy.yml",
+                             INSTANCE environment variable (the release id) in a {h} response header, or deploy.yml \
+                             must say `instance_header: none` to deploy without that confirmation",
                             other_instances.join(", ")
                         ),
                         (None, None, _) => format!("no probe reached {release}"),

@@ -197,12 +197,29 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     let (revision, cfg) = args.config()?;
     let rendered = units::render(&cfg, &revision).map_err(|e| Fault::input(format!("{e:#}")))?;
     let command = revision.join(&cfg.app.command);
-    if !command.is_file() {
+    if std::path::Path::new(&cfg.app.command).is_absolute() {
+        if !crate::appspec::is_executable(&command) {
+            bail!(Fault::input(format!(
+                "app.command {} is not an executable program on this host; install it on every host (e.g. from the \
+                 distribution's package) or ship the app in the bundle with a command relative to it",
+                cfg.app.command
+            )));
+        }
+    } else if !command.is_file() {
         bail!(Fault::input(format!(
             "app.command {} is not in the bundle ({}); build the bundle with the app inside",
             cfg.app.command,
             command.display()
         )));
+    }
+    cfg.check_instance_confirmation()
+        .map_err(|e| Fault::input(format!("{e:#}")))?;
+    if cfg.strategy == crate::config::Strategy::Handoff && cfg.instance_header().is_none() {
+        tracing::warn!(
+            "health.instance_header: none: the hooks cannot tell the new release's answers from the old one's, so a \
+             broken release can be confirmed by the old one's answers and take its share of requests until \
+             validate-service rolls it back"
+        );
     }
     if cfg.is_proxy() {
         crate::proxy::front_build(&cfg, &revision)?;

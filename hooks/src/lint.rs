@@ -40,7 +40,19 @@ fn check_deploy(bundle: &Path, problems: &mut Vec<Problem>) -> Option<DeployConf
         }
     };
     let command = bundle.join(&cfg.app.command);
-    if !command.is_file() {
+    if Path::new(&cfg.app.command).is_absolute() {
+        if !is_executable(&command) {
+            problems.push(Problem::warning(
+                file,
+                "app.command",
+                format!(
+                    "{} is not an executable program on this machine; it must be installed on every host the \
+                     bundle deploys to (BeforeInstall refuses the deployment where it is not)",
+                    cfg.app.command
+                ),
+            ));
+        }
+    } else if !command.is_file() {
         problems.push(Problem::error(
             file,
             "app.command",

@@ -614,7 +614,9 @@ impl Deployer<'_> {
         let eperm = if text.contains("Operation not permitted") {
             ". \"Operation not permitted\" (EPERM) at start: a system call the unit refuses \
              (SystemCallFilter=, SystemCallErrorNumber=EPERM) or a right it lacks (no capabilities, read-only \
-             file system); find the call in the output and allow it in the bundle's units/ template"
+             file system); find the call in the output: setuid()/setgid() (a server that forks workers, like \
+             gunicorn) is allowed by `needs: [setuid]` under app: in deploy.yml, anything else in the bundle's \
+             units/ template"
         } else {
             ""
         };

@@ -472,13 +472,14 @@ fn signal_hint(n: i32) -> &'static str {
         // SIGILL, SIGTRAP, SIGSEGV: what V8, the JVM and other JITs die of when they cannot
         // map memory writable and executable.
         4 | 5 | 11 => {
-            ". If the app runs a JIT (Node, Java, PyPy, .NET), the likely cause is MemoryDenyWriteExecute=yes in \
-             units/app@.service: remove that line"
+            ". If the app runs a JIT (Node, Java, PyPy, .NET, Ruby's YJIT), the likely cause is the unit's \
+             MemoryDenyWriteExecute=yes: add `needs: [jit]` under app: in deploy.yml"
         }
         // SIGSYS: a system call refused by seccomp with the default action.
         31 => {
-            ". A system call was refused by SystemCallFilter= in units/app@.service: find it with \
-             `journalctl -k | grep audit` or strace, then allow its group (e.g. SystemCallFilter=@setuid)"
+            ". A system call was refused by the unit's SystemCallFilter=: find it with `journalctl -k | grep audit` \
+             or strace, then allow its group in the bundle's units/ template (setuid()/setgid(): `needs: [setuid]` \
+             under app: in deploy.yml)"
         }
         _ => "",
     }
@@ -563,7 +564,7 @@ mod tests {
         );
         assert!(
             trap.start_failure()
-                .contains("likely cause is MemoryDenyWriteExecute=yes"),
+                .contains("MemoryDenyWriteExecute=yes: add `needs: [jit]`"),
             "{}",
             trap.start_failure()
         );

@@ -62,6 +62,8 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         ("service", cfg.service.clone()),
         ("root", root.display().to_string()),
         ("command", cfg.app.command.clone()),
+        ("executable", cfg.executable()),
+        ("needs", needs_lines(cfg)),
         ("args", args),
         ("listen_streams", listen.join("\n")),
         ("start_timeout", format!("{}ms", cfg.deadlines.start.as_millis())),
@@ -86,6 +88,10 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
                 path.display()
             )
         })?;
+        let instance = file == "app@.service" || file == "proxied@.service";
+        if instance {
+            check_placeholders(cfg, file, &text)?;
+        }
         for (key, value) in &values {
             text = text.replace(&format!("{{{{{key}}}}}"), value);
         }
@@ -110,6 +116,54 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         });
     }
     Ok(out)
+}
+
+/// `app.needs` as unit directives, for the template's `{{needs}}` line. Each comes after the
+/// strict defaults it relaxes: the last assignment wins (`SystemCallFilter=` adds to the
+/// allow list).
+fn needs_lines(cfg: &DeployConfig) -> String {
+    use crate::config::Need;
+    if cfg.app.needs.is_empty() {
+        return "# app.needs: none, the strictest profile.".into();
+    }
+    cfg.app
+        .needs
+        .iter()
+        .map(|n| match n {
+            Need::Jit => "# app.needs: jit (a JIT compiler writes machine code to memory, then runs it).\n\
+                          MemoryDenyWriteExecute=no"
+                .to_string(),
+            Need::Setuid => "# app.needs: setuid (workers call setuid()/setgid() to their own ids; without \
+                             capabilities no id can change).\nSystemCallFilter=@setuid"
+                .to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A template must have the lines deploy.yml's settings go into: `{{needs}}` for `app.needs`,
+/// `{{executable}}` for a command installed on the host.
+fn check_placeholders(cfg: &DeployConfig, file: &str, text: &str) -> Result<()> {
+    if !cfg.app.needs.is_empty() && !text.contains("{{needs}}") {
+        bail!(Fault::input(format!(
+            "units/{file}: deploy.yml app.needs asks for {}, but the template has no {{{{needs}}}} line to put it in; \
+             add a line `{{{{needs}}}}` after its SystemCallFilter= lines (as the shipped template has)",
+            cfg.app
+                .needs
+                .iter()
+                .map(|n| n.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if Path::new(&cfg.app.command).is_absolute() && !text.contains("{{executable}}") {
+        bail!(Fault::input(format!(
+            "units/{file}: app.command {} is a program on the host, but the template's ExecStart= does not use \
+             {{{{executable}}}}; write `ExecStart={{{{executable}}}}{{{{args}}}}`",
+            cfg.app.command
+        )));
+    }
+    Ok(())
 }
 
 /// The instance template's `Type=` must be what `app.ready` expects: a `Type=notify` unit
@@ -356,6 +410,45 @@ mod tests {
             err.contains("/lib/systemd/system/shop.socket") && err.contains("pick another name"),
             "{err}"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn app_needs_and_a_host_command_render_into_the_template_or_are_refused_with_the_line_to_add() {
+        let dir = release_with_units();
+        let strict = render(&cfg("127.0.0.1:8080"), &dir).unwrap()[2].text.clone();
+        assert!(
+            strict.contains("MemoryDenyWriteExecute=yes\n") && !strict.contains("MemoryDenyWriteExecute=no")
+        );
+        assert!(!strict.contains("SystemCallFilter=@setuid"));
+        let mut c = cfg("127.0.0.1:8080");
+        c.app.needs = vec![crate::config::Need::Jit, crate::config::Need::Setuid];
+        c.app.command = "/usr/bin/node".into();
+        let relaxed = render(&c, &dir).unwrap()[2].text.clone();
+        // Each relaxation comes after the strict line it overrides (the last assignment wins).
+        let at = |needle: &str| {
+            relaxed
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle} not in {relaxed}"))
+        };
+        assert!(at("MemoryDenyWriteExecute=no") > at("MemoryDenyWriteExecute=yes"));
+        assert!(at("SystemCallFilter=@setuid") > at("SystemCallFilter=~@privileged"));
+        assert!(relaxed.contains("ExecStart=/usr/bin/node \"-v\"\n"), "{relaxed}");
+        // A template of an older bundle, without the lines to put them in.
+        let template = dir.join("units/app@.service");
+        let old = std::fs::read_to_string(&template)
+            .unwrap()
+            .replace("{{needs}}\n", "")
+            .replace("{{executable}}", "{{root}}/releases/%i/{{command}}");
+        std::fs::write(&template, old).unwrap();
+        let err = format!("{:#}", render(&c, &dir).unwrap_err());
+        assert!(
+            err.contains("has no {{needs}} line") && err.contains("jit, setuid"),
+            "{err}"
+        );
+        c.app.needs.clear();
+        let err = format!("{:#}", render(&c, &dir).unwrap_err());
+        assert!(err.contains("write `ExecStart={{executable}}{{args}}`"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
