@@ -14,6 +14,7 @@
 //! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
 //! - [`appspec`], [`lint`], [`timeouts`], [`fit`] — `lint-bundle`: the appspec as the agent reads it,
 //!   the bundle's parts, its timeouts against the deadlines, its units against what the app is;
+//! - [`project`] — `handoff init` and `handoff bundle`: the hooks added to any app folder;
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place.
 pub mod appspec;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod lint;
 pub mod lock;
+pub mod project;
 pub mod proxy;
 pub mod rehearsal;
 pub mod release;

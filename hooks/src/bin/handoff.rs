@@ -1,9 +1,13 @@
-//! `handoff`: the operator's view of a service deployed by the hooks.
+//! `handoff`: the operator's view of a service deployed by the hooks, and the way into a
+//! project (init, bundle).
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use handoff::config::{Need, Ready, Strategy};
 
-/// Status and manual rollback of a service deployed with the handoff hooks.
+/// Status and manual rollback of a service deployed with the handoff hooks; init and bundle
+/// to deploy any app with them.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -36,6 +40,75 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = handoff::config::parse_duration)]
         lock_wait: Duration,
     },
+    /// Write deploy.yml, appspec.yml and units/ into a project folder, for an app command.
+    Init {
+        /// The command that runs the server: a path in the project (bin/server) or a program
+        /// on the host (/usr/bin/gunicorn).
+        #[arg(long)]
+        command: String,
+        /// An argument to the command (repeat for more: --arg=--workers --arg=2 --arg=app:app).
+        #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// The address clients connect to.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// handoff: the app serves the inherited socket (native); proxy: any app listening on
+        /// 127.0.0.1:$PORT, behind our front; restart: stop, then start.
+        #[arg(long, default_value = "handoff", value_parser = parse_strategy)]
+        strategy: Strategy,
+        /// notify: the app sends READY=1; probe: it cannot, it is ready once it answers.
+        #[arg(long, default_value = "notify", value_parser = parse_ready)]
+        ready: Ready,
+        /// Hardening the runtime needs: jit (Node, JVM, PyPy), setuid (gunicorn). Comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = parse_need)]
+        needs: Vec<Need>,
+        /// The header in which the app names its instance (native mode), or "none".
+        #[arg(long)]
+        instance_header: Option<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// The project folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Pack an app folder (with deploy.yml) and the hook executables into a revision zip.
+    Bundle {
+        /// The app folder; appspec.yml and units/ are added from the shipped ones if missing.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The zip to write. Default: <service>.zip in the current folder.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Where the hook executables are. Default: beside this one.
+        #[arg(long, value_name = "DIR")]
+        hooks: Option<PathBuf>,
+    },
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    match s {
+        "handoff" | "native" => Ok(Strategy::Handoff),
+        "proxy" => Ok(Strategy::Proxy),
+        "restart" => Ok(Strategy::Restart),
+        _ => Err("use handoff, proxy or restart".into()),
+    }
+}
+
+fn parse_ready(s: &str) -> Result<Ready, String> {
+    match s {
+        "notify" => Ok(Ready::Notify),
+        "probe" => Ok(Ready::Probe),
+        _ => Err("use notify or probe".into()),
+    }
+}
+
+fn parse_need(s: &str) -> Result<Need, String> {
+    match s {
+        "jit" => Ok(Need::Jit),
+        "setuid" => Ok(Need::Setuid),
+        _ => Err("use jit or setuid".into()),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +125,59 @@ fn main() -> std::process::ExitCode {
                 force,
                 lock_wait,
             } => handoff::lifecycle::manual_rollback(&args.service, to, dry_run, force, lock_wait).await,
+            Command::Init {
+                command,
+                args: app_args,
+                listen,
+                strategy,
+                ready,
+                needs,
+                instance_header,
+                force,
+                dir,
+            } => {
+                let options = handoff::project::InitOptions {
+                    service: args.service.clone(),
+                    command,
+                    args: app_args,
+                    listen,
+                    strategy,
+                    ready,
+                    needs,
+                    instance_header,
+                };
+                for f in handoff::project::init(&dir, &options, force)? {
+                    println!("wrote {}", f.display());
+                }
+                println!(
+                    "next: make the app fit its mode (README \"Bring your own server\"), then: handoff bundle {}",
+                    dir.display()
+                );
+                Ok(())
+            }
+            Command::Bundle { dir, output, hooks } => {
+                let hooks = match hooks {
+                    Some(h) => h,
+                    None => std::env::current_exe()?
+                        .parent()
+                        .map(std::path::Path::to_path_buf)
+                        .unwrap_or_default(),
+                };
+                let service = handoff::config::DeployConfig::load(&dir.join(handoff::config::FILE_NAME))
+                    .map(|c| c.service)
+                    .unwrap_or_else(|_| "bundle".into());
+                let output = output.unwrap_or_else(|| PathBuf::from(format!("{service}.zip")));
+                let report = handoff::project::bundle(&dir, &hooks, &output)?;
+                eprintln!("{report}");
+                if report.errors() > 0 {
+                    anyhow::bail!(handoff::fault::Fault::input(format!(
+                        "{} does not pass lint-bundle (above); fix the app folder and bundle again",
+                        output.display()
+                    )));
+                }
+                println!("{}", output.display());
+                Ok(())
+            }
         }
     })
 }

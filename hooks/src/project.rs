@@ -1,0 +1,395 @@
+//! Bring your own server: `handoff init` writes what a project needs to deploy with the hooks
+//! (`deploy.yml`, `appspec.yml`, `units/`), and `handoff bundle` packs any app folder with the
+//! static hook executables into a revision zip that passes `lint-bundle`.
+//!
+//! The unit templates and the appspec are the ones this repository ships, compiled in: a
+//! project gets the templates of the hooks it bundles. A folder without its own `appspec.yml`
+//! or `units/` is bundled with these, so an app folder needs only the app and `deploy.yml`.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::{self, DeployConfig, Need, Ready, Strategy};
+use crate::fault::Fault;
+
+/// The appspec the hooks ship: the four lifecycle hooks, timeouts that cover the default
+/// deadlines.
+pub const APPSPEC: &str = include_str!("../../appspec.yml");
+
+/// Unit templates, by their file name in `units/`.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("app.socket", include_str!("../../units/app.socket")),
+    ("app-hold.service", include_str!("../../units/app-hold.service")),
+    ("app@.service", include_str!("../../units/app@.service")),
+    ("proxied@.service", include_str!("../../units/proxied@.service")),
+    ("front@.service", include_str!("../../units/front@.service")),
+];
+
+/// The hook executables a bundle carries in `hooks/` (`handoff` for status and rollback).
+pub const HOOK_BINARIES: &[&str] = &[
+    "application-stop",
+    "before-install",
+    "application-start",
+    "validate-service",
+    "handoff",
+];
+
+/// What `handoff init` writes into deploy.yml.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub service: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub listen: String,
+    pub strategy: Strategy,
+    pub ready: Ready,
+    pub needs: Vec<Need>,
+    /// `None`: X-Instance in native mode.
+    pub instance_header: Option<String>,
+}
+
+fn yaml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The deploy.yml `handoff init` writes, with a comment on each choice.
+pub fn deploy_yml(o: &InitOptions) -> String {
+    let mut y = format!(
+        "# The deploy config the hooks read from the bundle; README \"deploy.yml\" explains every field.\n\
+         # Units: {0}.socket holds the listening socket across every release; {0}@<release>.service runs one.\n\
+         service: {0}\n\
+         # 0.0.0.0:80 behind a load balancer.\n\
+         listen: [\"{1}\"]\n\
+         strategy: {2}\n\
+         app:\n  command: {3}\n",
+        o.service,
+        o.listen,
+        o.strategy.name(),
+        o.command
+    );
+    if !o.args.is_empty() {
+        y.push_str(&format!("  args: {}\n", yaml_list(&o.args)));
+    }
+    if o.strategy != Strategy::Proxy {
+        y.push_str(match o.ready {
+            Ready::Notify => {
+                "  # The app sends READY=1 once it serves the inherited socket.\n  ready: notify\n"
+            }
+            Ready::Probe => {
+                "  # The app cannot send READY=1: it is ready once it answers health.path.\n  ready: probe\n"
+            }
+        });
+    }
+    if !o.needs.is_empty() {
+        let names: Vec<String> = o.needs.iter().map(|n| n.name().to_string()).collect();
+        y.push_str(&format!(
+            "  # Hardening the runtime cannot live without (README \"Hardening profiles\").\n  needs: [{}]\n",
+            names.join(", ")
+        ));
+    }
+    y.push_str("  environment: {}\nhealth:\n  path: /healthz\n");
+    if o.strategy == Strategy::Handoff {
+        let header = o.instance_header.clone().unwrap_or_else(|| "X-Instance".into());
+        y.push_str(&format!(
+            "  # The app sends its INSTANCE environment variable (the release id) in this response header.\n  \
+             instance_header: {header}\n"
+        ));
+    }
+    y.push_str(
+        "  stable_for: 2s\ndeadlines:\n  # Ready within this, or the new release is stopped.\n  start: 60s\n  \
+         validate: 30s\ndrain:\n  # TimeoutStopSec=: above the app's own drain deadline.\n  budget: 30s\n\
+         releases:\n  keep: 3\n",
+    );
+    y
+}
+
+/// Which templates a project of this strategy needs.
+fn needed_templates(strategy: Strategy) -> Vec<&'static str> {
+    let mut t = vec!["app.socket", "app-hold.service"];
+    if strategy == Strategy::Proxy {
+        t.extend(["proxied@.service", "front@.service"]);
+    } else {
+        t.push("app@.service");
+    }
+    t
+}
+
+fn template(name: &str) -> &'static str {
+    TEMPLATES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .expect("every needed template is compiled in")
+}
+
+/// Writes deploy.yml, appspec.yml and units/ into `dir`; refuses to overwrite unless `force`.
+/// Returns the files written.
+pub fn init(dir: &Path, o: &InitOptions, force: bool) -> Result<Vec<PathBuf>> {
+    let yaml = deploy_yml(o);
+    let cfg = DeployConfig::parse(&yaml).map_err(|e| Fault::input(format!("{e:#}")))?;
+    let mut files: Vec<(PathBuf, String)> = vec![
+        (dir.join(config::FILE_NAME), yaml),
+        (dir.join("appspec.yml"), APPSPEC.to_string()),
+    ];
+    for name in needed_templates(cfg.strategy) {
+        files.push((dir.join("units").join(name), template(name).to_string()));
+    }
+    if !force && let Some((existing, _)) = files.iter().find(|(p, _)| p.exists()) {
+        bail!(Fault::input(format!(
+            "{} exists; init writes deploy.yml, appspec.yml and units/ only into a project without them \
+             (--force overwrites)",
+            existing.display()
+        )));
+    }
+    std::fs::create_dir_all(dir.join("units"))
+        .with_context(|| format!("cannot create {}/units", dir.display()))?;
+    for (path, text) in &files {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // What the hooks would render from it, so a mistake shows now and not at BeforeInstall.
+    crate::units::render(&cfg, dir)?;
+    Ok(files.into_iter().map(|(p, _)| p).collect())
+}
+
+/// Where the bundle's executables come from: `hooks` (default: this executable's folder,
+/// where the build puts every hook and a bundle keeps them).
+fn hook_binary(hooks: &Path, name: &str) -> Result<PathBuf> {
+    let p = hooks.join(name);
+    if !crate::appspec::is_executable(&p) {
+        bail!(Fault::input(format!(
+            "{} is missing or not executable; bundle with the static build's folder (--hooks \
+             target/x86_64-unknown-linux-musl/release after `make static`) or from an unpacked bundle's hooks/",
+            p.display()
+        )));
+    }
+    Ok(p)
+}
+
+fn front_binary(hooks: &Path) -> Result<PathBuf> {
+    for p in [
+        hooks.join("handoff-front"),
+        hooks.join("..").join(crate::proxy::FRONT_BINARY),
+    ] {
+        if crate::appspec::is_executable(&p) {
+            return Ok(p);
+        }
+    }
+    bail!(Fault::input(format!(
+        "strategy: proxy ships the front, and handoff-front is not beside the hooks in {}; build it with `make static`",
+        hooks.display()
+    )))
+}
+
+/// One entry of the zip: where it comes from, its mode, or a symlink's target.
+enum Entry {
+    File(PathBuf, u32),
+    Text(String, u32),
+    Symlink(PathBuf),
+    Dir,
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Entry)>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let rel = path.strip_prefix(root)?.to_string_lossy().to_string();
+        if rel == ".git" {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            out.push((rel, Entry::Symlink(std::fs::read_link(&path)?)));
+        } else if meta.is_dir() {
+            out.push((format!("{rel}/"), Entry::Dir));
+            walk(root, &path, out)?;
+        } else {
+            out.push((rel, Entry::File(path, meta.permissions().mode() & 0o7777)));
+        }
+    }
+    Ok(())
+}
+
+/// Packs `app` (a folder with deploy.yml) with the hook executables from `hooks` into the
+/// zip `output`, adding the shipped appspec.yml and unit templates where the folder has none,
+/// then lints it the way the agent will read it. Returns the lint report.
+pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<crate::appspec::Report> {
+    let cfg = DeployConfig::load(&app.join(config::FILE_NAME)).map_err(|e| {
+        Fault::input(format!(
+            "{e:#}; a bundle starts from a folder with deploy.yml (`handoff init` writes one)"
+        ))
+    })?;
+    if app.join("hooks").exists() {
+        bail!(Fault::input(format!(
+            "{}/hooks exists; the bundle puts the hook executables there: rename that folder",
+            app.display()
+        )));
+    }
+    let mut entries = Vec::new();
+    walk(app, app, &mut entries)?;
+    let output_abs = std::path::absolute(output)?;
+    entries.retain(|(rel, _)| std::path::absolute(app.join(rel)).ok().as_ref() != Some(&output_abs));
+    if !app.join("appspec.yml").exists() {
+        entries.push(("appspec.yml".into(), Entry::Text(APPSPEC.into(), 0o644)));
+    }
+    if !app.join("units").is_dir() {
+        entries.push(("units/".into(), Entry::Dir));
+    }
+    for name in needed_templates(cfg.strategy) {
+        if !app.join("units").join(name).exists() {
+            entries.push((format!("units/{name}"), Entry::Text(template(name).into(), 0o644)));
+        }
+    }
+    entries.push(("hooks/".into(), Entry::Dir));
+    for name in HOOK_BINARIES {
+        entries.push((
+            format!("hooks/{name}"),
+            Entry::File(hook_binary(hooks, name)?, 0o755),
+        ));
+    }
+    if cfg.is_proxy() && !app.join(crate::proxy::FRONT_BINARY).exists() {
+        entries.push(("front/".into(), Entry::Dir));
+        entries.push((
+            crate::proxy::FRONT_BINARY.into(),
+            Entry::File(front_binary(hooks)?, 0o755),
+        ));
+    }
+
+    let partial = output.with_extension("zip.partial");
+    {
+        let file = std::fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut w = zip::ZipWriter::new(file);
+        for (rel, entry) in &entries {
+            let o = |mode: u32| zip::write::SimpleFileOptions::default().unix_permissions(mode);
+            match entry {
+                Entry::Dir => w.add_directory(rel.as_str(), o(0o755))?,
+                Entry::Symlink(target) => w.add_symlink(rel.as_str(), target.to_string_lossy(), o(0o777))?,
+                Entry::Text(text, mode) => {
+                    w.start_file(rel.as_str(), o(*mode))?;
+                    w.write_all(text.as_bytes())?;
+                }
+                Entry::File(path, mode) => {
+                    w.start_file(rel.as_str(), o(*mode))?;
+                    let mut f = std::fs::File::open(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    std::io::copy(&mut f, &mut w)?;
+                }
+            }
+        }
+        w.finish()?;
+    }
+    std::fs::rename(&partial, output)?;
+    crate::lint::lint(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("handoff-project-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn options() -> InitOptions {
+        InitOptions {
+            service: "api".into(),
+            command: "/usr/bin/gunicorn".into(),
+            args: vec!["--workers".into(), "2".into(), "app:app".into()],
+            listen: "127.0.0.1:8080".into(),
+            strategy: Strategy::Handoff,
+            ready: Ready::Notify,
+            needs: vec![Need::Setuid],
+            instance_header: None,
+        }
+    }
+
+    #[test]
+    fn init_writes_a_project_the_hooks_accept_and_never_overwrites_it() {
+        let d = scratch("init");
+        let written = init(&d, &options(), false).unwrap();
+        assert_eq!(written.len(), 5, "{written:?}");
+        let cfg = DeployConfig::load(&d.join("deploy.yml")).unwrap();
+        assert_eq!(cfg.app.needs, vec![Need::Setuid]);
+        assert_eq!(cfg.instance_header(), Some("X-Instance"));
+        assert_eq!(cfg.app.args, ["--workers", "2", "app:app"]);
+        let units = crate::units::render(&cfg, &d).unwrap();
+        assert!(
+            units[2]
+                .text
+                .contains("ExecStart=/usr/bin/gunicorn \"--workers\" \"2\" \"app:app\"\n")
+        );
+        assert!(units[2].text.contains("\nSystemCallFilter=@setuid\n"));
+        let err = format!("{:#}", init(&d, &options(), false).unwrap_err());
+        assert!(
+            err.contains("deploy.yml exists") && err.contains("--force"),
+            "{err}"
+        );
+        // A command the hooks would refuse is refused before anything is written.
+        let e = scratch("init-bad");
+        let bad = InitOptions {
+            command: "bin/my app".into(),
+            ..options()
+        };
+        assert!(format!("{:#}", init(&e, &bad, false).unwrap_err()).contains("app.command"));
+        assert!(!e.join("deploy.yml").exists());
+        std::fs::remove_dir_all(d).unwrap();
+        std::fs::remove_dir_all(e).unwrap();
+    }
+
+    #[test]
+    fn a_bundle_holds_the_app_the_shipped_templates_and_the_hooks_and_lints_clean() {
+        let d = scratch("bundle");
+        let app = d.join("app");
+        std::fs::create_dir_all(app.join(".git")).unwrap();
+        std::fs::write(app.join(".git/HEAD"), "x").unwrap();
+        std::fs::write(app.join("app.py"), "def app(e, s): pass\n").unwrap();
+        std::fs::write(app.join("deploy.yml"), deploy_yml(&options())).unwrap();
+        let hooks = d.join("bin");
+        std::fs::create_dir_all(&hooks).unwrap();
+        for name in HOOK_BINARIES {
+            std::fs::write(hooks.join(name), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let zip = d.join("api.zip");
+        let report = bundle(&app, &hooks, &zip).unwrap();
+        assert_eq!(report.errors(), 0, "{report}");
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
+        let names: Vec<String> = (0..archive.len())
+            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
+            .collect();
+        for want in [
+            "app.py",
+            "deploy.yml",
+            "appspec.yml",
+            "units/app@.service",
+            "units/app.socket",
+            "hooks/application-start",
+            "hooks/handoff",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.starts_with(".git")), "{names:?}");
+        // Without the hook executables there is no bundle.
+        std::fs::remove_file(hooks.join("before-install")).unwrap();
+        let err = format!("{:#}", bundle(&app, &hooks, &zip).unwrap_err());
+        assert!(
+            err.contains("before-install is missing") && err.contains("make static"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
