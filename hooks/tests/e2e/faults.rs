@@ -263,28 +263,62 @@ fn the_app_runs_unprivileged_from_root_owned_files() {
         assert_eq!(meta.mode() & 0o022, 0, "{path} is writable by group or others");
     }
 
-    let out =
-        run_ok(
-            svc.sandbox
-                .command("systemd-analyze")
-                .args(["security", "--no-pager", "shop@d-1.service"]),
-        );
+    let level = exposure(&svc, "shop@d-1.service");
+    assert!(level <= 2.0, "the instance unit is exposed: {level}");
+
+    // The hardening profiles of app.needs, each rendered from the shipped template: every
+    // relaxation costs only its own directive.
+    let mut levels = Vec::new();
+    for (profile, needs) in [
+        ("strict", "[]"),
+        ("jit", "[jit]"),
+        ("setuid", "[setuid]"),
+        ("jit-setuid", "[jit, setuid]"),
+    ] {
+        let name = format!("profile-{profile}");
+        let cfg = handoff::config::DeployConfig::parse(&format!(
+            "service: {name}\nlisten: [\"127.0.0.1:1\"]\napp:\n  command: bin/app\n  needs: {needs}\n"
+        ))
+        .unwrap();
+        let units = handoff::units::render(&cfg, &workspace()).unwrap();
+        let template = units
+            .iter()
+            .find(|u| u.name == format!("{name}@.service"))
+            .unwrap();
+        let file = svc.sandbox.scratch(&format!("{name}@.service"));
+        std::fs::write(&file, &template.text).unwrap();
+        svc.sandbox.install_units(&[&file]);
+        levels.push((profile, exposure(&svc, &format!("{name}@x.service"))));
+    }
+    eprintln!("systemd-analyze security by app.needs: {levels:?}");
+    assert!(levels.iter().all(|(_, l)| *l <= 2.0), "{levels:?}");
+    assert!(
+        levels[0].1 <= levels[1].1 && levels[0].1 <= levels[2].1,
+        "{levels:?}"
+    );
+}
+
+/// `systemd-analyze security`'s overall exposure level of a unit (0 safest, 10 exposed).
+fn exposure(svc: &TestService, unit: &str) -> f64 {
+    let out = run_ok(
+        svc.sandbox
+            .command("systemd-analyze")
+            .args(["security", "--no-pager", unit]),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
         .find(|l| l.contains("Overall exposure level"))
         .expect("an exposure level");
-    let level: f64 = line
-        .split(':')
+    eprintln!("{unit}: {line}");
+    line.split(':')
         .nth(1)
         .unwrap()
         .split_whitespace()
         .next()
         .unwrap()
         .parse()
-        .unwrap();
-    eprintln!("{line}");
-    assert!(level <= 2.0, "the instance unit is exposed: {line}");
+        .unwrap()
 }
 
 #[test]

@@ -205,12 +205,18 @@ async fn a_release_that_hangs_or_fails_every_request_after_ready_is_stopped_with
     // echo the instance header.
     let trapped = svc.revision("v4", &[], "");
     std::fs::write(trapped.join("bin/sample-app"), "#!/bin/sh\nkill -TRAP $$\n").unwrap();
-    svc.deploy_fails(
+    let trap = svc.deploy_fails(
         "d-4",
         &trapped,
         "application-start",
         1,
         "was killed by signal SIGTRAP (5) while starting",
+    );
+    assert!(
+        trap.output
+            .contains("add `needs: [jit]` under app: in deploy.yml"),
+        "{}",
+        trap.output
     );
     let silent = svc.revision("v5", &[], "");
     edit_deploy_yml(&silent, "instance_header: X-Instance", "instance_header: X-Other");
@@ -220,7 +226,8 @@ async fn a_release_that_hangs_or_fails_every_request_after_ready_is_stopped_with
         &silent,
         "application-start",
         1,
-        "no answer named d-5 in its X-Other header (seen: no header); the app must echo its INSTANCE",
+        "every answer came without a X-Other header, so none can be told apart as d-5's. The app must add its \
+         INSTANCE environment variable (the release id) to its responses as a header, `X-Other: $INSTANCE`",
     );
     assert_eq!(svc.answering_release(), "v1");
     assert_eq!(

@@ -298,6 +298,19 @@ pub type Window = (f64, f64, f64, usize);
 /// (requests before, during and after it) and that its latency did not stall: the window's
 /// p99 within `STALL_BOUND` of the same run's baseline p99. Returns (baseline, window).
 pub fn assert_no_stall(report: &Report, from: Duration, to: Duration, what: &str) -> (Window, Window) {
+    let (base, during) = switch_window(report, from, to, what);
+    assert!(
+        during.1 <= base.1 + STALL_BOUND_MS,
+        "{what}: the switch stalled requests: p99 {:.1} ms during it against {:.1} ms before (bound: +{STALL_BOUND_MS} ms)",
+        during.1,
+        base.1
+    );
+    (base, during)
+}
+
+/// The probe's baseline (before `from`) and switch window [from, to), after asserting that the
+/// load overlapped the switch: requests before, during and after it.
+pub fn switch_window(report: &Report, from: Duration, to: Duration, what: &str) -> (Window, Window) {
     let base = percentiles(&report.samples, Duration::ZERO, from)
         .unwrap_or_else(|| panic!("{what}: no probe request before the switch"));
     let during = percentiles(&report.samples, from, to)
@@ -313,12 +326,6 @@ pub fn assert_no_stall(report: &Report, from: Duration, to: Duration, what: &str
         during.3
     );
     eprintln!("{what}: probe latency ms (p50/p99/max/n): baseline {base:?}, during the switch {during:?}");
-    assert!(
-        during.1 <= base.1 + STALL_BOUND_MS,
-        "{what}: the switch stalled requests: p99 {:.1} ms during it against {:.1} ms before (bound: +{STALL_BOUND_MS} ms)",
-        during.1,
-        base.1
-    );
     (base, during)
 }
 

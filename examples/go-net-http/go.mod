@@ -1,0 +1,3 @@
+module example.com/handoff-go-net-http
+
+go 1.19

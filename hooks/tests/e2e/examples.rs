@@ -1,0 +1,294 @@
+//! The example servers of `examples/` — gunicorn (sync and gthread workers), uvicorn, Node's
+//! `http`, Go's `net/http`, each from its Debian package — deployed in native mode the way a
+//! user deploys their own: `handoff bundle` packs the example folder with the static hooks,
+//! the zip is unpacked as the agent does, and the lifecycle switches v1 → v2 → v1 under
+//! `ab -r`, `wrk` and (uvicorn, Node) WebSocket clients. Then the refusals a user of these
+//! servers used to meet as opaque timeouts, each with a message that names its cause.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::load::{
+    Load, STALL_BOUND_MS, assert_no_failures, clock, percentiles, slow_requests, switch_window,
+};
+use crate::service::{TestService, edit_deploy_yml};
+use crate::support::*;
+
+/// Copies `from` into `to`, without Python's byte-code caches and Go's build output.
+fn copy_example(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name == "__pycache__" || name == "server" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_example(&e.path(), &to.join(&*name));
+        } else {
+            std::fs::copy(e.path(), to.join(&*name)).unwrap();
+        }
+    }
+}
+
+/// The example's deploy.yml with the test's service name, port and release label, and the
+/// app's output in a file the failure messages quote.
+fn localize(deploy_yml: &Path, name: &str, port: u16, label: &str) {
+    let text = std::fs::read_to_string(deploy_yml).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if line.starts_with("service:") {
+            out.push_str(&format!("service: {name}\n"));
+        } else if line.starts_with("listen:") {
+            out.push_str(&format!("listen: [\"127.0.0.1:{port}\"]\n"));
+        } else if trimmed.starts_with("RELEASE:") {
+            out.push_str(&format!(
+                "{}RELEASE: \"{label}\"\n",
+                &line[..line.len() - trimmed.len()]
+            ));
+        } else if line == "app:" {
+            out.push_str("app:\n  log_to_file: true\n");
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(
+        out.contains(&format!("RELEASE: \"{label}\"")),
+        "no RELEASE in {text}"
+    );
+    std::fs::write(deploy_yml, out).unwrap();
+}
+
+/// A revision of `examples/<example>` released as `label`: packed by `handoff bundle` (the
+/// shipped binary, with the static hooks beside it) and unpacked from the zip.
+fn example_revision(svc: &TestService, example: &str, label: &str) -> PathBuf {
+    let tag = format!("{example}-{label}-{}", free_port());
+    let src = svc.sandbox.scratch(&format!("src/{tag}"));
+    copy_example(&workspace().join("examples").join(example), &src);
+    if src.join("go.mod").exists() {
+        run_ok(
+            Command::new("go")
+                .args(["build", "-o", "server", "."])
+                .env("GOFLAGS", "-buildvcs=false")
+                .current_dir(&src),
+        );
+    }
+    localize(&src.join("deploy.yml"), &svc.name, svc.port, label);
+    let zip = svc.sandbox.scratch(&format!("zips/{tag}.zip"));
+    std::fs::create_dir_all(zip.parent().unwrap()).unwrap();
+    run_ok(
+        Command::new(workspace_bin("handoff"))
+            .arg("bundle")
+            .arg(&src)
+            .arg("-o")
+            .arg(&zip),
+    );
+    let revision = svc.sandbox.scratch(&format!("revisions/{tag}"));
+    run_ok(Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(&revision));
+    revision
+}
+
+/// v1 → v2 → v1 under load, each switch window checked for failures and stalls.
+/// `slow` requests of 1.5 s are in flight across the switches.
+async fn switches_losslessly(example: &str, ws_clients: usize, slow: usize) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut svc = TestService::new();
+    let v1 = example_revision(&svc, example, "v1");
+    if let Err(f) = tokio::task::block_in_place(|| svc.deploy("d-1", &v1)) {
+        panic!("{}\n{example}'s log:\n{}", f.output, svc.app_log("d-1"));
+    }
+    assert_eq!(svc.answering_release(), "v1");
+    let v2 = example_revision(&svc, example, "v2");
+    let v1_again = example_revision(&svc, example, "v1");
+    let load = Load::start(svc.port, Duration::from_secs(30), ws_clients).await;
+    let slow = slow_requests(svc.port, slow);
+    let mut windows = Vec::new();
+    for (deployment, revision) in [("d-2", &v2), ("d-3", &v1_again)] {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let from = clock();
+        svc.deploy_ok(deployment, revision);
+        windows.push((from, clock()));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = load.finish().await;
+    for s in slow {
+        let reply = s.await.unwrap();
+        assert!(
+            reply.lines().next().is_some_and(|l| l.contains(" 200 ")),
+            "a slow request across the switch: {reply}"
+        );
+    }
+    eprintln!("{example}: {}", report.summary());
+    assert_no_failures(&report, example);
+    if ws_clients > 0 {
+        assert!(
+            report.ws.closes_1012 >= ws_clients as u64 && report.ws.releases_seen.len() >= 2,
+            "{example}: WebSockets were not closed with 1012 and reconnected to the new release:\n{}",
+            report.summary()
+        );
+    }
+    // No stall: each switch window's p99 and its slowest request against the steady state
+    // outside every window. A blocked accept() stalls for seconds. The bounds leave room for
+    // what the other tests running at the same time add on two cores (a single-threaded
+    // server's queue grows with its share of the CPU); README has the figures of quiet runs.
+    let outside: Vec<_> = report
+        .samples
+        .iter()
+        .filter(|s| !windows.iter().any(|(from, to)| s.at >= *from && s.at < *to))
+        .cloned()
+        .collect();
+    let steady = percentiles(&outside, Duration::ZERO, Duration::MAX).unwrap();
+    for (from, to) in windows {
+        let (_, during) = switch_window(&report, from, to, example);
+        eprintln!(
+            "{example}: switch window p99 {:.1} ms, max {:.1} ms; outside the windows p99 {:.1} ms, max {:.1} ms",
+            during.1, during.2, steady.1, steady.2
+        );
+        let bound = |steady: f64| (2.0 * steady).max(steady + STALL_BOUND_MS);
+        assert!(
+            during.1 <= bound(steady.1) && during.2 <= bound(steady.2),
+            "{example}: the switch stalled requests: p99 {:.1} ms, max {:.1} ms in the window against p99 {:.1} ms, \
+             max {:.1} ms outside the switches",
+            during.1,
+            during.2,
+            steady.1,
+            steady.2
+        );
+    }
+    assert_eq!(svc.answering_release(), "v1");
+}
+
+/// The example tests take turns: each loads two cores with ab, wrk, the probe and a server
+/// that may be single-threaded, and two of them at once measure each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gunicorn_sync_switches_without_a_failed_request_or_a_stall() {
+    // Two sync workers: one slow request in flight keeps one of them busy for 1.5 s.
+    switches_losslessly("gunicorn-sync", 0, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gunicorn_gthread_switches_without_a_failed_request_or_a_stall() {
+    switches_losslessly("gunicorn-gthread", 0, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uvicorn_switches_without_a_failed_request_or_a_stall_and_its_websockets_reconnect() {
+    switches_losslessly("uvicorn", 4, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_http_switches_without_a_failed_request_or_a_stall_and_its_websockets_reconnect() {
+    switches_losslessly("node-http", 4, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn go_net_http_switches_without_a_failed_request_or_a_stall() {
+    switches_losslessly("go-net-http", 0, 3).await;
+}
+
+/// The hook's error line, for the test's log.
+fn error_line(output: &str) -> &str {
+    output.lines().find(|l| l.contains(" failed: ")).unwrap_or(output)
+}
+
+/// Removes the deploy.yml line that starts with `prefix` (after its indentation).
+fn drop_line(revision: &Path, prefix: &str) {
+    let path = revision.join("deploy.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with(prefix))
+        .collect();
+    assert!(kept.len() < text.lines().count(), "no line '{prefix}' in {text}");
+    std::fs::write(path, kept.join("\n") + "\n").unwrap();
+}
+
+/// `lint-bundle` on an unpacked revision; its output.
+fn lint(revision: &Path) -> String {
+    let out = run(Command::new(workspace_bin("lint-bundle")).arg(revision));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// What new users of these servers met as a 60-second timeout with a message that did not
+/// say why, each now named by `lint-bundle` before the deployment and by the hook during it,
+/// while the serving release goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_refusal_a_real_server_meets_names_its_cause_and_the_fix() {
+    let mut svc = TestService::new();
+    let good = example_revision(&svc, "go-net-http", "v1");
+    svc.deploy_ok("d-1", &good);
+
+    // gunicorn without `needs: [setuid]`: its workers' setuid() to their own uid is refused.
+    let gunicorn = example_revision(&svc, "gunicorn-sync", "g1");
+    drop_line(&gunicorn, "needs: [setuid]");
+    let lint_text = lint(&gunicorn);
+    assert!(
+        lint_text.contains("gunicorn") && lint_text.contains("needs: [setuid]"),
+        "{lint_text}"
+    );
+    let f = svc.deploy_fails(
+        "d-2",
+        &gunicorn,
+        "application-start",
+        1,
+        "Operation not permitted",
+    );
+    assert!(f.output.contains("needs: [setuid]"), "{}", f.output);
+    eprintln!("gunicorn without setuid: {}", error_line(&f.output));
+    assert_eq!(svc.answering_release(), "v1");
+
+    // Node without `needs: [jit]`: V8 dies of SIGTRAP under MemoryDenyWriteExecute=yes.
+    let node = example_revision(&svc, "node-http", "n1");
+    drop_line(&node, "needs: [jit]");
+    let lint_text = lint(&node);
+    assert!(
+        lint_text.contains("runs node, a JIT runtime") && lint_text.contains("needs: [jit]"),
+        "{lint_text}"
+    );
+    let f = svc.deploy_fails("d-3", &node, "application-start", 1, "SIGTRAP");
+    assert!(f.output.contains("needs: [jit]"), "{}", f.output);
+    eprintln!("node without jit: {}", error_line(&f.output));
+    assert_eq!(svc.answering_release(), "v1");
+
+    // uvicorn told to send READY=1, which it cannot: a missing READY=1, never a crash.
+    let uvicorn = example_revision(&svc, "uvicorn", "u1");
+    drop_line(&uvicorn, "ready: probe");
+    edit_deploy_yml(&uvicorn, "start: 30s", "start: 3s");
+    let f = svc.deploy_fails("d-4", &uvicorn, "application-start", 1, "must send READY=1");
+    assert!(!f.output.contains("crashed"), "{}", f.output);
+    eprintln!("uvicorn with ready: notify: {}", error_line(&f.output));
+
+    // No instance header at all: refused before anything changes, with the line to add;
+    // `instance_header: none` deploys, deliberately, with a warning that says what is lost.
+    let unset = example_revision(&svc, "go-net-http", "v2");
+    drop_line(&unset, "instance_header: X-Instance");
+    let f = svc.deploy_fails("d-5", &unset, "before-install", 2, "`X-Instance: $INSTANCE`");
+    eprintln!("no instance header: {}", error_line(&f.output));
+    let none = example_revision(&svc, "go-net-http", "v3");
+    edit_deploy_yml(
+        &none,
+        "  instance_header: X-Instance\n",
+        "  instance_header: none\n",
+    );
+    let log = svc.deploy_ok("d-6", &none);
+    assert!(
+        log.contains("d-6 is not confirmed (instance_header: none)"),
+        "{log}"
+    );
+    assert!(!log.contains("d-6 answers through"), "{log}");
+    assert_eq!(svc.answering_release(), "v3");
+    let failed = svc.state()["failed"].to_string();
+    assert!(
+        ["d-2", "d-3", "d-4"].iter().all(|d| failed.contains(d)),
+        "{failed}"
+    );
+}
