@@ -26,19 +26,11 @@ var (
 )
 
 func main() {
-	// The socket systemd passes: fd 3, announced by LISTEN_FDS (no silent fallback to binding).
-	if os.Getenv("LISTEN_FDS") != "1" || os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
-		fmt.Fprintln(os.Stderr, "no LISTEN_FDS=1 for this process: run under systemd socket activation "+
-			"(locally: systemd-socket-activate -l 127.0.0.1:8080 ./server)")
-		os.Exit(2)
-	}
-	f := os.NewFile(3, "systemd socket")
-	listener, err := net.FileListener(f)
+	listener, err := listen()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "fd 3:", err)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	f.Close() // FileListener holds its own copy
 
 	srv := &http.Server{Handler: http.HandlerFunc(handle)}
 	served := make(chan error, 1)
@@ -109,6 +101,22 @@ func reply(w http.ResponseWriter, status int, body string) {
 	}
 	w.WriteHeader(status)
 	w.Write([]byte(body))
+}
+
+// listen returns the socket systemd passes: fd 3, announced by LISTEN_FDS (no silent fallback
+// to binding). Behind the front (strategy: proxy) the hooks set PORT instead, and the same app
+// listens on 127.0.0.1:$PORT.
+func listen() (net.Listener, error) {
+	if port := os.Getenv("PORT"); port != "" {
+		return net.Listen("tcp", "127.0.0.1:"+port)
+	}
+	if os.Getenv("LISTEN_FDS") != "1" || os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
+		return nil, fmt.Errorf("no LISTEN_FDS=1 for this process: run under systemd socket activation " +
+			"(locally: systemd-socket-activate -l 127.0.0.1:8080 ./server)")
+	}
+	f := os.NewFile(3, "systemd socket")
+	defer f.Close() // FileListener holds its own copy
+	return net.FileListener(f)
 }
 
 // notify sends one sd_notify message to $NOTIFY_SOCKET (a no-op when it is unset).

@@ -50,7 +50,9 @@ server.on('upgrade', (req, socket, head) => {
   });
 });
 
-server.listen({ fd: 3 }); // the socket systemd passes (LISTEN_FDS=1)
+// The socket systemd passes (LISTEN_FDS=1); behind the front (strategy: proxy) the hooks set
+// PORT instead, and the same app listens on 127.0.0.1:$PORT.
+server.listen(process.env.PORT ? { port: Number(process.env.PORT), host: '127.0.0.1' } : { fd: 3 });
 
 // handoff: by default Node dies at once on SIGTERM (in-flight requests lost). Drain instead:
 process.on('SIGTERM', () => {

@@ -71,10 +71,15 @@ class Server(uvicorn.Server):
 
 
 if __name__ == "__main__":
-    if os.environ.get("LISTEN_FDS") != "1":
+    config = uvicorn.Config(LameDuck(app.app), access_log=False)  # handoff: LameDuck
+    if os.environ.get("PORT"):
+        # Behind the front (strategy: proxy) the hooks set PORT: the same app on 127.0.0.1:$PORT.
+        config.host, config.port = "127.0.0.1", int(os.environ["PORT"])
+        Server(config).run()
+    elif os.environ.get("LISTEN_FDS") != "1":
         sys.exit("serve.py: LISTEN_FDS is not 1: run it under systemd socket activation "
                  "(locally: systemd-socket-activate -l 127.0.0.1:8080 /usr/bin/python3 serve.py)")
-    config = uvicorn.Config(LameDuck(app.app), access_log=False)  # handoff: LameDuck
-    # handoff: socket.socket(fileno=3) finds the socket's real family (AF_INET); `--fd 3` wraps it as
-    # AF_UNIX, and asyncio then never sets TCP_NODELAY on the connections it accepts.
-    Server(config).run(sockets=[socket.socket(fileno=3)])
+    else:
+        # handoff: socket.socket(fileno=3) finds the socket's real family (AF_INET); `--fd 3` wraps
+        # it as AF_UNIX, and asyncio then never sets TCP_NODELAY on the connections it accepts.
+        Server(config).run(sockets=[socket.socket(fileno=3)])

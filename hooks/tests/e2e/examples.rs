@@ -65,6 +65,11 @@ fn localize(deploy_yml: &Path, name: &str, port: u16, label: &str) {
 /// A revision of `examples/<example>` released as `label`: packed by `handoff bundle` (the
 /// shipped binary, with the static hooks beside it) and unpacked from the zip.
 fn example_revision(svc: &TestService, example: &str, label: &str) -> PathBuf {
+    example_revision_with(svc, example, label, |_| {})
+}
+
+/// Like [`example_revision`], with `edit` applied to the folder before it is packed.
+fn example_revision_with(svc: &TestService, example: &str, label: &str, edit: impl Fn(&Path)) -> PathBuf {
     let tag = format!("{example}-{label}-{}", free_port());
     let src = svc.sandbox.scratch(&format!("src/{tag}"));
     copy_example(&workspace().join("examples").join(example), &src);
@@ -77,6 +82,7 @@ fn example_revision(svc: &TestService, example: &str, label: &str) -> PathBuf {
         );
     }
     localize(&src.join("deploy.yml"), &svc.name, svc.port, label);
+    edit(&src);
     let zip = svc.sandbox.scratch(&format!("zips/{tag}.zip"));
     std::fs::create_dir_all(zip.parent().unwrap()).unwrap();
     run_ok(
@@ -206,6 +212,63 @@ fn drop_line(revision: &Path, prefix: &str) {
         .collect();
     assert!(kept.len() < text.lines().count(), "no line '{prefix}' in {text}");
     std::fs::write(path, kept.join("\n") + "\n").unwrap();
+}
+
+/// The example's deploy.yml switched to `strategy: proxy`, the app unchanged: it listens on
+/// `127.0.0.1:$PORT` when the hooks set PORT (gunicorn is told so in its arguments).
+fn behind_the_front(src: &Path) {
+    // Private ports below the ephemeral range, where the other tests' listen ports come from.
+    let ports = 20000 + (free_port() % 250) * 40;
+    edit_deploy_yml(
+        src,
+        "strategy: handoff\n",
+        &format!("strategy: proxy\nfront:\n  ports: \"{ports}-{}\"\n", ports + 39),
+    );
+    let path = src.join("deploy.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    if text.contains("command: /usr/bin/gunicorn") {
+        std::fs::write(
+            path,
+            text.replace("  args: [", "  args: [\"--bind\", \"127.0.0.1:${PORT}\", "),
+        )
+        .unwrap();
+    }
+}
+
+/// The same example apps, unchanged, behind the front (`strategy: proxy`): each listens on
+/// `127.0.0.1:$PORT` and the front holds the clients and drains the old release for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_example_switches_behind_the_front_unchanged() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    for (example, ws_clients) in [
+        ("gunicorn-sync", 0),
+        ("gunicorn-gthread", 0),
+        ("uvicorn", 2),
+        ("node-http", 2),
+        ("go-net-http", 0),
+    ] {
+        let mut svc = TestService::new();
+        let p1 = example_revision_with(&svc, example, "p1", behind_the_front);
+        if let Err(f) = tokio::task::block_in_place(|| svc.deploy("d-1", &p1)) {
+            panic!("{}\n{example}'s log:\n{}", f.output, svc.app_log("d-1"));
+        }
+        let p2 = example_revision_with(&svc, example, "p2", behind_the_front);
+        let load = Load::start(svc.port, Duration::from_secs(15), ws_clients).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        svc.deploy_ok("d-2", &p2);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let report = load.finish().await;
+        eprintln!("{example} behind the front: {}", report.summary());
+        assert_no_failures(&report, &format!("{example} behind the front"));
+        if ws_clients > 0 {
+            assert!(
+                report.ws.closes_1012 >= ws_clients as u64 && report.ws.releases_seen.len() >= 2,
+                "{example} behind the front: WebSockets were not moved with 1012:\n{}",
+                report.summary()
+            );
+        }
+        assert_eq!(svc.answering_release(), "p2");
+    }
 }
 
 /// `lint-bundle` on an unpacked revision; its output.
