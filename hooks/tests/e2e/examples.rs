@@ -357,3 +357,67 @@ async fn each_refusal_a_real_server_meets_names_its_cause_and_the_fix() {
         "{failed}"
     );
 }
+
+/// README's three commands on a project that has only its app: `handoff init` writes
+/// deploy.yml, appspec.yml and units/, `handoff bundle` packs it with the static hooks, and the
+/// lifecycle deploys the zip's contents.
+#[test]
+fn a_project_with_only_its_app_deploys_after_init_and_bundle() {
+    let mut svc = TestService::new();
+    let project = svc.sandbox.scratch("project");
+    copy_example(&workspace().join("examples/go-net-http"), &project);
+    std::fs::remove_file(project.join("deploy.yml")).unwrap();
+    run_ok(
+        Command::new("go")
+            .args(["build", "-o", "server", "."])
+            .env("GOFLAGS", "-buildvcs=false")
+            .current_dir(&project),
+    );
+    let handoff = workspace_bin("handoff");
+    let listen = format!("127.0.0.1:{}", svc.port);
+    let out = run_ok(
+        Command::new(&handoff)
+            .args([
+                "init",
+                "--service",
+                &svc.name,
+                "--command",
+                "server",
+                "--listen",
+                &listen,
+            ])
+            .arg(&project),
+    );
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("wrote") && said.contains("handoff bundle"),
+        "{said}"
+    );
+    // Run again, it refuses to overwrite what it wrote.
+    let mut init_again = Command::new(&handoff);
+    init_again.args(["init", "--command", "server"]).arg(&project);
+    let again = run(&mut init_again);
+    assert_eq!(again.status.code(), Some(2), "{}", explain(&init_again, &again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let zip = svc.sandbox.scratch("project.zip");
+    run_ok(
+        Command::new(&handoff)
+            .arg("bundle")
+            .arg(&project)
+            .arg("-o")
+            .arg(&zip),
+    );
+    let revision = svc.sandbox.scratch("project-revision");
+    run_ok(Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(&revision));
+    for shipped in [
+        "appspec.yml",
+        "units/app@.service",
+        "hooks/application-start",
+        "server",
+    ] {
+        assert!(revision.join(shipped).exists(), "{shipped} is not in the bundle");
+    }
+    svc.deploy_ok("d-1", &revision);
+    // The Go example names no RELEASE unless told: "dev".
+    assert_eq!(svc.answering_release(), "dev");
+}
