@@ -128,6 +128,17 @@ pub struct Config {
     )]
     pub ws_close_timeout_ms: u64,
 
+    /// WebSocket closes per second when a release (or the front) drains: the closes are spread
+    /// over open/rate seconds (within the drain budget) so the clients' reconnects arrive at a
+    /// rate the new release accepts. 0 closes them all at once.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HANDOFF_FRONT_WS_CLOSE_RATE",
+        default_value_t = 2_000
+    )]
+    pub ws_close_rate: u64,
+
     /// More logging (-v debug, -vv trace). RUST_LOG, if set, wins.
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,

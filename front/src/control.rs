@@ -156,7 +156,11 @@ async fn route(route: Route, shared: &Shared, budget: Duration) -> Value {
         draining = ?old.iter().map(|u| u.release.as_str()).collect::<Vec<_>>(),
         "routed"
     );
-    let drained = join_all(old.iter().map(|u| u.drain(budget, shared.ws_close_timeout))).await;
+    let drained = join_all(
+        old.iter()
+            .map(|u| u.drain(budget, shared.ws_close_timeout, shared.ws_close_rate)),
+    )
+    .await;
     shared.router.prune();
     let ms = t0.elapsed().as_millis() as u64;
     for d in &drained {

@@ -208,7 +208,14 @@ pub async fn run_on(
         () = sleep_until((t0 + config.lame_duck()).min(deadline)) => {}
         _ = open_rx.wait_for(|o| o.total() == 0) => {}
     }
-    // (4)-(6)
+    // (4)-(6); the WebSocket closes spread at --ws-close-rate within what is left of the budget.
+    shared.ws_pacing.plan(
+        shared.open().ws as u64,
+        shared.ws_close_rate,
+        deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(shared.ws_close_timeout),
+    );
     shared.set_phase(Phase::Closing {
         grace_until: t0 + config.first_request_grace(),
     });

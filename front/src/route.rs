@@ -267,6 +267,8 @@ pub struct Upstream {
     /// Set when the upstream is drained: relayed WebSockets close (1012 to the client).
     closing: watch::Sender<bool>,
     ws_closed: AtomicU64,
+    /// The spread of its WebSocket closes when it is drained.
+    pub ws_pacing: sample_app::state::WsPacing,
 }
 
 impl Upstream {
@@ -281,6 +283,7 @@ impl Upstream {
             websockets: watch::Sender::new(0),
             closing: watch::Sender::new(false),
             ws_closed: AtomicU64::new(0),
+            ws_pacing: Default::default(),
         })
     }
 
@@ -314,10 +317,13 @@ impl Upstream {
     /// Drains it: waits for in-flight requests (up to `budget`), drops the
     /// pool, and closes its WebSockets (waiting up to `ws_wait` for them).
     /// WebSockets are told to close at once, not after the requests: they
-    /// reconnect to the new release meanwhile.
-    pub async fn drain(&self, budget: Duration, ws_wait: Duration) -> Drained {
+    /// reconnect to the new release meanwhile, spread at `ws_rate` per second
+    /// (within the budget) so the reconnects do not arrive all at once.
+    pub async fn drain(&self, budget: Duration, ws_wait: Duration, ws_rate: u64) -> Drained {
         let t0 = Instant::now();
         self.draining.store(true, Ordering::SeqCst);
+        self.ws_pacing
+            .plan(self.websockets() as u64, ws_rate, budget.saturating_sub(ws_wait));
         self.closing.send_replace(true);
         let none_left = async {
             loop {
@@ -537,7 +543,10 @@ mod tests {
         assert_eq!(r.counts().0.get("v1"), Some(&1));
         let d = tokio::spawn({
             let u = old[0].clone();
-            async move { u.drain(Duration::from_secs(5), Duration::from_millis(10)).await }
+            async move {
+                u.drain(Duration::from_secs(5), Duration::from_millis(10), 2_000)
+                    .await
+            }
         });
         drop(a);
         let d = d.await.unwrap();

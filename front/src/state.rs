@@ -40,6 +40,10 @@ pub struct Shared {
     pub max_header_bytes: usize,
     /// `--ws-close-timeout-ms`.
     pub ws_close_timeout: Duration,
+    /// `--ws-close-rate`.
+    pub ws_close_rate: u64,
+    /// The spread of the WebSocket closes of the front's own drain.
+    pub ws_pacing: sample_app::state::WsPacing,
     /// `--connect-timeout-ms`.
     pub connect_timeout: Duration,
 }
@@ -65,6 +69,8 @@ impl Shared {
             idle_timeout: config.idle_timeout(),
             max_header_bytes: config.max_header_bytes,
             ws_close_timeout: config.ws_close_timeout(),
+            ws_close_rate: config.ws_close_rate,
+            ws_pacing: Default::default(),
             connect_timeout: config.connect_timeout(),
         })
     }

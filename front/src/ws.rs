@@ -17,7 +17,10 @@
 //! * **client sends Close** (or drops): forwarded to the upstream (1001 if it dropped);
 //! * **the upstream is drained** (`route` switched away from it) or **the
 //!   front drains** (SIGTERM): 1012 (service restart) to the client and 1001
-//!   (going away) to the upstream;
+//!   (going away) to the upstream, at this WebSocket's turn: the closes of one
+//!   drain are spread at `--ws-close-rate` per second, so the clients'
+//!   reconnects reach the new release at a rate it accepts (relaying goes on
+//!   until then);
 //!
 //! each time waiting up to `--ws-close-timeout-ms` for the close handshakes to
 //! finish. At the drain's `Abort` phase the relay is dropped.
@@ -93,6 +96,9 @@ async fn finish(ws: &mut Ws) {
 
 async fn relay(mut client: Ws, mut up: Ws, upstream: &Upstream, shared: &Shared) {
     let release = &upstream.release;
+    // Once a drain began: when this WebSocket's close is due, and whether the release (not the
+    // front) is being drained.
+    let mut turn: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, bool)> = None;
     loop {
         tokio::select! {
             m = up.next() => match m {
@@ -133,14 +139,20 @@ async fn relay(mut client: Ws, mut up: Ws, upstream: &Upstream, shared: &Shared)
                     return;
                 }
             },
-            () = upstream.closing() => {
-                debug!(%release, "release drained: closing websocket with 1012");
-                upstream.note_ws_closed();
-                restart(&mut client, &mut up).await;
-                break;
+            () = upstream.closing(), if turn.is_none() => {
+                // Relay on until this WebSocket's turn in the spread of closes.
+                turn = Some((Box::pin(tokio::time::sleep(upstream.ws_pacing.delay())), true));
             }
-            _ = shared.wait_phase(Phase::is_closing) => {
-                debug!(%release, "front draining: closing websocket with 1012");
+            _ = shared.wait_phase(Phase::is_closing), if turn.is_none() => {
+                turn = Some((Box::pin(tokio::time::sleep(shared.ws_pacing.delay())), false));
+            }
+            () = async { turn.as_mut().expect("guarded").0.as_mut().await }, if turn.is_some() => {
+                if turn.as_ref().is_some_and(|t| t.1) {
+                    debug!(%release, "release drained: closing websocket with 1012");
+                    upstream.note_ws_closed();
+                } else {
+                    debug!(%release, "front draining: closing websocket with 1012");
+                }
                 restart(&mut client, &mut up).await;
                 break;
             }

@@ -18,6 +18,8 @@ pub const DEFAULT_FIRST_REQUEST_GRACE_MS: u64 = 200;
 pub const DEFAULT_LAME_DUCK_MS: u64 = 500;
 /// Default `--ws-close-timeout-ms`.
 pub const DEFAULT_WS_CLOSE_TIMEOUT_MS: u64 = 1_000;
+/// Default `--ws-close-rate`: WebSocket closes per second during a drain.
+pub const DEFAULT_WS_CLOSE_RATE: u64 = 2_000;
 /// Default `--drain-timeout-ms`.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Default `--hard-deadline-ms`.
@@ -118,6 +120,13 @@ pub struct Config {
     #[arg(long, value_name = "MS", env = "SAMPLE_WS_CLOSE_TIMEOUT_MS", default_value_t = DEFAULT_WS_CLOSE_TIMEOUT_MS)]
     pub ws_close_timeout_ms: u64,
 
+    /// Drain: WebSocket closes per second. 10,000 clients told to reconnect in the same
+    /// millisecond overflow the successor's accept queue (SYN retransmits after 1 s, 3 s);
+    /// the closes are spread over open/rate seconds instead (never past the drain timeout,
+    /// less the close timeout). 0 closes them all at once.
+    #[arg(long, value_name = "N", env = "SAMPLE_WS_CLOSE_RATE", default_value_t = DEFAULT_WS_CLOSE_RATE)]
+    pub ws_close_rate: u64,
+
     /// Drain budget, counted from SIGTERM: in-flight requests must finish within
     /// it. Whatever is still open then is cut and the exit code is 1.
     #[arg(long, value_name = "MS", env = "SAMPLE_DRAIN_TIMEOUT_MS", default_value_t = DEFAULT_DRAIN_TIMEOUT_MS)]
@@ -155,6 +164,7 @@ impl Default for Config {
             first_request_grace_ms: DEFAULT_FIRST_REQUEST_GRACE_MS,
             lame_duck_ms: DEFAULT_LAME_DUCK_MS,
             ws_close_timeout_ms: DEFAULT_WS_CLOSE_TIMEOUT_MS,
+            ws_close_rate: DEFAULT_WS_CLOSE_RATE,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             hard_deadline_ms: DEFAULT_HARD_DEADLINE_MS,
             notify: true,

@@ -28,7 +28,9 @@
 //!    after the response.
 //! 6. **Close WebSockets** (same moment): a close frame with code 1012
 //!    (service restart), then up to `--ws-close-timeout-ms` for the client's
-//!    close frame.
+//!    close frame. The closes are spread at `--ws-close-rate` per second (within
+//!    the drain timeout), so the reconnects reach the successor at a rate its
+//!    accept queue holds instead of all in one millisecond.
 //! 7. **Exit** once nothing is open. Exit code 0 if that happened within
 //!    `--drain-timeout-ms` of SIGTERM; otherwise whatever is left is dropped
 //!    ([`Phase::Abort`]) and the outcome is [`Outcome::DrainTimedOut`]
@@ -244,6 +246,18 @@ pub async fn run(
     }
     // (4)-(6) Close HTTP connections (after their first-request grace) and
     // WebSockets.
+    let ws_open = shared.tracker.open().ws as u64;
+    let ws_budget = drain_deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(config.ws_close_timeout());
+    let ws_window = shared.ws_pacing.plan(ws_open, config.ws_close_rate, ws_budget);
+    if ws_open > 0 {
+        debug!(
+            websockets = ws_open,
+            window_ms = ws_window.as_millis() as u64,
+            "closing websockets"
+        );
+    }
     shared.phase.send_replace(Phase::Closing {
         grace_until: t0 + config.first_request_grace(),
     });

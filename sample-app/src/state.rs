@@ -242,6 +242,8 @@ pub struct Shared {
     /// SAMPLE_UNHEALTHY_AFTER_MS: unhealthy from this instant on.
     pub(crate) unhealthy_from: Option<std::time::Instant>,
     pub(crate) ws_close_timeout: Duration,
+    /// How the WebSocket closes of a drain are spread (set before [`Phase::Closing`]).
+    pub(crate) ws_pacing: WsPacing,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) tracker: Tracker,
     pub(crate) stats: Stats,
@@ -258,6 +260,7 @@ impl Shared {
                 .unhealthy_after_ms
                 .map(|ms| std::time::Instant::now() + Duration::from_millis(ms)),
             ws_close_timeout: config.ws_close_timeout(),
+            ws_pacing: WsPacing::default(),
             phase: watch::Sender::new(Phase::Serving),
             tracker: Tracker::new(),
             stats: Stats::default(),
@@ -288,12 +291,67 @@ impl Shared {
     }
 }
 
+/// The drain's WebSocket closes, spread over a window so that their reconnects reach the
+/// successor at a rate it can accept: the n-th close (in the order the tasks see the drain)
+/// waits n/open of the window.
+#[derive(Debug, Default)]
+pub struct WsPacing {
+    open: AtomicU64,
+    window_ms: AtomicU64,
+    next: AtomicU64,
+}
+
+impl WsPacing {
+    /// Spreads `open` closes at `rate` per second, within `at_most`.
+    pub fn plan(&self, open: u64, rate: u64, at_most: Duration) -> Duration {
+        let window = if rate == 0 || open == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(open * 1000 / rate).min(at_most)
+        };
+        self.open.store(open.max(1), Ordering::SeqCst);
+        self.window_ms.store(window.as_millis() as u64, Ordering::SeqCst);
+        window
+    }
+
+    /// How long this WebSocket waits before its close frame.
+    pub fn delay(&self) -> Duration {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let open = self.open.load(Ordering::SeqCst).max(1);
+        let window = self.window_ms.load(Ordering::SeqCst);
+        Duration::from_millis(window * n.min(open) / open)
+    }
+}
+
 /// A response body.
 pub(crate) type Body = Full<Bytes>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_closes_are_spread_at_the_rate_within_the_budget() {
+        let p = WsPacing::default();
+        assert_eq!(
+            p.plan(10_000, 2_000, Duration::from_secs(8)),
+            Duration::from_secs(5)
+        );
+        let delays: Vec<Duration> = (0..10_000).map(|_| p.delay()).collect();
+        assert_eq!(delays[0], Duration::ZERO);
+        assert_eq!(delays[5_000], Duration::from_millis(2_500));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        // More than the budget allows: faster, never later than the budget.
+        let p = WsPacing::default();
+        assert_eq!(
+            p.plan(100_000, 2_000, Duration::from_secs(8)),
+            Duration::from_secs(8)
+        );
+        // Rate 0: all at once.
+        let p = WsPacing::default();
+        assert_eq!(p.plan(10, 0, Duration::from_secs(8)), Duration::ZERO);
+        assert_eq!(p.delay(), Duration::ZERO);
+    }
 
     #[test]
     fn body_has_fixed_length() {

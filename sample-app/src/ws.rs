@@ -6,7 +6,8 @@
 //! counted by the tracker from the moment the 101 is decided, so the drain
 //! cannot miss one that is still being upgraded.
 //!
-//! Drain: at [`Phase::Closing`] the server sends a close frame with code 1012
+//! Drain: at [`Phase::Closing`], at its turn in the spread of closes (see
+//! [`crate::state::WsPacing`]), the server sends a close frame with code 1012
 //! ("service restart": reconnect, the service is coming back) and waits up to
 //! the WebSocket close timeout for the client's close frame, then drops the
 //! connection. A client thus sees a clean close, never an abnormal 1006.
@@ -118,7 +119,30 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(io: S, shared: &Shared) {
         }
     }
 
-    // Drain: close with 1012 and wait for the client's close frame.
+    // Drain: wait for this WebSocket's turn (the closes are spread, so the reconnects do not
+    // arrive at the successor all at once), echoing meanwhile; then close with 1012 and wait
+    // for the client's close frame.
+    let turn = tokio::time::sleep(shared.ws_pacing.delay());
+    tokio::pin!(turn);
+    loop {
+        tokio::select! {
+            () = &mut turn => break,
+            msg = ws.next() => match msg {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if let Err(e) = ws.send(m).await {
+                        debug!("websocket echo failed: {e}");
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    debug!("websocket error: {e}");
+                    return;
+                }
+                None => return,
+            },
+        }
+    }
     let frame = CloseFrame {
         code: CloseCode::Restart,
         reason: "service restart".into(),
