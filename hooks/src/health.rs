@@ -51,6 +51,7 @@ pub struct Reply {
 fn client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
+        .connect_timeout(PROBE_TIMEOUT)
         .timeout(PROBE_TIMEOUT)
         .no_proxy()
         .build()
@@ -168,7 +169,9 @@ impl Probe {
                         }
                         Ok(r) if r.status == 200 => healthy = true,
                         Ok(r) => last_own = Some(format!("HTTP {}", r.status)),
-                        Err(e) if e.is_timeout() => {
+                        // Connected and no answer. A connection that did not even complete
+                        // (a full accept queue drops the SYN) says nothing about the release.
+                        Err(e) if e.is_timeout() && !e.is_connect() => {
                             unanswered += 1;
                             last_error =
                                 Some(format!("no answer within {:.0} s", PROBE_TIMEOUT.as_secs_f64()));
