@@ -4,13 +4,14 @@
 #   make test     unit tests and end-to-end tests against a real systemd (needs root)
 #   make bundle   the revision zip: dist/$(SERVICE)-$(RELEASE).zip
 #   make bench    three restart strategies side by side under the same load: dist/bench.md, dist/bench.png
+#   make bench-scale  a switch with 100 to 10,000 WebSockets and 10 to 1,000 keep-alive clients open: dist/scale.md
 
 RELEASE ?= dev
 TARGET  := x86_64-unknown-linux-musl
 CARGO   ?= cargo
 export RELEASE
 
-.PHONY: setup build static test demo bench bundle fmt lint clean
+.PHONY: setup build static test demo bench bench-scale bundle fmt lint clean
 
 setup:
 	scripts/setup
@@ -37,6 +38,10 @@ demo: setup
 # (a) own port + restart, (b) socket activation + restart, (c) the hooks; same load and knobs.
 bench: setup
 	scripts/bench
+
+# One switch at 100, 1,000 and 10,000 open WebSockets (three at the largest): reconnects, overflows.
+bench-scale: setup
+	scripts/bench-scale
 
 fmt:
 	$(CARGO) fmt --all

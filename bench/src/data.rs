@@ -198,6 +198,13 @@ pub struct WsCounts {
     pub releases_seen: Vec<String>,
     #[serde(default)]
     pub failure_t_ms: Vec<f64>,
+    /// For each reconnect after a 1012 close: when the close came (run ms) and how long until
+    /// the next session's greeting (ms).
+    #[serde(default)]
+    pub reconnects: Vec<(f64, f64)>,
+    /// The release each client's last session greeted it with, counted.
+    #[serde(default)]
+    pub last_releases: std::collections::BTreeMap<String, u64>,
 }
 
 impl WsCounts {

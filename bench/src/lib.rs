@@ -8,9 +8,12 @@
 //!   served when, failures per client kind; markdown, a comparison table, a PNG via gnuplot.
 //! - `hopbench` (src/bin/hopbench.rs, [`hop`]): the cost of a proxy hop for scripts/bench-hop —
 //!   paced keep-alive latency from intended send times, idle connections held open, RSS.
+//! - `report scale` ([`scale`]): the steps of scripts/bench-scale (thousands of WebSockets and
+//!   keep-alive clients through a switch) as one table and a picture of the reconnects.
 
 pub mod data;
 pub mod hop;
 pub mod load;
 pub mod report;
+pub mod scale;
 pub mod stats;

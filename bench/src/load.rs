@@ -27,6 +27,11 @@ pub struct Config {
     pub keepalive: usize,
     pub keepalive_interval: Duration,
     pub ws: usize,
+    /// How often each WebSocket client sends an echo.
+    pub ws_interval: Duration,
+    /// WebSocket clients started per second at the beginning (thousands at once would overflow
+    /// the accept queue before anything is measured).
+    pub ws_ramp: u32,
     /// `ab -r -c N` alongside, if set.
     pub ab: Option<u32>,
     /// `wrk -c N` alongside, if set.
@@ -278,12 +283,22 @@ async fn keepalive_client(
 
 /// A WebSocket client that stays connected, echoes every 100 ms, and reconnects after the
 /// server closes (expected: code 1012, service restart).
-async fn ws_client(port: u16, clock: Clock, mut stop: watch::Receiver<bool>) -> WsCounts {
+async fn ws_client(
+    port: u16,
+    interval: Duration,
+    connected: mpsc::UnboundedSender<()>,
+    clock: Clock,
+    mut stop: watch::Receiver<bool>,
+) -> WsCounts {
     let mut c = WsCounts {
         clients: 1,
         ..Default::default()
     };
     let url = format!("ws://127.0.0.1:{port}/ws");
+    // When the server last closed with 1012: the next greeting ends the reconnect.
+    let mut closed_at: Option<f64> = None;
+    let mut last_release: Option<String> = None;
+    let mut connected = Some(connected);
     'outer: while !*stop.borrow() {
         let t_ms = clock.now_ms();
         let connect =
@@ -301,8 +316,11 @@ async fn ws_client(port: u16, clock: Clock, mut stop: watch::Receiver<bool>) -> 
             }
         };
         c.sessions += 1;
+        if let Some(tx) = connected.take() {
+            let _ = tx.send(());
+        }
         let mut n = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tokio::select! {
                 msg = ws.next() => match msg {
@@ -310,13 +328,19 @@ async fn ws_client(port: u16, clock: Clock, mut stop: watch::Receiver<bool>) -> 
                         let t = t.to_string();
                         if t.starts_with("echo ") {
                             c.echoes += 1
-                        } else if !c.releases_seen.contains(&t) {
-                            c.releases_seen.push(t)
+                        } else {
+                            if let Some(at) = closed_at.take() {
+                                c.reconnects.push((at, clock.now_ms() - at));
+                            }
+                            if !c.releases_seen.contains(&t) {
+                                c.releases_seen.push(t.clone())
+                            }
+                            last_release = Some(t);
                         }
                     }
                     Some(Ok(Message::Close(frame))) => {
                         match frame.map(|f| u16::from(f.code)) {
-                            Some(1012) => c.closes_1012 += 1,
+                            Some(1012) => { c.closes_1012 += 1; closed_at = Some(clock.now_ms()) }
                             Some(code) => { c.other_closes.push(code); c.failure_t_ms.push(clock.now_ms()) }
                             None => { c.other_closes.push(1005); c.failure_t_ms.push(clock.now_ms()) }
                         }
@@ -346,7 +370,19 @@ async fn ws_client(port: u16, clock: Clock, mut stop: watch::Receiver<bool>) -> 
             }
         }
     }
+    if let Some(r) = last_release {
+        c.last_releases.insert(r, 1);
+    }
     c
+}
+
+/// Raises this process's soft limit of open files to its hard limit: thousands of clients
+/// need thousands of descriptors, and the soft limit is often 1,024.
+pub fn raise_file_limit() -> Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
 }
 
 /// ab or wrk, run until told to stop (SIGINT makes both print their results).
@@ -565,9 +601,38 @@ pub async fn run(cfg: Config) -> Result<Summary> {
         )?),
         None => None,
     };
-    let ws: Vec<_> = (0..cfg.ws)
-        .map(|_| tokio::spawn(ws_client(cfg.port, clock, stop_rx.clone())))
-        .collect();
+    let wanted = (cfg.ws + cfg.keepalive + 256) as u64;
+    let limit = raise_file_limit().context("raise the open-file limit")?;
+    if limit < wanted {
+        anyhow::bail!(
+            "{} clients need about {wanted} open files, and this process may open {limit}; raise the hard limit \
+             (ulimit -Hn, LimitNOFILE=) or run fewer clients",
+            cfg.ws + cfg.keepalive
+        );
+    }
+    let (connected_tx, mut connected_rx) = mpsc::unbounded_channel();
+    let mut ws = Vec::with_capacity(cfg.ws);
+    for i in 0..cfg.ws {
+        if cfg.ws_ramp > 0 && i > 0 && i as u32 % (cfg.ws_ramp / 100).max(1) == 0 {
+            // In slices of 10 ms, so the start takes ws/ramp seconds.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ws.push(tokio::spawn(ws_client(
+            cfg.port,
+            cfg.ws_interval,
+            connected_tx.clone(),
+            clock,
+            stop_rx.clone(),
+        )));
+    }
+    drop(connected_tx);
+    let mut up = 0;
+    while up < cfg.ws {
+        match tokio::time::timeout(Duration::from_secs(30), connected_rx.recv()).await {
+            Ok(Some(())) => up += 1,
+            _ => anyhow::bail!("only {up} of {} WebSocket clients connected within 30 s", cfg.ws),
+        }
+    }
     let keepalive: Vec<_> = (0..cfg.keepalive)
         .map(|_| {
             tokio::spawn(keepalive_client(
@@ -703,8 +768,13 @@ pub async fn run(cfg: Config) -> Result<Summary> {
                     all.releases_seen.push(r);
                 }
             }
+            all.reconnects.extend(c.reconnects);
+            for (r, n) in c.last_releases {
+                *all.last_releases.entry(r).or_default() += n;
+            }
         }
         all.failure_t_ms.sort_by(f64::total_cmp);
+        all.reconnects.sort_by(|a, b| a.0.total_cmp(&b.0));
         summary.ws = Some(all);
     }
     if !keepalive.is_empty() {

@@ -40,6 +40,12 @@ struct Args {
     /// WebSocket clients (echo every 100 ms, reconnect after a close).
     #[arg(long, default_value_t = 0)]
     ws: usize,
+    /// How often each WebSocket client sends an echo.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    ws_interval: Duration,
+    /// WebSocket clients started per second at the beginning (0: all at once).
+    #[arg(long, default_value_t = 2000)]
+    ws_ramp: u32,
     /// Also run `ab -r -c N` (a new connection per request, continues after errors).
     #[arg(long, value_name = "N")]
     ab: Option<u32>,
@@ -86,6 +92,8 @@ async fn main() -> Result<()> {
         keepalive: a.keepalive,
         keepalive_interval: a.keepalive_interval,
         ws: a.ws,
+        ws_interval: a.ws_interval,
+        ws_ramp: a.ws_ramp,
         ab: a.ab,
         wrk: a.wrk,
         out: a.out.clone(),

@@ -3,6 +3,7 @@
 //!   report show --dir run/ --title "demo" --md dist/demo.md --png dist/demo.png \
 //!          --expect-no-failures --expect-final-release v2 --expect-failed-window d-3
 //!   report table --run "(a) naive=run-a/" --run "(c) handoff=run-c/" --md dist/bench.md --png dist/bench.png
+//!   report scale --step step-100/ --step step-10000/ --md dist/scale.md --png dist/scale.png --expect-bar
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -61,6 +62,20 @@ enum Cmd {
         /// One panel per run, same scales.
         #[arg(long)]
         png: Option<PathBuf>,
+    },
+    /// The scale steps of scripts/bench-scale: one table, reconnects at the largest step.
+    Scale {
+        /// A step folder (step.json, summary.json, samples.csv); repeat, smallest first.
+        #[arg(long = "step", required = true)]
+        steps: Vec<PathBuf>,
+        #[arg(long)]
+        md: Option<PathBuf>,
+        /// Reconnects over time at the last step.
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Fail (exit 1) unless the last step meets the bar (see bench::scale::verdict).
+        #[arg(long)]
+        expect_bar: bool,
     },
 }
 
@@ -206,6 +221,58 @@ fn real_main() -> Result<bool> {
                 write(p, &text)?;
             }
             Ok(true)
+        }
+        Cmd::Scale {
+            steps,
+            md,
+            png: png_path,
+            expect_bar,
+        } => {
+            let steps = steps
+                .iter()
+                .map(|d| bench::scale::read_step(d))
+                .collect::<Result<Vec<_>>>()?;
+            let mut text = bench::scale::markdown(&steps);
+            let last = steps.last().expect("clap requires a step");
+            let bad = bench::scale::verdict(last);
+            let _ = writeln!(
+                text,
+                "\nLargest step ({} WebSockets, {} keep-alive): {}",
+                last.facts.ws,
+                last.facts.keepalive,
+                if bad.is_empty() {
+                    "meets the bar (0 failed, 0 abnormal, all on the new release, reconnect p99 < 1 s and max < 2 s, \
+                     0 accept-queue overflows, probe p99 within 2x)"
+                        .to_string()
+                } else {
+                    format!("misses the bar: {}", bad.join("; "))
+                }
+            );
+            if let Some(p) = &png_path {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let script = bench::scale::gnuplot_script(last, p, &last.dir)?;
+                let gp = last.dir.join("scale.gp");
+                std::fs::write(&gp, script)?;
+                let out = std::process::Command::new("gnuplot")
+                    .arg(&gp)
+                    .output()
+                    .context("run gnuplot (make setup installs it)")?;
+                if !out.status.success() {
+                    bail!(
+                        "gnuplot failed on {}: {}",
+                        gp.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let _ = writeln!(text, "\nPicture: {}", p.display());
+            }
+            print!("{text}");
+            if let Some(p) = &md {
+                write(p, &text)?;
+            }
+            Ok(!expect_bar || bad.is_empty())
         }
     }
 }
