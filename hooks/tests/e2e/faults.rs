@@ -370,3 +370,67 @@ async fn validate_service_killed_during_its_rollback_converges_when_run_again() 
     assert_eq!(svc.live_instances(), vec!["shop@d-1.service"]);
     assert_eq!(svc.answering_release(), "v1");
 }
+
+/// More connections than systemd's default soft limit of open files (1,024) allows: the
+/// instance unit's `LimitNOFILE=` lets a server hold them all, each answering twice on the same
+/// keep-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_holds_more_keep_alive_connections_than_the_default_file_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CONNECTIONS: usize = 1_500;
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    assert!(
+        hard >= 2 * CONNECTIONS as u64,
+        "this test needs {} open files; the hard limit is {hard}",
+        2 * CONNECTIONS
+    );
+    let (svc, _) = deployed("v1");
+
+    /// One request on an open connection; its status line.
+    async fn ask(s: &mut tokio::net::TcpStream) -> std::io::Result<String> {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        // The health answer is small: read until the head and its short body are in.
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
+            if n == 0 {
+                return Err(std::io::Error::other("closed"));
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&got)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string())
+    }
+
+    let mut open = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", svc.port))
+            .await
+            .unwrap();
+        let status = ask(&mut s).await.unwrap_or_else(|e| format!("error: {e}"));
+        assert!(
+            status.contains(" 200 "),
+            "connection {}: {status}",
+            open.len() + 1
+        );
+        open.push(s);
+    }
+    // All of them still open and served: a second request on each.
+    let mut answered = 0;
+    for s in &mut open {
+        if ask(s).await.is_ok_and(|st| st.contains(" 200 ")) {
+            answered += 1;
+        }
+    }
+    assert_eq!(
+        answered, CONNECTIONS,
+        "only {answered} of {CONNECTIONS} open connections were served"
+    );
+}
