@@ -86,7 +86,8 @@ loadgen_start() {
   "$LOADGEN" --port "$port" --out "$LG_DIR" --control "$LG_CTL" "$@" 2>"$LG_DIR/loadgen.log" &
   LG_PID=$!
   BL_PIDS+=("$LG_PID")
-  for _ in $(seq 100); do
+  # LG_START_WAIT: seconds until every client is up (thousands of WebSockets take a while).
+  for _ in $(seq $((${LG_START_WAIT:-5} * 20))); do
     [[ -f $LG_DIR/ready ]] && return 0
     kill -0 "$LG_PID" 2>/dev/null || { cat "$LG_DIR/loadgen.log" >&2; bl_die "loadgen exited"; }
     sleep 0.05

@@ -246,6 +246,13 @@ async fn keepalive_client(
         }
         let t_ms = clock.now_ms();
         c.requests += 1;
+        // Like every HTTP client's pool: a connection the server has closed while it sat idle
+        // (its FIN is in) is not reused. Only a close that crosses the request is a failure.
+        if let Some(r) = &conn
+            && peer_closed(r.get_ref())
+        {
+            conn = None;
+        }
         let attempt = tokio::time::timeout(timeout, async {
             if conn.is_none() {
                 conn = Some(BufReader::new(TcpStream::connect(("127.0.0.1", port)).await?));
@@ -281,6 +288,32 @@ async fn keepalive_client(
     (c, reasons)
 }
 
+/// A WebSocket client connection with buffers for thousands of clients in one process
+/// (tungstenite reserves 128 KiB per connection to read into by default: 1.3 GB for 10,000).
+async fn connect_ws(
+    url: &str,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
+    tokio_tungstenite::connect_async_with_config(url, Some(config), false).await
+}
+
+/// Whether the peer closed (or reset) an idle connection: readable with nothing to read.
+fn peer_closed(s: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match s.try_read(&mut byte) {
+        Ok(_) => true, // EOF, or bytes nobody asked for: either way, not reusable
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 /// A WebSocket client that stays connected, echoes every 100 ms, and reconnects after the
 /// server closes (expected: code 1012, service restart).
 async fn ws_client(
@@ -301,8 +334,7 @@ async fn ws_client(
     let mut connected = Some(connected);
     'outer: while !*stop.borrow() {
         let t_ms = clock.now_ms();
-        let connect =
-            tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&url)).await;
+        let connect = tokio::time::timeout(Duration::from_secs(10), connect_ws(&url)).await;
         let mut ws = match connect {
             Ok(Ok((ws, _))) => ws,
             _ => {
@@ -344,9 +376,13 @@ async fn ws_client(
                             Some(code) => { c.other_closes.push(code); c.failure_t_ms.push(clock.now_ms()) }
                             None => { c.other_closes.push(1005); c.failure_t_ms.push(clock.now_ms()) }
                         }
-                        let _ = ws.close(None).await;
-                        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {}
-                        break;
+                        // Answer the close and let the old connection finish on its own while
+                        // this client reconnects at once, as browsers do.
+                        tokio::spawn(async move {
+                            let _ = ws.close(None).await;
+                            while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {}
+                        });
+                        continue 'outer;
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => {
@@ -613,7 +649,7 @@ pub async fn run(cfg: Config) -> Result<Summary> {
     let (connected_tx, mut connected_rx) = mpsc::unbounded_channel();
     let mut ws = Vec::with_capacity(cfg.ws);
     for i in 0..cfg.ws {
-        if cfg.ws_ramp > 0 && i > 0 && i as u32 % (cfg.ws_ramp / 100).max(1) == 0 {
+        if cfg.ws_ramp > 0 && i > 0 && (i as u32).is_multiple_of((cfg.ws_ramp / 100).max(1)) {
             // In slices of 10 ms, so the start takes ws/ramp seconds.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

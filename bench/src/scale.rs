@@ -232,16 +232,20 @@ pub fn gnuplot_script(step: &Step, png: &Path, work: &Path) -> Result<String> {
         l.push_str(&format!("{:.3} {:.1}\n", (closed_at + took) / 1e3, took));
     }
     std::fs::write(&latency, l)?;
-    let mut arrows = String::new();
-    for m in step
+    let marks: Vec<f64> = step
         .summary
         .marks
         .iter()
         .filter(|m| m.name.starts_with("switch-"))
-    {
+        .map(|m| m.t_ms / 1e3)
+        .collect();
+    let mut arrows = String::new();
+    if let (Some(first), Some(last)) = (marks.first(), marks.last()) {
+        arrows.push_str(&format!("set xrange [{:.1}:{:.1}]\n", first - 1.0, last + 1.0));
+    }
+    for t in &marks {
         arrows.push_str(&format!(
-            "set arrow from {0:.3}, graph 0 to {0:.3}, graph 1 nohead dt 2 lc rgb '#888888'\n",
-            m.t_ms / 1e3
+            "set arrow from {t:.3}, graph 0 to {t:.3}, graph 1 nohead dt 2 lc rgb '#888888'\n"
         ));
     }
     Ok(format!(

@@ -135,7 +135,7 @@ pub struct Config {
         long,
         value_name = "N",
         env = "HANDOFF_FRONT_WS_CLOSE_RATE",
-        default_value_t = 2_000
+        default_value_t = 1_000
     )]
     pub ws_close_rate: u64,
 

@@ -78,8 +78,18 @@ pub fn spawn_relay(
                 Ok(both) => both,
                 Err(e) => return debug!("websocket upgrade failed: {e}"),
             };
-            let client = WebSocketStream::from_raw_socket(TokioIo::new(c), Role::Server, None).await;
-            let up = WebSocketStream::from_raw_socket(TokioIo::new(u), Role::Client, None).await;
+            let client = WebSocketStream::from_raw_socket(
+                TokioIo::new(c),
+                Role::Server,
+                Some(sample_app::ws::small_buffers()),
+            )
+            .await;
+            let up = WebSocketStream::from_raw_socket(
+                TokioIo::new(u),
+                Role::Client,
+                Some(sample_app::ws::small_buffers()),
+            )
+            .await;
             relay(client, up, &upstream, &shared).await;
         };
         tokio::select! {

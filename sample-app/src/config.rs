@@ -19,7 +19,7 @@ pub const DEFAULT_LAME_DUCK_MS: u64 = 500;
 /// Default `--ws-close-timeout-ms`.
 pub const DEFAULT_WS_CLOSE_TIMEOUT_MS: u64 = 1_000;
 /// Default `--ws-close-rate`: WebSocket closes per second during a drain.
-pub const DEFAULT_WS_CLOSE_RATE: u64 = 2_000;
+pub const DEFAULT_WS_CLOSE_RATE: u64 = 1_000;
 /// Default `--drain-timeout-ms`.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Default `--hard-deadline-ms`.

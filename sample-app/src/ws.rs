@@ -40,6 +40,14 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
     })
 }
 
+/// Buffers sized for many mostly idle WebSockets: tungstenite reserves 128 KiB to read into
+/// by default, 1.3 GB for 10,000 connections; larger messages still grow the buffer.
+pub fn small_buffers() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+}
+
 /// Answers a `GET /ws` request: 101 and a spawned WebSocket task, or an error.
 pub(crate) fn upgrade(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
     let h = req.headers();
@@ -91,7 +99,7 @@ pub(crate) fn upgrade(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Respo
 }
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(io: S, shared: &Shared) {
-    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(small_buffers())).await;
     Stats::inc(&shared.stats.websockets);
     if let Err(e) = ws.send(Message::text(shared.identity.release.clone())).await {
         debug!("websocket greeting failed: {e}");
