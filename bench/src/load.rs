@@ -337,7 +337,14 @@ async fn ws_client(
         let connect = tokio::time::timeout(Duration::from_secs(10), connect_ws(&url)).await;
         let mut ws = match connect {
             Ok(Ok((ws, _))) => ws,
-            _ => {
+            failed => {
+                if std::env::var_os("LOADGEN_DEBUG").is_some() {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no handshake within 10 s".into(),
+                    };
+                    eprintln!("loadgen: websocket connect failed at {t_ms:.0} ms: {why}");
+                }
                 c.abnormal += 1;
                 c.failure_t_ms.push(t_ms);
                 tokio::select! {

@@ -192,6 +192,11 @@ pub fn bind(addrs: &[String]) -> Result<Vec<Listener>, ListenError> {
             .first()
             .ok_or_else(|| ListenError::Bind(format!("{spec}: resolves to no address")))?;
         let listener = TcpListener::bind(first).map_err(|e| ListenError::Bind(format!("{spec}: {e}")))?;
+        // The standard library listens with a backlog of 128: behind the front, a burst of
+        // thousands of reconnecting WebSockets overflows it and the front's connects stall in
+        // SYN retransmits. Listen again with the system's maximum, as the socket unit does.
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)
+            .map_err(|e| ListenError::Bind(format!("{spec}: listen: {e}")))?;
         let addr = listener
             .local_addr()
             .map_err(|e| ListenError::Bind(format!("{spec}: {e}")))?;
