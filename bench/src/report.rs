@@ -663,11 +663,14 @@ pub fn gnuplot_script(runs: &[(&Analysis, &[Sample])], png: &Path, work: &Path) 
 
 /// Renders `runs` into `png` with gnuplot (Debian: gnuplot-nox, installed by scripts/setup).
 pub fn render_png(runs: &[(&Analysis, &[Sample])], png: &Path, work: &Path) -> Result<()> {
-    let script = gnuplot_script(runs, png, work)?;
-    let path = work.join("plot.gp");
-    std::fs::write(&path, &script).with_context(|| format!("write {}", path.display()))?;
+    run_gnuplot(&gnuplot_script(runs, png, work)?, &work.join("plot.gp"))
+}
+
+/// Writes a gnuplot script to `path` and runs it.
+pub fn run_gnuplot(script: &str, path: &Path) -> Result<()> {
+    std::fs::write(path, script).with_context(|| format!("write {}", path.display()))?;
     let out = std::process::Command::new("gnuplot")
-        .arg(&path)
+        .arg(path)
         .output()
         .context("run gnuplot (install it: apt-get install gnuplot-nox, or make setup)")?;
     if !out.status.success() {

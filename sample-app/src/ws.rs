@@ -98,6 +98,30 @@ pub(crate) fn upgrade(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Respo
     r
 }
 
+/// Answers one incoming message: text and binary are echoed. False once the WebSocket is over.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    msg: Option<Result<Message, WsError>>,
+) -> bool {
+    match msg {
+        Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => match ws.send(m).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("websocket echo failed: {e}");
+                false
+            }
+        },
+        // Close: tungstenite queues the reply, flushed by the next poll, after which the
+        // stream ends. Ping: the pong is queued likewise.
+        Some(Ok(_)) => true,
+        Some(Err(e)) => {
+            debug!("websocket error: {e}");
+            false
+        }
+        None => false,
+    }
+}
+
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(io: S, shared: &Shared) {
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(small_buffers())).await;
     Stats::inc(&shared.stats.websockets);
@@ -107,22 +131,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(io: S, shared: &Shared) {
     }
     loop {
         tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if let Err(e) = ws.send(m).await {
-                        debug!("websocket echo failed: {e}");
-                        return;
-                    }
-                }
-                // Close: tungstenite queues the reply, flushed by the next poll,
-                // after which the stream ends. Ping: the pong is queued likewise.
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    debug!("websocket error: {e}");
-                    return;
-                }
-                None => return,
-            },
+            msg = ws.next() => if !echo(&mut ws, msg).await { return },
             _ = shared.wait_phase(Phase::is_closing) => break,
         }
     }
@@ -135,20 +144,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(io: S, shared: &Shared) {
     loop {
         tokio::select! {
             () = &mut turn => break,
-            msg = ws.next() => match msg {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if let Err(e) = ws.send(m).await {
-                        debug!("websocket echo failed: {e}");
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    debug!("websocket error: {e}");
-                    return;
-                }
-                None => return,
-            },
+            msg = ws.next() => if !echo(&mut ws, msg).await { return },
         }
     }
     let frame = CloseFrame {

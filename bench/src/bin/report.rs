@@ -252,20 +252,10 @@ fn real_main() -> Result<bool> {
                 if let Some(dir) = p.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                let script = bench::scale::gnuplot_script(last, p, &last.dir)?;
-                let gp = last.dir.join("scale.gp");
-                std::fs::write(&gp, script)?;
-                let out = std::process::Command::new("gnuplot")
-                    .arg(&gp)
-                    .output()
-                    .context("run gnuplot (make setup installs it)")?;
-                if !out.status.success() {
-                    bail!(
-                        "gnuplot failed on {}: {}",
-                        gp.display(),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+                bench::report::run_gnuplot(
+                    &bench::scale::gnuplot_script(last, p, &last.dir)?,
+                    &last.dir.join("scale.gp"),
+                )?;
                 let _ = writeln!(text, "\nPicture: {}", p.display());
             }
             print!("{text}");
