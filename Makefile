@@ -5,13 +5,14 @@
 #   make bundle   the revision zip: dist/$(SERVICE)-$(RELEASE).zip
 #   make bench    three restart strategies side by side under the same load: dist/bench.md, dist/bench.png
 #   make bench-scale  a switch with 100 to 10,000 WebSockets and 10 to 1,000 keep-alive clients open: dist/scale.md
+#   make fleet    8 hosts behind HAProxy deployed in waves (AllAtOnce, OneAtATime + load balancer): dist/fleet.md
 
 RELEASE ?= dev
 TARGET  := x86_64-unknown-linux-musl
 CARGO   ?= cargo
 export RELEASE
 
-.PHONY: setup build static test demo bench bench-scale bundle fmt lint clean
+.PHONY: setup build static test demo fleet bench bench-scale bundle fmt lint clean
 
 setup:
 	scripts/setup
@@ -34,6 +35,12 @@ bundle: static
 # dist/demo.md and dist/demo.png; fails if any request failed or v2 does not serve at the end.
 demo: setup
 	scripts/demo
+
+# 8 hosts (real systemd sandboxes) behind a real HAProxy, deployed by the agent's lifecycle in
+# waves under load through the balancer; writes dist/fleet.md and dist/fleet.png; fails on any
+# failed request or health check, a broken release not rejected, or a host on the wrong release.
+fleet: setup
+	scripts/fleet
 
 # (a) own port + restart, (b) socket activation + restart, (c) the hooks; same load and knobs.
 bench: setup

@@ -10,8 +10,11 @@
 //!   paced keep-alive latency from intended send times, idle connections held open, RSS.
 //! - `report scale` ([`scale`]): the steps of scripts/bench-scale (thousands of WebSockets and
 //!   keep-alive clients through a switch) as one table and a picture of the reconnects.
+//! - `report fleet` ([`fleet`]): the run of scripts/fleet (hosts behind HAProxy, deployed in
+//!   waves) as a table of waves, what the balancer and the clients saw, the time of each wave.
 
 pub mod data;
+pub mod fleet;
 pub mod hop;
 pub mod load;
 pub mod report;

@@ -1,7 +1,7 @@
 // The smallest Go app for the handoff hooks: net/http on the socket systemd passes (fd 3).
 //
 //	GET /            -> 200 "<RELEASE>\n", X-Release: <RELEASE>   (?sleep_ms=N: answer N ms later)
-//	GET /healthz     -> 200 "ok\n", X-Instance: <INSTANCE>; 503 once draining
+//	GET /healthz     -> 200 "ok\n", X-Instance: <INSTANCE>; 200 while draining too
 package main
 
 import (
@@ -67,11 +67,8 @@ func main() {
 func handle(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/healthz":
-		// handoff: 503 while draining, so nothing mistakes this instance for a serving one.
-		if draining.Load() {
-			reply(w, http.StatusServiceUnavailable, "draining\n")
-			return
-		}
+		// handoff: 200 while draining too: the health path speaks for the host, and the next
+		// instance serves it; a balancer's check must never fail during a switch.
 		reply(w, http.StatusOK, "ok\n")
 	case "/":
 		if s := r.URL.Query().Get("sleep_ms"); s != "" {

@@ -3,26 +3,22 @@
 GET /            -> 200 "<RELEASE>\n", X-Release: <RELEASE>   (?sleep_ms=N: answer N ms later)
 GET /healthz     -> 200 "ok\n", X-Instance: <INSTANCE>        (INSTANCE = release id, set by the unit)
 
-The drain itself is in gunicorn.conf.py (a lame duck on SIGTERM); the app only
-answers /healthz with 503 once it has begun.
+The drain itself is in gunicorn.conf.py (a lame duck on SIGTERM); the app needs no change
+for it (/healthz stays 200 while draining: the health path speaks for the host).
 """
 import os
-import threading
 import time
 from urllib.parse import parse_qs
 
 RELEASE = os.environ.get("RELEASE", "dev")
 INSTANCE = os.environ.get("INSTANCE", "-")
-# handoff: set by gunicorn.conf.py when this worker gets SIGTERM (the drain has begun).
-draining = threading.Event()
 
 
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     if path == "/healthz":
-        # handoff: 503 while draining, so nothing mistakes this instance for a serving one.
-        if draining.is_set():
-            return reply(start_response, "503 Service Unavailable", b"draining\n")
+        # handoff: 200 while draining too: the health path speaks for the host, and the next
+        # instance serves it; a balancer's check must never fail during a switch.
         return reply(start_response, "200 OK", b"ok\n")
     if path == "/":
         query = parse_qs(environ.get("QUERY_STRING", ""))

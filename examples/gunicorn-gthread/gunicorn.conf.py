@@ -6,7 +6,7 @@
 # request on one of them at that moment (wrk, most HTTP libraries: no retry) gets an error.
 # With the two hooks below, SIGTERM starts a lame duck instead: for LAME_DUCK_S every
 # response says `Connection: close` (keep-alive clients leave after their current request
-# and reconnect, landing on the new instance) and /healthz answers 503; then gunicorn's own
+# and reconnect, landing on the new instance); then gunicorn's own
 # graceful stop runs (in-flight requests finish, the worker exits).
 import signal
 import threading
@@ -22,8 +22,6 @@ def post_worker_init(worker):
         if worker.draining:
             return
         worker.draining = True
-        import app  # the WSGI module this worker loaded ("app:app")
-        app.draining.set()
         threading.Timer(LAME_DUCK_S, worker.handle_exit, (sig, frame)).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)

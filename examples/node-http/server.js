@@ -2,7 +2,7 @@
 // The smallest Node app for the handoff hooks: node:http + ws on the socket systemd passes.
 //
 // GET /            -> 200 "<RELEASE>\n", X-Release: <RELEASE>   (?sleep_ms=N: answer N ms later)
-// GET /healthz     -> 200 "ok\n", X-Instance: <INSTANCE>; 503 once draining
+// GET /healthz     -> 200 "ok\n", X-Instance: <INSTANCE>; 200 while draining too
 // GET /ws          -> WebSocket: sends RELEASE, then echoes every text message
 const http = require('node:http');
 const net = require('node:net');
@@ -16,8 +16,9 @@ let draining = false; // handoff: set on SIGTERM
 const server = http.createServer(async (req, res) => {
   const url = new URL(req.url, 'http://localhost');
   if (url.pathname === '/healthz') {
-    // handoff: 503 while draining, so nothing mistakes this instance for a serving one.
-    return draining ? reply(res, 503, 'draining\n') : reply(res, 200, 'ok\n');
+    // handoff: 200 while draining too: the health path speaks for the host, and the next
+    // instance serves it; a balancer's check must never fail during a switch.
+    return reply(res, 200, 'ok\n');
   }
   if (url.pathname === '/') {
     const sleepMs = Number(url.searchParams.get('sleep_ms') || 0);

@@ -1,7 +1,7 @@
 """The smallest ASGI app for the handoff hooks, served by uvicorn (see serve.py).
 
 GET /            -> 200 "<RELEASE>\n", X-Release: <RELEASE>   (?sleep_ms=N: answer N ms later)
-GET /healthz     -> 200 "ok\n", X-Instance: <INSTANCE>; 503 once draining
+GET /healthz     -> 200 "ok\n", X-Instance: <INSTANCE>; 200 while draining too
 GET /ws          -> WebSocket: sends RELEASE, then echoes every text message
 """
 import asyncio
@@ -28,9 +28,8 @@ async def app(scope, receive, send):
 async def http(scope, receive, send):
     path = scope["path"]
     if path == "/healthz":
-        # handoff: 503 while draining, so nothing mistakes this instance for a serving one.
-        if draining:
-            return await reply(send, 503, b"draining\n")
+        # handoff: 200 while draining too: the health path speaks for the host, and the next
+        # instance serves it; a balancer's check must never fail during a switch.
         return await reply(send, 200, b"ok\n")
     if path == "/":
         query = parse_qs(scope["query_string"].decode("latin-1"))

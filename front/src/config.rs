@@ -108,6 +108,18 @@ pub struct Config {
     )]
     pub lame_duck_ms: u64,
 
+    /// Own drain: an idle keep-alive connection is not closed before this long after
+    /// SIGTERM; until then it ends with its client's next request (answered with
+    /// `Connection: close`) or the client's own close. A load balancer sends on its
+    /// pooled connections at any moment, and one closed under it fails a request.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "HANDOFF_FRONT_IDLE_HOLD_MS",
+        default_value_t = 3000
+    )]
+    pub idle_hold_ms: u64,
+
     /// Own drain: a connection that has not delivered its first request at SIGTERM
     /// gets this long to do so before it may be closed.
     #[arg(
@@ -172,6 +184,11 @@ impl Config {
     /// `--lame-duck-ms`.
     pub fn lame_duck(&self) -> Duration {
         ms(self.lame_duck_ms)
+    }
+
+    /// `--idle-hold-ms`.
+    pub fn idle_hold(&self) -> Duration {
+        ms(self.idle_hold_ms)
     }
     /// `--first-request-grace-ms`.
     pub fn first_request_grace(&self) -> Duration {

@@ -299,9 +299,12 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit:
             }
         }
     };
-    let grace_until = match phase {
-        Phase::Closing { grace_until } => grace_until,
-        _ => Instant::now(),
+    let (grace_until, idle_until) = match phase {
+        Phase::Closing {
+            grace_until,
+            idle_until,
+        } => (grace_until, idle_until),
+        _ => (Instant::now(), Instant::now()),
     };
     if matches!(first_rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
         trace!(%peer, "closing: waiting for the first request (grace)");
@@ -310,6 +313,12 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit:
             _ = &mut first_rx => {}
             () = sleep_until(grace_until) => {}
         }
+    }
+    // Idle keep-alive hold (see sample_app::http): the connection ends by itself with its
+    // client's next request, answered with `Connection: close`, or the client's close.
+    tokio::select! {
+        res = conn.as_mut() => return finished(peer, res),
+        () = sleep_until(idle_until) => {}
     }
     trace!(%peer, "graceful shutdown");
     conn.as_mut().graceful_shutdown();

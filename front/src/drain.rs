@@ -16,7 +16,11 @@
 //!    has not sent a byte is not shut down before it does or the grace ends
 //!    (hyper would reset a request already in the kernel buffer).
 //! 5. **`graceful_shutdown()`** of every HTTP connection: in-flight requests
-//!    finish (forwarded to their upstream as usual), idle connections close.
+//!    finish (forwarded to their upstream as usual); an idle keep-alive
+//!    connection is held until `--idle-hold-ms` after SIGTERM, so that it ends
+//!    with its client's next request (answered with `Connection: close`) or the
+//!    client's close instead of a close that races with a load balancer's next
+//!    request on it.
 //! 6. **WebSockets**: 1012 to the client, 1001 to the upstream, up to
 //!    `--ws-close-timeout-ms` for the handshakes.
 //! 7. **Exit** once nothing is open: [`Outcome::Drained`] (exit 0); at
@@ -218,6 +222,7 @@ pub async fn run_on(
     );
     shared.set_phase(Phase::Closing {
         grace_until: t0 + config.first_request_grace(),
+        idle_until: t0 + config.idle_hold(),
     });
     // (7)
     let mut tick = tokio::time::interval(Duration::from_millis(250));

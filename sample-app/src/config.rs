@@ -16,6 +16,7 @@ pub const BUILD_RELEASE: &str = env!("SAMPLE_APP_BUILD_RELEASE");
 pub const DEFAULT_FIRST_REQUEST_GRACE_MS: u64 = 200;
 /// Default `--lame-duck-ms`.
 pub const DEFAULT_LAME_DUCK_MS: u64 = 500;
+pub const DEFAULT_IDLE_HOLD_MS: u64 = 3000;
 /// Default `--ws-close-timeout-ms`.
 pub const DEFAULT_WS_CLOSE_TIMEOUT_MS: u64 = 1_000;
 /// Default `--ws-close-rate`: WebSocket closes per second during a drain.
@@ -115,6 +116,14 @@ pub struct Config {
     #[arg(long, value_name = "MS", env = "SAMPLE_LAME_DUCK_MS", default_value_t = DEFAULT_LAME_DUCK_MS)]
     pub lame_duck_ms: u64,
 
+    /// Drain: an idle keep-alive connection is not closed before this long after SIGTERM;
+    /// until then it waits for the client's next request (answered with `Connection: close`)
+    /// or for the client to close it. Closing an idle connection races with the request the
+    /// client may be sending on it at that moment, and a load balancer that pools its
+    /// connections to this instance (HAProxy, ALB) fails that client's request.
+    #[arg(long, value_name = "MS", env = "SAMPLE_IDLE_HOLD_MS", default_value_t = DEFAULT_IDLE_HOLD_MS)]
+    pub idle_hold_ms: u64,
+
     /// Drain: how long to wait for a WebSocket client to answer our close frame
     /// (code 1012, service restart) before dropping the connection.
     #[arg(long, value_name = "MS", env = "SAMPLE_WS_CLOSE_TIMEOUT_MS", default_value_t = DEFAULT_WS_CLOSE_TIMEOUT_MS)]
@@ -163,6 +172,7 @@ impl Default for Config {
             crash_after_ms: None,
             first_request_grace_ms: DEFAULT_FIRST_REQUEST_GRACE_MS,
             lame_duck_ms: DEFAULT_LAME_DUCK_MS,
+            idle_hold_ms: DEFAULT_IDLE_HOLD_MS,
             ws_close_timeout_ms: DEFAULT_WS_CLOSE_TIMEOUT_MS,
             ws_close_rate: DEFAULT_WS_CLOSE_RATE,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
@@ -186,6 +196,10 @@ impl Config {
     /// `--lame-duck-ms` as a duration.
     pub fn lame_duck(&self) -> Duration {
         Duration::from_millis(self.lame_duck_ms)
+    }
+
+    pub fn idle_hold(&self) -> Duration {
+        Duration::from_millis(self.idle_hold_ms)
     }
 
     /// `--ws-close-timeout-ms` as a duration.
@@ -226,6 +240,12 @@ impl Config {
                 self.first_request_grace_ms,
                 self.ws_close_timeout_ms,
                 self.drain_timeout_ms
+            ));
+        }
+        if self.idle_hold_ms >= self.drain_timeout_ms {
+            w.push(format!(
+                "idle keep-alive hold ({} ms) is not below the drain timeout ({} ms): idle connections are dropped instead of closed",
+                self.idle_hold_ms, self.drain_timeout_ms
             ));
         }
         w
@@ -272,6 +292,7 @@ mod tests {
             hard_deadline_ms: 900,
             ..Config::default()
         };
-        assert_eq!(c.warnings().len(), 2, "{:?}", c.warnings());
+        assert_eq!(c.warnings().len(), 3, "{:?}", c.warnings());
+        assert!(c.warnings()[2].starts_with("idle keep-alive hold (3000 ms)"));
     }
 }

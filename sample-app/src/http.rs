@@ -6,11 +6,15 @@
 //!
 //! * while [`Phase::Serving`] or [`Phase::LameDuck`]: never (in lame duck, the
 //!   routes add `Connection: close`, and hyper closes after that response);
-//! * at [`Phase::Closing`]: at once if the client has sent at least one byte;
-//!   otherwise once it does or once the first-request grace has run out.
-//!   hyper closes a connection from which it has not read a byte, even if the
-//!   request is already waiting in the kernel buffer, and the client then sees
-//!   a reset. [`FirstRead`] tells us when the first byte was read.
+//! * at [`Phase::Closing`]: once the idle keep-alive hold has run out (until
+//!   then the connection ends by itself: its next request is answered with
+//!   `Connection: close`), and not before the client has sent at least one byte
+//!   or the first-request grace has run out. hyper closes a connection from
+//!   which it has not read a byte, even if the request is already waiting in
+//!   the kernel buffer, and the client then sees a reset. [`FirstRead`] tells
+//!   us when the first byte was read. Closing an idle keep-alive connection
+//!   races with the request its client may be sending: a load balancer that
+//!   pools connections (HAProxy, ALB) then fails that request.
 //! * at [`Phase::Abort`]: the task is dropped, and the socket with it.
 //!
 //! [`Phase::Serving`]: crate::state::Phase::Serving
@@ -136,9 +140,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         res = conn.as_mut() => return finished(peer, res),
         phase = shared.wait_phase(Phase::is_closing) => phase,
     };
-    let grace_until = match phase {
-        Phase::Closing { grace_until } => grace_until,
-        _ => tokio::time::Instant::now(),
+    let (grace_until, idle_until) = match phase {
+        Phase::Closing {
+            grace_until,
+            idle_until,
+        } => (grace_until, idle_until),
+        _ => (tokio::time::Instant::now(), tokio::time::Instant::now()),
     };
     // First-request grace: don't let hyper close a connection whose first
     // request may already be on its way.
@@ -149,6 +156,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             _ = &mut first_rx => {}
             () = tokio::time::sleep_until(grace_until) => {}
         }
+    }
+    // Idle keep-alive hold: the connection ends by itself when the client sends its next
+    // request (answered with `Connection: close`) or closes it; we close it only after
+    // the hold. A request in flight meanwhile finishes the same way.
+    tokio::select! {
+        res = conn.as_mut() => return finished(peer, res),
+        () = tokio::time::sleep_until(idle_until) => {}
     }
     trace!(%peer, "graceful shutdown");
     conn.as_mut().graceful_shutdown();
@@ -206,10 +220,10 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
             body(StatusCode::OK, shared.identity.body.clone())
         }
         "/healthz" => {
+            // Draining is healthy: the health path speaks for the host, which the next
+            // instance serves, and a load balancer's check must never fail during a switch.
             if shared.is_unhealthy() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
-            } else if !shared.phase().is_serving() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else {
                 text(StatusCode::OK, "ok\n")
             }

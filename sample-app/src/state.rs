@@ -95,10 +95,13 @@ pub enum Phase {
     /// closed by us yet.
     LameDuck,
     /// HTTP connections get `graceful_shutdown` (a connection still waiting for
-    /// its first request not before `grace_until`); WebSockets get close 1012.
+    /// its first request not before `grace_until`, an idle keep-alive connection
+    /// not before `idle_until`); WebSockets get close 1012.
     Closing {
         /// End of the first-request grace (SIGTERM + first-request grace).
         grace_until: Instant,
+        /// End of the idle keep-alive hold (SIGTERM + idle hold).
+        idle_until: Instant,
     },
     /// Drain budget exhausted: drop whatever is still open.
     Abort,
@@ -376,14 +379,24 @@ mod tests {
         let order = [
             Phase::Serving,
             Phase::LameDuck,
-            Phase::Closing { grace_until: g },
+            Phase::Closing {
+                grace_until: g,
+                idle_until: g,
+            },
             Phase::Abort,
         ];
         for w in order.windows(2) {
             assert!(w[0].rank() < w[1].rank());
         }
         assert!(Phase::Serving.is_serving() && !Phase::LameDuck.is_serving());
-        assert!(!Phase::LameDuck.is_closing() && Phase::Closing { grace_until: g }.is_closing());
+        assert!(
+            !Phase::LameDuck.is_closing()
+                && Phase::Closing {
+                    grace_until: g,
+                    idle_until: g
+                }
+                .is_closing()
+        );
         assert!(Phase::Abort.is_closing() && Phase::Abort.is_abort());
     }
 

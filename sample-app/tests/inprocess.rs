@@ -229,11 +229,12 @@ async fn drain_protocol_step_by_step() {
     .await;
     assert!(refused.is_ok(), "listener still open after shutdown");
 
-    // (3) Lame duck on the keep-alive connection: 503 and Connection: close,
-    // then the server closes it.
+    // (3) Lame duck on the keep-alive connection: still healthy (the health path speaks
+    // for the host, which the successor serves) but Connection: close, then the server
+    // closes it.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let r = keep.get("/healthz").await.unwrap();
-    assert_eq!((r.status, r.text().as_str()), (503, "draining\n"));
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
     assert!(r.closes(), "lame duck must say Connection: close");
     assert!(
         keep.closed_within(Duration::from_secs(1)).await,
@@ -295,6 +296,7 @@ async fn first_request_grace() {
     let mut s = Server::start(Config {
         lame_duck_ms: 0,
         first_request_grace_ms: grace.as_millis() as u64,
+        idle_hold_ms: grace.as_millis() as u64,
         ..cfg()
     });
     let mut late = HttpConn::connect(s.addr).await.unwrap();
@@ -311,6 +313,44 @@ async fn first_request_grace() {
     assert!(
         t0.elapsed() >= grace - Duration::from_millis(20),
         "closed before the grace: {:?}",
+        t0.elapsed()
+    );
+    let Outcome::Drained(rep) = s.outcome(Duration::from_secs(5)).await else {
+        panic!("expected a clean drain")
+    };
+    assert_eq!(rep.dropped.total(), 0);
+}
+
+/// An idle keep-alive connection is not closed when the lame duck ends: its client's next
+/// request, sent after that, is answered (with `Connection: close`). A load balancer sends on
+/// its pooled connections at any moment, and one closed under it fails a client's request.
+/// Once the hold is over, a connection still idle is closed.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_held_past_the_lame_duck() {
+    let hold = Duration::from_millis(1500);
+    let mut s = Server::start(Config {
+        lame_duck_ms: 200,
+        idle_hold_ms: hold.as_millis() as u64,
+        ..cfg()
+    });
+    let mut pooled = HttpConn::connect(s.addr).await.unwrap();
+    let mut idle = HttpConn::connect(s.addr).await.unwrap();
+    assert_eq!(pooled.get("/").await.unwrap().status, 200);
+    assert_eq!(idle.get("/").await.unwrap().status, 200);
+
+    let t0 = s.shutdown();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = pooled
+        .get("/")
+        .await
+        .expect("a request on an idle connection after the lame duck must be answered");
+    assert_eq!(r.status, 200);
+    assert!(r.closes(), "answered with Connection: close");
+
+    assert!(idle.closed_within(Duration::from_secs(3)).await);
+    assert!(
+        t0.elapsed() >= hold - Duration::from_millis(20),
+        "closed before the hold was over: {:?}",
         t0.elapsed()
     );
     let Outcome::Drained(rep) = s.outcome(Duration::from_secs(5)).await else {

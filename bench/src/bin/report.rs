@@ -4,6 +4,7 @@
 //!          --expect-no-failures --expect-final-release v2 --expect-failed-window d-3
 //!   report table --run "(a) naive=run-a/" --run "(c) handoff=run-c/" --md dist/bench.md --png dist/bench.png
 //!   report scale --step step-100/ --step step-10000/ --md dist/scale.md --png dist/scale.png --expect-bar
+//!   report fleet --dir target/fleet-run.X/ --md dist/fleet.md --png dist/fleet.png --json dist/fleet.json --expect
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,6 +77,23 @@ enum Cmd {
         /// Fail (exit 1) unless the last step meets the bar (see bench::scale::verdict).
         #[arg(long)]
         expect_bar: bool,
+    },
+    /// The run of scripts/fleet: waves across hosts behind HAProxy, what the balancer saw.
+    Fleet {
+        /// The run folder (events.tsv, haproxy.log, load/summary.json, settings.env).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        md: Option<PathBuf>,
+        /// Requests per second at the balancer and the release each host served, over time.
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Everything the report says, as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Fail (exit 1) unless every check of the verdict passes (see bench::fleet).
+        #[arg(long)]
+        expect: bool,
     },
 }
 
@@ -263,6 +281,43 @@ fn real_main() -> Result<bool> {
                 write(p, &text)?;
             }
             Ok(!expect_bar || bad.is_empty())
+        }
+        Cmd::Fleet {
+            dir,
+            md,
+            png: png_path,
+            json,
+            expect,
+        } => {
+            let read = |name: &str| {
+                std::fs::read_to_string(dir.join(name))
+                    .with_context(|| format!("read {}", dir.join(name).display()))
+            };
+            let events = bench::fleet::parse_events(&read("events.tsv")?)?;
+            let log = bench::fleet::parse_log(&read("haproxy.log")?);
+            let settings = bench::fleet::parse_settings(&read("settings.env")?)?;
+            let summary = Summary::read(&dir.join("load/summary.json"))?;
+            let stats = bench::fleet::parse_stats(&read("stat-end.csv")?);
+            let fleet = bench::fleet::analyse(settings, &events, &log, &stats, &summary)?;
+            let mut text = fleet.markdown();
+            if let Some(p) = &png_path {
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                bench::report::run_gnuplot(
+                    &fleet.gnuplot_script(&log, &events, p, &dir)?,
+                    &dir.join("fleet.gp"),
+                )?;
+                let _ = writeln!(text, "\nPicture: {}", p.display());
+            }
+            print!("{text}");
+            if let Some(p) = &md {
+                write(p, &text)?;
+            }
+            if let Some(p) = &json {
+                write(p, &serde_json::to_string_pretty(&fleet)?)?;
+            }
+            Ok(!expect || fleet.verdict().iter().all(|(ok, _)| *ok))
         }
     }
 }

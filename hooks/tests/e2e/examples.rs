@@ -170,10 +170,10 @@ async fn switches_losslessly(example: &str, ws_clients: usize, slow: usize) {
     assert_eq!(svc.answering_release(), "v1");
 }
 
-/// The switch tests of the examples (native, and each example behind the front) take turns:
-/// each loads two cores with ab, wrk, the probe and a server that may be single-threaded, and
-/// two of them at once measure each other.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The switch tests of the examples (native, and each example behind the front) and the fleet
+/// test take turns: each loads two cores with ab, wrk, the probe and a server that may be
+/// single-threaded, and two of them at once measure each other.
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gunicorn_sync_switches_without_a_failed_request_or_a_stall() {

@@ -2,6 +2,7 @@
 
 mod examples;
 mod faults;
+mod fleet;
 mod hooks;
 mod integrity;
 mod load;
