@@ -90,30 +90,30 @@ pub fn parse_log(text: &str) -> BalancerLog {
 /// (host, connect errors `econ`, response errors `eresp`, server aborts `srv_abrt`). HAProxy
 /// closes the client's keep-alive connection when the host closes a pooled connection under a
 /// request, and logs nothing for it; the client sees the failure.
-pub fn parse_stats(csv: &str) -> Vec<(String, u64, u64, u64)> {
+pub fn parse_stats(csv: &str) -> Result<Vec<(String, u64, u64, u64)>> {
     let mut lines = csv.lines();
-    let Some(header) = lines.next() else {
-        return Vec::new();
-    };
+    let header = lines.next().unwrap_or_default();
     let cols: Vec<&str> = header.trim_start_matches(['#', ' ']).split(',').collect();
-    let col = |name: &str| cols.iter().position(|c| *c == name);
-    let (Some(px), Some(sv), Some(econ), Some(eresp), Some(abrt)) = (
-        col("pxname"),
-        col("svname"),
-        col("econ"),
-        col("eresp"),
-        col("srv_abrt"),
-    ) else {
-        return Vec::new();
+    let col = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .with_context(|| format!("stat-end.csv (HAProxy's show stat) has no {name} column: {header}"))
     };
-    lines
+    let (px, sv, econ, eresp, abrt) = (
+        col("pxname")?,
+        col("svname")?,
+        col("econ")?,
+        col("eresp")?,
+        col("srv_abrt")?,
+    );
+    Ok(lines
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
             let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             (f.get(px) == Some(&"hosts") && !matches!(f.get(sv), Some(&"BACKEND") | None))
                 .then(|| (f[sv].to_string(), n(econ), n(eresp), n(abrt)))
         })
-        .collect()
+        .collect())
 }
 
 /// One line of events.tsv.
@@ -274,7 +274,9 @@ fn answer_times(log: &BalancerLog, from: i64, to: i64) -> (i64, i64) {
         return (0, 0);
     }
     t.sort_unstable();
-    (t[(t.len() * 99 / 100).min(t.len() - 1)], t[t.len() - 1])
+    // Nearest rank: the smallest answer time with at least 99 % of the answers at or below it.
+    let rank = (t.len() * 99).div_ceil(100);
+    (t[rank.saturating_sub(1)], t[t.len() - 1])
 }
 
 pub fn analyse(
@@ -408,7 +410,24 @@ impl Fleet {
     /// The checks of `--expect`: (passed, what).
     pub fn verdict(&self) -> Vec<(bool, String)> {
         let client_failed: u64 = self.clients.iter().map(|c| c.2).sum();
+        let quiet: Vec<&str> = self
+            .waves
+            .iter()
+            .filter(|w| w.requests == 0)
+            .map(|w| w.id.as_str())
+            .collect();
         let mut v = vec![
+            (
+                self.balancer_requests > 0 && quiet.is_empty(),
+                format!(
+                    "traffic through the balancer in every wave{}",
+                    if quiet.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": none in {}", quiet.join(", "))
+                    }
+                ),
+            ),
             (
                 self.balancer_failed == 0,
                 format!(
@@ -629,7 +648,7 @@ impl Fleet {
         let all_at_once = self
             .waves
             .iter()
-            .filter(|w| w.all_at_once() && !w.broken())
+            .filter(|w| w.all_at_once() && !w.broken() && !w.load_balancer_step())
             .map(|w| w.wall_ms as f64 / 1e3)
             .next()
             .unwrap_or(one as f64 / 1e3);
@@ -861,7 +880,9 @@ mod tests {
         let stats = parse_stats(
             "# pxname,svname,econ,eresp,srv_abrt,status\nfleet,FRONTEND,,,,OPEN\n\
              hosts,h1,0,0,0,UP\nhosts,h2,0,2,2,UP\nhosts,BACKEND,0,2,2,UP\n",
-        );
+        )
+        .unwrap();
+        assert!(parse_stats("# pxname,svname,status\n").is_err());
         assert_eq!(stats, [("h1".into(), 0, 0, 0), ("h2".into(), 0, 2, 2)]);
         let f = analyse(settings, &events, &log, &stats, &Summary::default()).unwrap();
         assert_eq!(f.waves.len(), 2);

@@ -222,7 +222,9 @@ pub async fn run_on(
     );
     shared.set_phase(Phase::Closing {
         grace_until: t0 + config.first_request_grace(),
-        idle_until: t0 + config.idle_hold(),
+        // Within the drain budget, with time left to close what is still idle then.
+        idle_until: (t0 + config.idle_hold())
+            .min(deadline - Duration::from_millis(500).min(config.drain_timeout() / 4)),
     });
     // (7)
     let mut tick = tokio::time::interval(Duration::from_millis(250));

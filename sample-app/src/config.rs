@@ -244,7 +244,7 @@ impl Config {
         }
         if self.idle_hold_ms >= self.drain_timeout_ms {
             w.push(format!(
-                "idle keep-alive hold ({} ms) is not below the drain timeout ({} ms): idle connections are dropped instead of closed",
+                "idle keep-alive hold ({} ms) is not below the drain timeout ({} ms): idle connections are closed shortly before the drain timeout instead",
                 self.idle_hold_ms, self.drain_timeout_ms
             ));
         }

@@ -266,7 +266,9 @@ pub async fn run(
     }
     shared.phase.send_replace(Phase::Closing {
         grace_until: t0 + config.first_request_grace(),
-        idle_until: t0 + config.idle_hold(),
+        // Within the drain budget, with time left to close what is still idle then.
+        idle_until: (t0 + config.idle_hold())
+            .min(drain_deadline - Duration::from_millis(500).min(config.drain_timeout() / 4)),
     });
     debug!(open = ?shared.tracker.open(), "closing connections");
 

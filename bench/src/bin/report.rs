@@ -297,7 +297,7 @@ fn real_main() -> Result<bool> {
             let log = bench::fleet::parse_log(&read("haproxy.log")?);
             let settings = bench::fleet::parse_settings(&read("settings.env")?)?;
             let summary = Summary::read(&dir.join("load/summary.json"))?;
-            let stats = bench::fleet::parse_stats(&read("stat-end.csv")?);
+            let stats = bench::fleet::parse_stats(&read("stat-end.csv")?)?;
             let fleet = bench::fleet::analyse(settings, &events, &log, &stats, &summary)?;
             let mut text = fleet.markdown();
             if let Some(p) = &png_path {
