@@ -624,7 +624,16 @@ impl<'a> Deployer<'a> {
                 .context("the new release started but")
         };
         tokio::select! {
-            r = confirm => r,
+            r = confirm => r.map_err(|e| {
+                // A release that never answered: what it printed names the cause (an EPERM,
+                // a traceback), as it does for a crash.
+                let tail = self.output_tail(&unit);
+                if tail.is_empty() {
+                    return e;
+                }
+                let kind = crate::fault::kind_of(&e).unwrap_or(crate::fault::FaultKind::Deployment);
+                anyhow::Error::new(crate::fault::Fault::new(kind, format!("{e:#}{tail}")))
+            }),
             r = self.crash_watch(&unit) => r,
         }
     }

@@ -595,7 +595,7 @@ impl Deployer<'_> {
 
 impl Deployer<'_> {
     /// The last lines the app wrote (with `app.log_to_file`), and what an EPERM in them means.
-    fn output_tail(&self, unit: &str) -> String {
+    pub(crate) fn output_tail(&self, unit: &str) -> String {
         let Some(release) = unit
             .strip_prefix(&format!("{}@", self.cfg.service))
             .and_then(|r| r.strip_suffix(".service"))
