@@ -398,3 +398,41 @@ async fn bad_usage_exits_2() {
     assert!(err.contains("LISTEN_FDS") && err.contains("LISTEN_PID"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A file limit too small for `max_connections` (two descriptors per connection: the client's
+/// and the one to the release): the front says so and serves what fits; a connection beyond
+/// it waits in the socket's queue and is served once another closes, instead of an accept()
+/// failing with EMFILE and a WebSocket answered 502.
+#[tokio::test]
+async fn a_file_limit_below_max_connections_is_named_and_the_rest_wait() {
+    let up = Upstream::start("v1").await;
+    // (300 - 256 kept aside) / 2 = 22 client connections.
+    let front = Front::start_with_file_limit(Some(("v1", up.addr)), &[], Some(300)).await;
+    assert!(
+        front
+            .startup
+            .iter()
+            .any(|l| l.contains("serving at most 22 client connections")),
+        "{:?}",
+        front.startup
+    );
+    let mut held = Vec::new();
+    for _ in 0..22 {
+        let mut c = client(front.addr).await;
+        let r = soon(c.send_request(get("/"))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        held.push(c);
+    }
+    let addr = front.addr;
+    let waiting = tokio::spawn(async move {
+        let mut c = client(addr).await;
+        c.send_request(get("/")).await.map(|r| r.status())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the 23rd connection was served past the limit"
+    );
+    drop(held.pop());
+    assert_eq!(soon(waiting).await.unwrap().unwrap(), StatusCode::OK);
+}

@@ -42,6 +42,8 @@ pub struct Front {
     pub control: PathBuf,
     pub dir: PathBuf,
     pub log: mpsc::UnboundedReceiver<String>,
+    /// What the front logged before it was ready.
+    pub startup: Vec<String>,
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -64,13 +66,33 @@ pub fn bin() -> Command {
 impl Front {
     /// Starts a front routed to `route` (release, upstream), with extra flags.
     pub async fn start(route: Option<(&str, SocketAddr)>, extra: &[&str]) -> Front {
+        Self::start_with_file_limit(route, extra, None).await
+    }
+
+    /// Like [`Front::start`], with the process's file limit (soft and hard) set to `files`.
+    pub async fn start_with_file_limit(
+        route: Option<(&str, SocketAddr)>,
+        extra: &[&str],
+        files: Option<u64>,
+    ) -> Front {
         let dir = temp_dir();
         let routes = dir.join("routes.json");
         if let Some((r, a)) = route {
             std::fs::write(&routes, format!(r#"{{"release":"{r}","upstream":"{a}"}}"#)).unwrap();
         }
         let control = dir.join("control.sock");
-        let mut child = bin()
+        let mut cmd = bin();
+        if let Some(n) = files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = cmd
             .args(["--bind", "127.0.0.1:0", "--id", "front-a", "-v"])
             .arg("--routes")
             .arg(&routes)
@@ -92,12 +114,14 @@ impl Front {
                 let _ = tx.send(line);
             }
         });
+        let mut startup = Vec::new();
         let addr = loop {
             let line = soon(log.recv()).await.expect("front exited before ready");
             if line.contains(" ready") {
                 let s = line.split("addrs=[").nth(1).unwrap();
                 break s.split(']').next().unwrap().parse().unwrap();
             }
+            startup.push(line);
         };
         Front {
             child,
@@ -105,6 +129,7 @@ impl Front {
             control,
             dir,
             log,
+            startup,
         }
     }
 
