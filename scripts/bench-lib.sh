@@ -50,12 +50,17 @@ sb_stop() {
   BL_SANDBOXES=("${keep[@]}")
 }
 
-# A loopback port nobody listens on.
+# A loopback port nobody listens on: above the front's default release ports (20000-20999)
+# and below the kernel's ephemeral range (where the local end of any outgoing connection may
+# take it between this check and the bind).
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
-  local p
+  local p low span
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+  span=$((low - 21000))
+  ((span > 1000)) || span=10000
   for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((21000 + RANDOM % span))
     port_in_use "$p" || { echo "$p"; return; }
   done
   bl_die "no free port found"
