@@ -730,36 +730,8 @@ impl Fleet {
             let idx = releases.iter().position(|r| r == rel).unwrap() + 1;
             let _ = writeln!(served, "{:.2} {h} {idx}", *bucket as f64 / 4.0);
         }
-        let mut bars = String::new();
-        for e in events.iter().filter(|e| e.event == "deploy-start") {
-            if let Some(end) = events
-                .iter()
-                .find(|x| x.event == "deploy-end" && x.wave == e.wave && x.host == e.host)
-            {
-                let _ = writeln!(
-                    bars,
-                    "{:.3} {:.2} {:.3}",
-                    t(e.t_ms),
-                    e.host as f64 - 0.3,
-                    t(end.t_ms) - t(e.t_ms)
-                );
-            }
-        }
-        let mut out_of_rotation = String::new();
-        for e in events.iter().filter(|e| e.event == "deregister") {
-            if let Some(end) = events
-                .iter()
-                .find(|x| x.event == "register" && x.wave == e.wave && x.host == e.host)
-            {
-                let _ = writeln!(
-                    out_of_rotation,
-                    "{:.3} {:.2} {:.3}",
-                    t(e.t_ms),
-                    e.host as f64 + 0.3,
-                    t(end.t_ms) - t(e.t_ms)
-                );
-            }
-        }
+        let bars = spans(events, "deploy-start", "deploy-end", -0.3, &t);
+        let out_of_rotation = spans(events, "deregister", "register", 0.3, &t);
         let files = [
             ("rate.dat", rate),
             ("served.dat", served),
@@ -815,6 +787,27 @@ impl Fleet {
             ytop = self.settings.hosts as f64 + 0.7,
         ))
     }
+}
+
+/// Data lines `start_s  y  length_s` for gnuplot's vectors: each `start` event paired with the
+/// `end` event of the same wave and host, drawn at the host's row plus `dy`.
+fn spans(events: &[Event], start: &str, end: &str, dy: f64, t: &dyn Fn(i64) -> f64) -> String {
+    let mut out = String::new();
+    for e in events.iter().filter(|e| e.event == start) {
+        if let Some(to) = events
+            .iter()
+            .find(|x| x.event == end && x.wave == e.wave && x.host == e.host)
+        {
+            let _ = writeln!(
+                out,
+                "{:.3} {:.2} {:.3}",
+                t(e.t_ms),
+                e.host as f64 + dy,
+                t(to.t_ms) - t(e.t_ms)
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]

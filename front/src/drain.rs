@@ -222,12 +222,12 @@ pub async fn run_on(
             .saturating_duration_since(tokio::time::Instant::now())
             .saturating_sub(shared.ws_close_timeout),
     );
-    shared.set_phase(Phase::Closing {
-        grace_until: t0 + config.first_request_grace(),
-        // Within the drain budget, with time left to close what is still idle then.
-        idle_until: (t0 + config.idle_hold())
-            .min(deadline - Duration::from_millis(500).min(config.drain_timeout() / 4)),
-    });
+    shared.set_phase(Phase::closing(
+        t0,
+        config.first_request_grace(),
+        config.idle_hold(),
+        deadline,
+    ));
     // (7)
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

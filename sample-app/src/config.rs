@@ -16,6 +16,7 @@ pub const BUILD_RELEASE: &str = env!("SAMPLE_APP_BUILD_RELEASE");
 pub const DEFAULT_FIRST_REQUEST_GRACE_MS: u64 = 200;
 /// Default `--lame-duck-ms`.
 pub const DEFAULT_LAME_DUCK_MS: u64 = 500;
+/// Default `--idle-hold-ms`.
 pub const DEFAULT_IDLE_HOLD_MS: u64 = 3000;
 /// Default `--ws-close-timeout-ms`.
 pub const DEFAULT_WS_CLOSE_TIMEOUT_MS: u64 = 1_000;

@@ -264,12 +264,12 @@ pub async fn run(
             "closing websockets"
         );
     }
-    shared.phase.send_replace(Phase::Closing {
-        grace_until: t0 + config.first_request_grace(),
-        // Within the drain budget, with time left to close what is still idle then.
-        idle_until: (t0 + config.idle_hold())
-            .min(drain_deadline - Duration::from_millis(500).min(config.drain_timeout() / 4)),
-    });
+    shared.phase.send_replace(Phase::closing(
+        t0,
+        config.first_request_grace(),
+        config.idle_hold(),
+        drain_deadline,
+    ));
     debug!(open = ?shared.tracker.open(), "closing connections");
 
     // (7) Wait for everything to finish, within the drain budget.

@@ -108,6 +108,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// [`Phase::Closing`] for a drain that began at `t0` and must end by `deadline`: the
+    /// first-request grace, and the idle keep-alive hold ended early enough to close what is
+    /// still idle then within the budget (the front's drain uses it too).
+    pub fn closing(t0: Instant, grace: Duration, idle_hold: Duration, deadline: Instant) -> Phase {
+        let budget = deadline.saturating_duration_since(t0);
+        Phase::Closing {
+            grace_until: t0 + grace,
+            idle_until: (t0 + idle_hold).min(deadline - Duration::from_millis(500).min(budget / 4)),
+        }
+    }
+
     fn rank(&self) -> u8 {
         match self {
             Phase::Serving => 0,
