@@ -127,8 +127,20 @@ pub fn init_logging(verbose: u8) {
         .try_init();
 }
 
-/// Runs a hook to completion and decides its exit code. SIGTERM (the agent's timeout) ends it
-/// with a message saying what to do; jobs already queued in systemd go on, and running the
+/// Runs a lifecycle hook to completion and decides its exit code; its last line says where
+/// its time went (see [`crate::timing`]): the app, systemd, or its own work.
+pub fn run_hook<F>(name: &str, verbose: u8, hook: F) -> ExitCode
+where
+    F: Future<Output = Result<()>>,
+{
+    crate::timing::start();
+    let code = run(name, verbose, hook);
+    tracing::info!("{name}: {}", crate::timing::split().describe());
+    code
+}
+
+/// Runs a command to completion and decides its exit code. SIGTERM (the agent's timeout) ends
+/// it with a message saying what to do; jobs already queued in systemd go on, and running the
 /// hook again converges.
 pub fn run<F>(name: &str, verbose: u8, hook: F) -> ExitCode
 where

@@ -39,7 +39,7 @@
 //! the old release again.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -48,6 +48,7 @@ use crate::fault::{self, Fault};
 use crate::health::Probe;
 use crate::release::{ReleaseStore, State, Switching};
 use crate::systemd::Systemd;
+use crate::timing::{self, Wait};
 use crate::units;
 
 /// Test-only fault injection: `HANDOFF_KILL_AT=<step>` makes a hook kill itself (SIGKILL)
@@ -72,12 +73,11 @@ pub struct Deployer<'a> {
     pub unit_dir: PathBuf,
 }
 
-/// What a switch did, and how long it waited on the app (start, probes, drain).
+/// What a switch did.
 #[derive(Debug, Default)]
 pub struct Switch {
     pub from: Option<String>,
     pub stopped: Vec<String>,
-    pub waited_on_app: Duration,
 }
 
 /// Units installed for a release, and the socket change left for after the switch.
@@ -219,9 +219,9 @@ impl<'a> Deployer<'a> {
         // After the commit the new release serves: nothing here undoes the switch.
         self.retire_others(release, &mut switch).await;
         if let Some(socket) = installed.deferred_socket {
-            let t = Instant::now();
+            let waiting = timing::waiting(Wait::App);
             let moved = self.move_socket(release, &socket, hook, deployment).await;
-            switch.waited_on_app += t.elapsed();
+            drop(waiting);
             if let Err(e) = moved {
                 if !dry {
                     let _ = self
@@ -563,7 +563,7 @@ impl<'a> Deployer<'a> {
             .into_iter()
             .filter(|r| r != release)
             .collect();
-        let mut report = Switch {
+        let report = Switch {
             stopped: others.clone(),
             ..Default::default()
         };
@@ -571,11 +571,10 @@ impl<'a> Deployer<'a> {
         if self.cfg.strategy == Strategy::Restart {
             for other in &others {
                 tracing::info!("strategy restart: stopping {other} before {release} starts");
-                let t = Instant::now();
+                let _drain = timing::waiting(Wait::App);
                 self.systemd
                     .stop(&self.cfg.instance_unit(other), self.stop_deadline())
                     .await?;
-                report.waited_on_app += t.elapsed();
             }
         }
 
@@ -588,9 +587,9 @@ impl<'a> Deployer<'a> {
                 format!(" beside {}", others.join(", "))
             }
         );
-        let t = Instant::now();
+        let waiting = timing::waiting(Wait::App);
         let started = self.start_and_confirm(release).await;
-        report.waited_on_app += t.elapsed();
+        drop(waiting);
         if let Err(e) = started {
             self.abandon(release).await;
             return Err(e);
@@ -661,16 +660,15 @@ impl<'a> Deployer<'a> {
         }
         for other in &others {
             let other_unit = self.cfg.instance_unit(other);
-            let t = Instant::now();
             // strategy: proxy: the front has drained it, nothing is in flight to it.
             if self.cfg.strategy != Strategy::Restart {
+                let _drain = timing::waiting(Wait::App);
                 tracing::info!("stopping {other_unit}: it drains while {release} serves");
                 if let Err(e) = self.systemd.stop(&other_unit, self.stop_deadline()).await {
                     // The new release serves; a slow drain does not undo the switch.
                     tracing::warn!("{e:#}");
                 }
             }
-            report.waited_on_app += t.elapsed();
             let disabled = async {
                 self.systemd.reset_failed(&other_unit).await?;
                 if self.systemd.unit_file_state(&other_unit).await? == "enabled" {

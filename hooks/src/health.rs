@@ -148,6 +148,7 @@ impl Probe {
 
     async fn probe(&self, release: &str, deadline: Duration, fail_fast: bool) -> Result<()> {
         const BURST: usize = 4;
+        let _waiting = crate::timing::waiting(crate::timing::Wait::App);
         let started = Instant::now();
         for addr in &self.addrs {
             let (mut probes, mut from_others, mut unanswered) = (0u32, 0u32, 0u32);

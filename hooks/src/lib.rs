@@ -15,7 +15,8 @@
 //! - [`appspec`], [`lint`], [`timeouts`], [`fit`] — `lint-bundle`: the appspec as the agent reads it,
 //!   the bundle's parts, its timeouts against the deadlines, its units against what the app is;
 //! - [`project`] — `handoff init` and `handoff bundle`: the hooks added to any app folder;
-//! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place.
+//! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place;
+//!   [`timing`] — where a hook's time goes (the app, systemd, its own work).
 pub mod appspec;
 pub mod cli;
 pub mod config;
@@ -32,4 +33,5 @@ pub mod rehearsal;
 pub mod release;
 pub mod systemd;
 pub mod timeouts;
+pub mod timing;
 pub mod units;

@@ -167,7 +167,9 @@ async fn stop_service_now(
     for r in deployer.live_releases().await? {
         let unit = cfg.instance_unit(&r);
         tracing::info!("stopping {unit} (it drains)");
+        let drain = crate::timing::waiting(crate::timing::Wait::App);
         systemd.stop(&unit, deadline).await?;
+        drop(drain);
         systemd.disable(&[&unit]).await?;
     }
     for unit in [cfg.holder_unit(), cfg.socket_unit()] {
@@ -280,7 +282,6 @@ fn check_disk_space(revision: &Path, root: &Path) -> Result<()> {
 
 /// ApplicationStart: copy the release, install its units, switch traffic to it.
 pub async fn application_start(args: &HookArgs) -> Result<()> {
-    let t0 = Instant::now();
     let session = Session::open(args, "application-start").await?;
     let Session {
         release,
@@ -357,13 +358,9 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
             Err(e) => tracing::warn!("could not remove old front builds: {e:#}"),
         }
     }
-    let total = t0.elapsed();
     tracing::info!(
-        "release {release} serves{}; took {:.0} ms, of which {:.0} ms waiting on the app (hook overhead {:.0} ms)",
+        "release {release} serves{}",
         switch.from.map(|b| format!(" (was {b})")).unwrap_or_default(),
-        total.as_secs_f64() * 1e3,
-        switch.waited_on_app.as_secs_f64() * 1e3,
-        (total - switch.waited_on_app.min(total)).as_secs_f64() * 1e3
     );
     Ok(())
 }
@@ -489,6 +486,7 @@ async fn validate(
     }
     deployer.probe.wait_for(release, cfg.deadlines.validate).await?;
     // Stable: same process, no restart, for health.stable_for.
+    let _waiting = crate::timing::waiting(crate::timing::Wait::App);
     let pid = st.main_pid;
     let until = Instant::now() + cfg.health.stable_for;
     while Instant::now() < until {

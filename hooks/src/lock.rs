@@ -32,6 +32,8 @@ impl DeployLock {
         std::fs::create_dir_all(path.parent().unwrap()).ok();
         let started = Instant::now();
         let mut logged = false;
+        // Held while another step holds the lock; dropped when this returns.
+        let mut _waiting = None;
         loop {
             let file = File::options()
                 .read(true)
@@ -59,6 +61,7 @@ impl DeployLock {
                         )));
                     }
                     if !logged {
+                        _waiting = Some(crate::timing::waiting(crate::timing::Wait::Lock));
                         tracing::info!("waiting for another deployment step to finish ({})", who.trim());
                         logged = true;
                     }

@@ -51,6 +51,7 @@ use crate::deploy::{Deployer, Switch, kill_point};
 use crate::fault::Fault;
 use crate::health::Probe;
 use crate::release::write_durably;
+use crate::timing::{self, Wait};
 
 /// The front's executable inside a release (shipped in the bundle by `make bundle`).
 pub const FRONT_BINARY: &str = "front/handoff-front";
@@ -289,32 +290,32 @@ impl Deployer<'_> {
             .into_iter()
             .filter(|r| r != release)
             .collect();
-        let mut report = Switch {
+        let report = Switch {
             stopped: others,
             ..Default::default()
         };
         let dry = self.systemd.dry_run();
         let port = self.assign_port(release).await?;
-        let t = std::time::Instant::now();
         if dry {
             println!("dry-run: would start {unit} on 127.0.0.1:{port} and route the front to it");
             return Ok(report);
         }
         self.systemd.reset_failed(&unit).await?;
         tracing::info!("starting {unit} on 127.0.0.1:{port} (it takes no traffic until it answers healthy)");
+        let waiting = timing::waiting(Wait::App);
         let started = self.start_and_probe_directly(release, port).await;
-        report.waited_on_app += t.elapsed();
+        drop(waiting);
         if let Err(e) = started {
             self.abandon(release).await;
             return Err(e);
         }
-        let t = std::time::Instant::now();
         // A crash while the fronts move to it ends the switch too (the undo routes back).
+        let waiting = timing::waiting(Wait::App);
         let routed = tokio::select! {
             r = self.route_to(release, port) => r,
             r = self.crash_watch(&unit) => r,
         };
-        report.waited_on_app += t.elapsed();
+        drop(waiting);
         routed?;
         Ok(report)
     }
@@ -532,6 +533,7 @@ impl Deployer<'_> {
     /// Stops a front (it drains: lame duck, in-flight finished, WebSockets closed 1012) and
     /// disables it.
     pub(crate) async fn stop_front(&self, id: &str) {
+        let _drain = timing::waiting(Wait::App);
         self.stop_and_disable(&self.cfg.front_unit(id), ": it drains")
             .await;
     }

@@ -21,6 +21,8 @@ use futures_util::StreamExt;
 use zbus::{Connection, proxy};
 use zbus::{OwnedObjectPath, OwnedVariant as OwnedValue};
 
+use crate::timing::{self, Wait};
+
 #[proxy(
     interface = "org.freedesktop.systemd1.Manager",
     default_service = "org.freedesktop.systemd1",
@@ -169,6 +171,7 @@ impl Systemd {
 
     /// Connects to the system bus at `address` (a D-Bus address), or the default one.
     pub async fn connect_to(address: Option<&str>, dry_run: bool) -> Result<Self> {
+        let _waiting = timing::waiting(Wait::Systemd);
         let builder = match address {
             Some(a) => zbus::conn::Builder::address(a),
             None => zbus::conn::Builder::system(),
@@ -204,6 +207,7 @@ impl Systemd {
 
     /// Makes systemd read changed unit files (`daemon-reload`).
     pub async fn reload(&self) -> Result<()> {
+        let _waiting = timing::waiting(Wait::Systemd);
         if self.dry_run {
             self.planned("Manager.Reload()");
             return Ok(());
@@ -227,6 +231,7 @@ impl Systemd {
     }
 
     pub async fn reset_failed(&self, unit: &str) -> Result<()> {
+        let _waiting = timing::waiting(Wait::Systemd);
         if self.dry_run {
             self.planned(&format!("Manager.ResetFailedUnit({unit})"));
             return Ok(());
@@ -242,6 +247,7 @@ impl Systemd {
 
     /// Enables unit files (their `[Install]` symlinks), so they come back after a reboot.
     pub async fn enable(&self, units: &[&str]) -> Result<()> {
+        let _waiting = timing::waiting(Wait::Systemd);
         if self.dry_run {
             self.planned(&format!(
                 "Manager.EnableUnitFiles({units:?}, runtime=false, force=true)"
@@ -257,6 +263,7 @@ impl Systemd {
     }
 
     pub async fn disable(&self, units: &[&str]) -> Result<()> {
+        let _waiting = timing::waiting(Wait::Systemd);
         if self.dry_run {
             self.planned(&format!("Manager.DisableUnitFiles({units:?}, runtime=false)"));
             return Ok(());
@@ -271,6 +278,7 @@ impl Systemd {
 
     /// "enabled", "disabled", "static", … or "not-found".
     pub async fn unit_file_state(&self, unit: &str) -> Result<String> {
+        let _waiting = timing::waiting(Wait::Systemd);
         tracing::debug!("D-Bus Manager.GetUnitFileState({unit})");
         match self.manager.get_unit_file_state(unit).await {
             Ok(s) => Ok(s),
@@ -286,6 +294,7 @@ impl Systemd {
 
     /// Names of loaded units matching a glob (e.g. `app@*.service`) that are not inactive.
     pub async fn list_live(&self, pattern: &str) -> Result<Vec<String>> {
+        let _waiting = timing::waiting(Wait::Systemd);
         tracing::debug!("D-Bus Manager.ListUnitsByPatterns({pattern})");
         let units = self
             .manager
@@ -306,6 +315,7 @@ impl Systemd {
 
     /// Loads (if needed) and reads a unit's state.
     pub async fn status(&self, unit: &str) -> Result<UnitStatus> {
+        let _waiting = timing::waiting(Wait::Systemd);
         let started = Instant::now();
         let st = self.read_status(unit).await?;
         tracing::debug!(
@@ -369,6 +379,7 @@ impl Systemd {
 
     /// Queues a start or stop job and waits for it to be removed, with its result.
     async fn run_job(&self, method: &str, unit: &str, deadline: Duration, watch_crash: bool) -> Result<()> {
+        let _waiting = timing::waiting(Wait::Systemd);
         if self.dry_run {
             self.planned(&format!(
                 "Manager.{method}({unit}, \"replace\") and wait for JobRemoved"

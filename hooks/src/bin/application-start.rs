@@ -11,7 +11,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    handoff::cli::run(
+    handoff::cli::run_hook(
         "application-start",
         args.hook.verbose,
         handoff::lifecycle::application_start(&args.hook),

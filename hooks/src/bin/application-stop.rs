@@ -15,7 +15,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    handoff::cli::run(
+    handoff::cli::run_hook(
         "application-stop",
         args.hook.verbose,
         handoff::lifecycle::application_stop(&args.hook, args.stop_service),

@@ -21,6 +21,29 @@ fn assert_no_failures(report: &crate::load::Report, what: &str) {
     );
 }
 
+/// (took, app, own) in ms from a hook's last line: "HOOK: took N ms: A ms waiting on the app,
+/// S ms on systemd, O ms own work".
+fn hook_split(log: &str, hook: &str) -> (u64, u64, u64) {
+    let prefix = format!("{hook}: took ");
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..]))
+        .unwrap_or_else(|| panic!("{hook} printed no timing line:\n{log}"));
+    let number_before = |what: &str| -> u64 {
+        let end = line.find(what).unwrap_or_else(|| panic!("no '{what}' in {line}"));
+        let start = line[..end]
+            .rfind(|c: char| !c.is_ascii_digit())
+            .map_or(0, |i| i + 1);
+        line[start..end].parse().unwrap_or_else(|_| panic!("{line}"))
+    };
+    (
+        number_before(" ms:"),
+        number_before(" ms waiting on the app"),
+        number_before(" ms own work"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deployments_switch_the_serving_release_under_load_without_a_failed_request() {
     let mut svc = TestService::new();
@@ -36,7 +59,7 @@ async fn deployments_switch_the_serving_release_under_load_without_a_failed_requ
     let slow = slow_requests(svc.port, 5);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let switch_from = crate::load::clock();
-    svc.deploy_ok("d-2", &v2);
+    let log = svc.deploy_ok("d-2", &v2);
     let switch_to = crate::load::clock();
     tokio::time::sleep(Duration::from_millis(700)).await;
     let report = load.finish().await;
@@ -67,6 +90,34 @@ async fn deployments_switch_the_serving_release_under_load_without_a_failed_requ
     assert_eq!(svc.serving().as_deref(), Some("d-2"));
     assert_eq!(svc.state()["previous"].as_str(), Some("d-1"));
     assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
+    // Every hook says where its time went; the 300 ms start and the drain of the slow
+    // requests are the app's, not the hook's own work.
+    for hook in [
+        "application-stop",
+        "before-install",
+        "application-start",
+        "validate-service",
+    ] {
+        let (took, app, own) = hook_split(&log, hook);
+        assert!(
+            own <= took && app <= took,
+            "{hook}: {took} ms, app {app}, own {own}:\n{log}"
+        );
+    }
+    let (took, app, own) = hook_split(&log, "application-start");
+    assert!(
+        app >= 300,
+        "the release's 300 ms start is time waiting on the app: {app} ms:\n{log}"
+    );
+    assert!(
+        own < took / 2,
+        "application-start's own work {own} ms of {took} ms:\n{log}"
+    );
+    let (_, app, _) = hook_split(&log, "validate-service");
+    assert!(
+        app >= 1000,
+        "the 1 s stability check (stable_for) is time waiting on the app: {app} ms:\n{log}"
+    );
     assert!(
         svc.app_log("d-1").contains("drain"),
         "the old release drained:\n{}",

@@ -1,0 +1,207 @@
+//! Where a hook's time goes, measured by the hook itself.
+//!
+//! A hook spends most of its wall time waiting: on the app (its start until READY=1 and the
+//! first healthy answer, the old instance's drain, health probes, the stability check), on
+//! systemd (every D-Bus call and the jobs behind it), or on another deployment step that holds
+//! the lock. What is left is the hook's own work: reading the revision, copying and syncing the
+//! release, rendering units, writing the state. `cli::run` prints the split as the hook's
+//! last line:
+//!
+//! ```text
+//! application-start: took 1512 ms: 1163 ms waiting on the app, 61 ms on systemd, 288 ms own work
+//! ```
+//!
+//! Time is attributed to one kind at a time, the app first: a D-Bus call made while the app
+//! is awaited (a start job until READY=1, a crash watch beside a probe) counts as the app's.
+//! Guards mark the waits ([`waiting`]); they nest and may overlap (futures raced with
+//! `select!`), and each one ends when dropped, also when its future is cancelled.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What a hook waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The app: start until ready and answering, drain, probes, the stability check.
+    App,
+    /// systemd: a D-Bus call or the job it queued (when not waiting on the app).
+    Systemd,
+    /// Another deployment step that holds the lock.
+    Lock,
+}
+
+const KINDS: [Wait; 3] = [Wait::App, Wait::Systemd, Wait::Lock];
+
+fn index(kind: Wait) -> usize {
+    KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+/// The split of one hook's wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Split {
+    pub total: Duration,
+    pub app: Duration,
+    pub systemd: Duration,
+    pub lock: Duration,
+}
+
+impl Split {
+    /// The time not spent waiting: the hook's own work.
+    pub fn own(&self) -> Duration {
+        self.total.saturating_sub(self.app + self.systemd + self.lock)
+    }
+
+    /// "took N ms: A ms waiting on the app, S ms on systemd[, L ms on the lock], O ms own work"
+    pub fn describe(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let lock = if self.lock.is_zero() {
+            String::new()
+        } else {
+            format!(", {:.0} ms on another step's lock", ms(self.lock))
+        };
+        format!(
+            "took {:.0} ms: {:.0} ms waiting on the app, {:.0} ms on systemd{lock}, {:.0} ms own work",
+            ms(self.total),
+            ms(self.app),
+            ms(self.systemd),
+            ms(self.own())
+        )
+    }
+}
+
+/// The attribution state: open waits per kind, time given to each kind so far.
+#[derive(Debug)]
+struct Clock {
+    started: Instant,
+    last: Instant,
+    open: [u32; 3],
+    spent: [Duration; 3],
+}
+
+impl Clock {
+    fn new(now: Instant) -> Self {
+        Self {
+            started: now,
+            last: now,
+            open: [0; 3],
+            spent: [Duration::ZERO; 3],
+        }
+    }
+
+    /// Gives the time since the last change to the kind that was open then (app first).
+    fn advance(&mut self, now: Instant) {
+        let since = now.saturating_duration_since(self.last);
+        self.last = now;
+        if let Some(i) = (0..KINDS.len()).find(|i| self.open[*i] > 0) {
+            self.spent[i] += since;
+        }
+    }
+
+    fn open(&mut self, kind: Wait, now: Instant) {
+        self.advance(now);
+        self.open[index(kind)] += 1;
+    }
+
+    fn close(&mut self, kind: Wait, now: Instant) {
+        self.advance(now);
+        let n = &mut self.open[index(kind)];
+        *n = n.saturating_sub(1);
+    }
+
+    fn split(&mut self, now: Instant) -> Split {
+        self.advance(now);
+        Split {
+            total: now.saturating_duration_since(self.started),
+            app: self.spent[index(Wait::App)],
+            systemd: self.spent[index(Wait::Systemd)],
+            lock: self.spent[index(Wait::Lock)],
+        }
+    }
+}
+
+static CLOCK: Mutex<Option<Clock>> = Mutex::new(None);
+
+fn with_clock<T>(f: impl FnOnce(&mut Clock, Instant) -> T) -> T {
+    let now = Instant::now();
+    let mut guard = CLOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let clock = guard.get_or_insert_with(|| Clock::new(now));
+    f(clock, now)
+}
+
+/// Starts this process's clock (the first wait starts it otherwise).
+pub fn start() {
+    with_clock(|_, _| ());
+}
+
+/// The split so far.
+pub fn split() -> Split {
+    with_clock(|c, now| c.split(now))
+}
+
+/// A wait in progress; it ends when dropped.
+#[must_use = "the wait ends when this guard is dropped"]
+pub struct Waiting(Wait);
+
+/// Marks a wait on `kind` until the guard is dropped.
+pub fn waiting(kind: Wait) -> Waiting {
+    with_clock(|c, now| c.open(kind, now));
+    Waiting(kind)
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        with_clock(|c, now| c.close(self.0, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn time_goes_to_the_app_first_then_systemd_then_own_work() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(t0);
+        c.open(Wait::Systemd, t0 + ms(10)); // 10 ms own work
+        c.open(Wait::App, t0 + ms(30)); // 20 ms systemd
+        c.open(Wait::Systemd, t0 + ms(40)); // a D-Bus call while the app is awaited
+        c.close(Wait::Systemd, t0 + ms(50));
+        c.close(Wait::App, t0 + ms(130)); // 100 ms app
+        c.close(Wait::Systemd, t0 + ms(135)); // 5 ms systemd
+        let s = c.split(t0 + ms(200)); // 65 ms own work
+        assert_eq!(s.total, ms(200));
+        assert_eq!(s.app, ms(100));
+        assert_eq!(s.systemd, ms(25));
+        assert_eq!(s.lock, ms(0));
+        assert_eq!(s.own(), ms(75));
+        assert_eq!(
+            s.describe(),
+            "took 200 ms: 100 ms waiting on the app, 25 ms on systemd, 75 ms own work"
+        );
+    }
+
+    #[test]
+    fn overlapping_waits_of_one_kind_count_once() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(t0);
+        c.open(Wait::App, t0);
+        c.open(Wait::App, t0 + ms(5)); // raced beside the first
+        c.close(Wait::App, t0 + ms(20));
+        c.close(Wait::App, t0 + ms(40));
+        c.open(Wait::Lock, t0 + ms(40));
+        c.close(Wait::Lock, t0 + ms(45));
+        let s = c.split(t0 + ms(50));
+        assert_eq!(s.app, ms(40));
+        assert_eq!(s.lock, ms(5));
+        assert_eq!(s.own(), ms(5));
+        assert!(
+            s.describe().contains("5 ms on another step's lock"),
+            "{}",
+            s.describe()
+        );
+    }
+}
