@@ -483,8 +483,25 @@ impl Tool {
     }
 }
 
-/// `ab` output: complete, failed (+ non-2xx) and the failure breakdown.
+/// `ab` output: complete, failed (+ non-2xx) and the failure breakdown. `ab -r` still stops at
+/// a refused connect (it prints only "Total of N requests completed"): that counts as N
+/// requests with one failure, the one that stopped it.
 pub fn parse_ab(text: &str) -> Counts {
+    if !text.contains("Complete requests:")
+        && let Some(done) = text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("Total of ")
+                .and_then(|r| r.strip_suffix(" requests completed"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+    {
+        return Counts {
+            requests: done,
+            failed: 1,
+            detail: "ab stopped at a failed connect; later failures were not counted".into(),
+            failure_t_ms: Vec::new(),
+        };
+    }
     let field = |name: &str| -> u64 {
         text.lines()
             .find(|l| l.trim_start().starts_with(name))
@@ -897,6 +914,9 @@ mod tests {
             "{}",
             c.detail
         );
+        let stopped = parse_ab("Benchmarking 127.0.0.1 (be patient)\nTotal of 27283 requests completed\n");
+        assert_eq!((stopped.requests, stopped.failed), (27283, 1));
+        assert!(stopped.detail.contains("stopped"), "{}", stopped.detail);
         let clean = parse_ab("Complete requests:      100\nFailed requests:        0\n");
         assert_eq!(
             (clean.requests, clean.failed, clean.detail.as_str()),
