@@ -66,6 +66,30 @@ free_port() {
   bl_die "no free port found"
 }
 
+# Keeps the load tools and the service from starving each other: with 2 cores or more (and
+# $1 not 0), this script, so every sandbox, app instance and hook it starts, runs on all cores
+# but the last, and loadgen (with the ab and wrk it starts) on the last one (LG_CPUS). Sets
+# PINNING to a sentence for the report. `unpin` gives this script every core again.
+pin_apart() {
+  local want=${1:-1} cores last service
+  cores=$(nproc)
+  BL_CPUS_BEFORE=$(taskset -pc $$ 2>/dev/null | sed 's/.*: //')
+  PINNING="none: clients and service share every core"
+  if [[ $want == 0 || $cores -lt 2 ]] || ! command -v taskset >/dev/null; then
+    return 0
+  fi
+  last=$((cores - 1))
+  service=0
+  if [[ $last -gt 1 ]]; then service="0-$((last - 1))"; fi
+  taskset -pc "$service" $$ >/dev/null
+  LG_CPUS=$last
+  PINNING="loadgen, ab and wrk on CPU $last; the sandboxes' systemd, the app instances and the hooks on CPU $service"
+}
+unpin() {
+  if [[ -n ${LG_CPUS:-} && -n ${BL_CPUS_BEFORE:-} ]]; then taskset -pc "$BL_CPUS_BEFORE" $$ >/dev/null; fi
+  LG_CPUS=""
+}
+
 # The X-Release that answers GET / on the port ("" if none).
 answering_release() {
   curl -s -o /dev/null -D - --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null |
@@ -83,12 +107,15 @@ wait_release() {
 }
 
 # loadgen in the background; sets LG_DIR, LG_CTL, LG_PID. Extra arguments go to loadgen.
+# LG_CPUS (a taskset list) binds loadgen and the ab and wrk it starts to those CPUs.
 loadgen_start() {
   LG_DIR=$1; local port=$2; shift 2
   LG_CTL=$LG_DIR/control
+  local wrap=()
+  [[ -n ${LG_CPUS:-} ]] && wrap=(taskset -c "$LG_CPUS")
   mkdir -p "$LG_DIR"
   : >"$LG_CTL"
-  "$LOADGEN" --port "$port" --out "$LG_DIR" --control "$LG_CTL" "$@" 2>"$LG_DIR/loadgen.log" &
+  "${wrap[@]}" "$LOADGEN" --port "$port" --out "$LG_DIR" --control "$LG_CTL" "$@" 2>"$LG_DIR/loadgen.log" &
   LG_PID=$!
   BL_PIDS+=("$LG_PID")
   # LG_START_WAIT: seconds until every client is up (thousands of WebSockets take a while).
@@ -108,10 +135,21 @@ loadgen_stop() {
   grep '^loadgen: .* results in' "$LG_DIR/loadgen.log" >&2 || true
 }
 
-# "took N ms, of which M ms waiting on the app (hook overhead K ms)" from a hooks log, as
-# took_ms=N app_ms=M overhead_ms=K (the last such line), or nothing.
+# The four hooks' own timing of one deployment (each hook's last line, see hooks/src/timing.rs:
+# "application-start: took N ms: A ms waiting on the app, S ms on systemd[, L ms on another
+# step's lock], O ms own work"), added up, from a deployment's log: hooks_ms=N app_ms=A
+# systemd_ms=S own_ms=O, or nothing. A hook's line may appear twice (its output and the
+# agent's scripts.log): the last one of each hook counts.
 hook_timing() {
-  sed -n 's/.*took \([0-9]*\) ms, of which \([0-9]*\) ms waiting on the app (hook overhead \([0-9]*\) ms).*/took_ms=\1 app_ms=\2 overhead_ms=\3/p' "$1" | tail -1
+  local log=$1
+  grep -E '(application-stop|before-install|application-start|validate-service): took [0-9]+ ms: ' "$log" |
+    sed -E 's/.*(application-stop|before-install|application-start|validate-service): took ([0-9]+) ms: ([0-9]+) ms waiting on the app, ([0-9]+) ms on systemd(, ([0-9]+) ms on another step.s lock)?, ([0-9]+) ms own work.*/\1 \2 \3 \4 \7/' |
+    awk '{ last[$1] = $2 " " $3 " " $4 " " $5 }
+      END {
+        n = 0
+        for (h in last) { split(last[h], v, " "); t += v[1]; a += v[2]; s += v[3]; o += v[4]; n++ }
+        if (n) printf "hooks_ms=%d app_ms=%d systemd_ms=%d own_ms=%d hooks=%d\n", t, a, s, o, n
+      }' || true
 }
 # Why a deployment failed, in one line, from its log: the hooks' own error, without the
 # runner's prefixes ("ApplicationStart: ERROR application-start failed: ").

@@ -6,6 +6,8 @@
 //!   (deployment windows) from a control file or stdin. Writes samples.csv and summary.json.
 //! - `report` (src/bin/report.rs, [`report`]): baseline vs switch-window latencies, which release
 //!   served when, failures per client kind; markdown, a comparison table, a PNG via gnuplot.
+//! - `report table` ([`repeat`]): `make bench`'s strategies run several times, each figure as
+//!   its median with the min–max across runs, and against an earlier report.
 //! - `hopbench` (src/bin/hopbench.rs, [`hop`]): the cost of a proxy hop for scripts/bench-hop —
 //!   paced keep-alive latency from intended send times, idle connections held open, RSS.
 //! - `report scale` ([`scale`]): the steps of scripts/bench-scale (thousands of WebSockets and
@@ -17,6 +19,7 @@ pub mod data;
 pub mod fleet;
 pub mod hop;
 pub mod load;
+pub mod repeat;
 pub mod report;
 pub mod scale;
 pub mod stats;

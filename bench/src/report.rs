@@ -174,14 +174,29 @@ fn count_releases<'a>(samples: impl Iterator<Item = &'a Sample>) -> Vec<(String,
 /// The start of a run, when every client connects at once: not part of the baseline.
 pub const WARMUP_MS: f64 = 500.0;
 
+/// A mark taken once every client is connected (thousands of WebSockets take seconds to
+/// open): the baseline starts there instead of after [`WARMUP_MS`].
+pub const STEADY_MARK: &str = "steady";
+
 pub fn analyse(title: &str, summary: &Summary, samples: &[Sample]) -> Analysis {
     let run_end_ms = samples.iter().map(|s| s.t_ms).fold(summary.duration_ms, f64::max);
-    let first_mark = summary.marks.iter().map(|m| m.t_ms).fold(f64::INFINITY, f64::min);
-    // Skip the warm-up (every client connecting at once), unless the first mark comes before.
-    let from = if first_mark >= 2.0 * WARMUP_MS {
-        WARMUP_MS
-    } else {
-        0.0
+    let steady = summary
+        .marks
+        .iter()
+        .find(|m| m.name == STEADY_MARK)
+        .map(|m| m.t_ms);
+    let first_mark = summary
+        .marks
+        .iter()
+        .filter(|m| m.name != STEADY_MARK)
+        .map(|m| m.t_ms)
+        .fold(f64::INFINITY, f64::min);
+    // Skip the warm-up (every client connecting at once), unless the first mark comes before;
+    // a `steady` mark (every client connected) says where it ends.
+    let from = match steady {
+        Some(t) => t,
+        None if first_mark >= 2.0 * WARMUP_MS => WARMUP_MS,
+        None => 0.0,
     };
     let baseline = latency_stats(
         samples
@@ -324,14 +339,16 @@ fn deployment_line(w: &Window) -> String {
         },
         w.duration_ms()
     );
-    if let (Some(took), Some(app), Some(over)) = (
-        w.attr_f64("took_ms"),
+    if let (Some(took), Some(app), Some(systemd), Some(own)) = (
+        w.attr_f64("hooks_ms"),
         w.attr_f64("app_ms"),
-        w.attr_f64("overhead_ms"),
+        w.attr_f64("systemd_ms"),
+        w.attr_f64("own_ms"),
     ) {
         let _ = write!(
             line,
-            " (the switch in application-start took {took:.0} ms, of which {app:.0} ms waiting on the app; hook overhead {over:.0} ms)"
+            " (the hooks took {took:.0} ms by their own timing: {app:.0} ms waiting on the app, {systemd:.0} ms on \
+             systemd, {own:.0} ms own work)"
         );
     }
     if let Some(msg) = w.attrs.get("msg") {
@@ -454,7 +471,7 @@ pub fn comparison_table(runs: &[Analysis]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| strategy | ab failed / req | wrk failed / req | keep-alive failed / req | probe failed / req | ws abnormal (1012 closes) | slow 2 s failed / req | probe p50 / p99 / max, baseline (ms) | probe p50 / p99 / max, switch windows (ms) | deploy duration mean / max | hook overhead (c: took / app / overhead, mean) |\n\
+        "| strategy | ab failed / req | wrk failed / req | keep-alive failed / req | probe failed / req | ws abnormal (1012 closes) | slow 2 s failed / req | probe p50 / p99 / max, baseline (ms) | probe p50 / p99 / max, switch windows (ms) | deploy duration mean / max | hooks (c: wall / app / systemd / own work, mean) |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for a in runs {
@@ -470,12 +487,16 @@ pub fn comparison_table(runs: &[Analysis]) -> String {
             .unwrap_or_else(|| "–".into());
         let hook = |k: &str| -> Vec<f64> { a.windows.iter().filter_map(|w| w.window.attr_f64(k)).collect() };
         let overhead = match (
-            mean_max(&hook("took_ms")),
+            mean_max(&hook("hooks_ms")),
             mean_max(&hook("app_ms")),
-            mean_max(&hook("overhead_ms")),
+            mean_max(&hook("systemd_ms")),
+            mean_max(&hook("own_ms")),
         ) {
-            (Some(t), Some(p), Some(o)) => {
-                format!("{:.0} / {:.0} / **{:.0} ms** (max {:.0})", t.0, p.0, o.0, o.1)
+            (Some(t), Some(p), Some(d), Some(o)) => {
+                format!(
+                    "{:.0} / {:.0} / {:.0} / **{:.0} ms** (max {:.0})",
+                    t.0, p.0, d.0, o.0, o.1
+                )
             }
             _ => "–".into(),
         };
@@ -715,12 +736,7 @@ mod tests {
             mark(100.0, "switch-start", "d-2", &[("release", "v2")]),
             mark(150.0, "note", "", &[]),
             mark(300.0, "switch-start", "d-3", &[]),
-            mark(
-                250.0,
-                "switch-end",
-                "d-2",
-                &[("result", "ok"), ("overhead_ms", "12")],
-            ),
+            mark(250.0, "switch-end", "d-2", &[("result", "ok"), ("own_ms", "12")]),
             mark(
                 900.0,
                 "switch-end",
@@ -736,7 +752,7 @@ mod tests {
             ("d-2", 100.0, 250.0)
         );
         assert_eq!(w[0].title(), "d-2 → v2");
-        assert_eq!(w[0].attr_f64("overhead_ms"), Some(12.0));
+        assert_eq!(w[0].attr_f64("own_ms"), Some(12.0));
         assert!(!w[0].failed());
         assert_eq!(w[1].duration_ms(), 600.0);
         assert!(w[1].failed());
@@ -807,6 +823,18 @@ mod tests {
         );
         assert_eq!(a.final_release(), Some("v2"));
         assert_eq!(a.total_failed(), 2, "probe 1 + websocket 1");
+
+        // Once every client is connected (a `steady` mark), the baseline starts there.
+        let mut steady = summary.clone();
+        steady.marks.insert(0, mark(700.0, STEADY_MARK, "-", &[]));
+        let from_steady = analyse("test", &steady, &samples);
+        assert_eq!(
+            from_steady.baseline.unwrap().n,
+            3,
+            "the requests at 700, 800 and 900 ms"
+        );
+        assert_eq!(from_steady.windows.len(), 1);
+        assert_eq!(from_steady.windows[0].requests, 3);
 
         let md = markdown(&a);
         assert!(

@@ -2,7 +2,8 @@
 //!
 //!   report show --dir run/ --title "demo" --md dist/demo.md --png dist/demo.png \
 //!          --expect-no-failures --expect-final-release v2 --expect-failed-window d-3
-//!   report table --run "(a) naive=run-a/" --run "(c) handoff=run-c/" --md dist/bench.md --png dist/bench.png
+//!   report table --run "(a) naive=run-a1/" --run "(c) handoff=run-c1/" --run "(a) naive=run-a2/" … \
+//!          --md dist/bench.md --json dist/bench.json --previous dist/bench-previous.json --png dist/bench.png
 //!   report scale --step step-100/ --step step-10000/ --md dist/scale.md --png dist/scale.png --expect-bar
 //!   report fleet --dir target/fleet-run.X/ --md dist/fleet.md --png dist/fleet.png --json dist/fleet.json --expect
 use std::fmt::Write as _;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use bench::data::{Sample, Summary, read_samples};
+use bench::repeat::{Machine, Repeated, Strategy as RepeatedStrategy};
 use bench::report::{Analysis, analyse, comparison_table, markdown, render_png};
 use clap::{Parser, Subcommand};
 
@@ -53,20 +55,31 @@ enum Cmd {
         #[arg(long, value_name = "LABEL")]
         expect_ok_window: Vec<String>,
     },
-    /// One row per run: failures per client kind, latency baseline vs switch, deploy duration.
+    /// Strategies run several times: every figure's median and min–max across runs, then the
+    /// last run of each in full. A TITLE given more than once is one strategy's runs, in order.
     Table {
-        /// TITLE=DIR, in row order.
+        /// TITLE=DIR, in row order; repeat a TITLE for each of its runs.
         #[arg(long = "run", value_name = "TITLE=DIR", required = true)]
         runs: Vec<String>,
         #[arg(long)]
         md: Option<PathBuf>,
-        /// One panel per run, same scales.
+        /// Every figure's median, min, max and per-run values, and the machine, as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// An earlier --json: say which medians fall outside its min–max.
+        #[arg(long, value_name = "JSON")]
+        previous: Option<PathBuf>,
+        /// The machine, for the report: cores, kernel, load before, pinning, date.
+        #[arg(long, value_name = "KEY=VALUE")]
+        machine: Vec<String>,
+        /// The last run of each strategy, one panel each, same scales.
         #[arg(long)]
         png: Option<PathBuf>,
     },
     /// The scale steps of scripts/bench-scale: one table, reconnects at the largest step.
     Scale {
-        /// A step folder (step.json, summary.json, samples.csv); repeat, smallest first.
+        /// A step folder (step.json, summary.json, samples.csv); repeat, smallest first; the
+        /// largest step may come several times (its runs).
         #[arg(long = "step", required = true)]
         steps: Vec<PathBuf>,
         #[arg(long)]
@@ -74,7 +87,8 @@ enum Cmd {
         /// Reconnects over time at the last step.
         #[arg(long)]
         png: Option<PathBuf>,
-        /// Fail (exit 1) unless the last step meets the bar (see bench::scale::verdict).
+        /// Fail (exit 1) unless every run of the largest step meets the bar (see
+        /// bench::scale::largest_verdict).
         #[arg(long)]
         expect_bar: bool,
     },
@@ -101,6 +115,28 @@ fn load(dir: &Path, title: &str) -> Result<(Analysis, Vec<Sample>)> {
     let summary = Summary::read(&dir.join("summary.json"))?;
     let samples = read_samples(&dir.join("samples.csv"))?;
     Ok((analyse(title, &summary, &samples), samples))
+}
+
+/// One loaded run: its analysis, its probe samples, its folder.
+type LoadedRun = (Analysis, Vec<Sample>, PathBuf);
+
+/// --machine KEY=VALUE pairs: cores, kernel, load_before, pinning, date.
+fn machine_of(pairs: &[String]) -> Result<Machine> {
+    let mut m = Machine::default();
+    for p in pairs {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("--machine {p:?}: expected KEY=VALUE");
+        };
+        match k {
+            "cores" => m.cores = v.parse().with_context(|| format!("--machine cores={v}"))?,
+            "kernel" => m.kernel = v.into(),
+            "load_before" => m.load_before = v.into(),
+            "pinning" => m.pinning = v.into(),
+            "date" => m.date = v.into(),
+            _ => bail!("--machine {k}: unknown; use cores, kernel, load_before, pinning or date"),
+        }
+    }
+    Ok(m)
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -217,26 +253,81 @@ fn real_main() -> Result<bool> {
         Cmd::Table {
             runs,
             md,
+            json,
+            previous,
+            machine,
             png: png_path,
         } => {
-            let mut loaded = Vec::new();
+            // Runs grouped by title, titles in first-seen order.
+            let mut groups: Vec<(String, Vec<LoadedRun>)> = Vec::new();
             for r in &runs {
                 let Some((title, dir)) = r.rsplit_once('=') else {
                     bail!("--run {r:?}: expected TITLE=DIR");
                 };
-                loaded.push((load(Path::new(dir), title)?, PathBuf::from(dir)));
+                let (a, samples) = load(Path::new(dir), title)?;
+                let run = (a, samples, PathBuf::from(dir));
+                match groups.iter_mut().find(|(t, _)| t == title) {
+                    Some((_, v)) => v.push(run),
+                    None => groups.push((title.to_string(), vec![run])),
+                }
             }
-            let analyses: Vec<Analysis> = loaded.iter().map(|((a, _), _)| a.clone()).collect();
-            let mut text = comparison_table(&analyses);
+            let repeated = Repeated {
+                machine: machine_of(&machine)?,
+                strategies: groups
+                    .iter()
+                    .map(|(t, v)| {
+                        let analyses: Vec<Analysis> = v.iter().map(|r| r.0.clone()).collect();
+                        RepeatedStrategy::from_runs(t, &analyses)
+                    })
+                    .collect(),
+            };
+            let mut text = repeated.table();
+            let _ = writeln!(
+                text,
+                "\nThe probe's p99 during the switch windows minus its p99 before them, per run, in run order:\n"
+            );
+            text.push_str(&repeated.per_run("probe_p99_delta"));
+            if let Some(p) = &previous {
+                let earlier: Repeated = serde_json::from_str(
+                    &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+                )
+                .with_context(|| format!("parse {}", p.display()))?;
+                let (within, outside) = repeated.against(&earlier);
+                let _ = writeln!(
+                    text,
+                    "\nAgainst the previous report ({}, {}): {} of {} medians within its min–max.",
+                    p.display(),
+                    earlier.machine.date,
+                    within.len(),
+                    within.len() + outside.len()
+                );
+                for o in &outside {
+                    let _ = writeln!(text, "- outside: {o}");
+                }
+            }
+            let last: Vec<Analysis> = groups
+                .iter()
+                .filter_map(|(_, v)| v.last())
+                .map(|r| r.0.clone())
+                .collect();
+            let _ = writeln!(text, "\nThe last run of each strategy in full:\n");
+            text.push_str(&comparison_table(&last));
             if let Some(p) = &png_path {
-                let panels: Vec<(&Analysis, &[Sample])> =
-                    loaded.iter().map(|((a, s), _)| (a, s.as_slice())).collect();
-                png(p, &panels, &loaded[0].1.join("plot-table"))?;
-                let _ = writeln!(text, "\nPicture: {}", p.display());
+                let panels: Vec<(&Analysis, &[Sample])> = groups
+                    .iter()
+                    .filter_map(|(_, v)| v.last())
+                    .map(|r| (&r.0, r.1.as_slice()))
+                    .collect();
+                let work = groups[0].1[0].2.join("plot-table");
+                png(p, &panels, &work)?;
+                let _ = writeln!(text, "\nPicture (the last run of each): {}", p.display());
             }
             print!("{text}");
             if let Some(p) = &md {
                 write(p, &text)?;
+            }
+            if let Some(p) = &json {
+                write(p, &serde_json::to_string_pretty(&repeated)?)?;
             }
             Ok(true)
         }
@@ -252,20 +343,8 @@ fn real_main() -> Result<bool> {
                 .collect::<Result<Vec<_>>>()?;
             let mut text = bench::scale::markdown(&steps);
             let last = steps.last().expect("clap requires a step");
-            let bad = bench::scale::verdict(last);
-            let _ = writeln!(
-                text,
-                "\nLargest step ({} WebSockets, {} keep-alive): {}",
-                last.facts.ws,
-                last.facts.keepalive,
-                if bad.is_empty() {
-                    "meets the bar (0 failed, 0 abnormal, all on the new release, reconnect p99 < 1 s and max < 2 s, \
-                     0 accept-queue overflows, probe p99 within 2x)"
-                        .to_string()
-                } else {
-                    format!("misses the bar: {}", bad.join("; "))
-                }
-            );
+            let (met, verdict) = bench::scale::largest_verdict(&steps);
+            let _ = writeln!(text, "\n{verdict}");
             if let Some(p) = &png_path {
                 if let Some(dir) = p.parent() {
                     std::fs::create_dir_all(dir)?;
@@ -280,7 +359,7 @@ fn real_main() -> Result<bool> {
             if let Some(p) = &md {
                 write(p, &text)?;
             }
-            Ok(!expect_bar || bad.is_empty())
+            Ok(!expect_bar || met)
         }
         Cmd::Fleet {
             dir,
