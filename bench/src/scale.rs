@@ -1,7 +1,7 @@
 //! `make bench-scale`: what a switch costs as the work in flight grows. Each step is one
 //! sandbox with N WebSockets and K keep-alive clients open and a paced probe, switched by the
 //! hooks; `scripts/bench-scale` writes the step's facts (`step.json`: sizes, the kernel's
-//! accept-queue counters before and after, each switch's duration, hook overhead and the RSS
+//! accept-queue counters before and after, each switch's duration, the hooks' own work and the RSS
 //! of the old and new instance) beside loadgen's run folder, and this module turns the steps
 //! into one table and a picture of the reconnects at the largest step.
 
@@ -18,7 +18,8 @@ use crate::stats::{LatencyStats, fmt_ms, latency_stats};
 pub struct SwitchFacts {
     pub ok: bool,
     pub took_ms: f64,
-    pub overhead_ms: f64,
+    /// The four hooks' own work (their own timing: not waiting on the app or systemd).
+    pub own_ms: f64,
     /// VmRSS of the serving instance just before the switch and of the new one just after.
     pub rss_old_kib: u64,
     pub rss_new_kib: u64,
@@ -65,7 +66,8 @@ pub fn read_step(dir: &Path) -> Result<Step> {
     Ok(summarise(facts, dir, summary, &samples))
 }
 
-/// The probe's latency before the first switch, and inside the switch windows.
+/// The probe's latency before the first switch (once every client is connected), and inside
+/// the switch windows.
 fn summarise(facts: StepFacts, dir: &Path, summary: Summary, samples: &[Sample]) -> Step {
     let windows: Vec<(f64, f64)> = summary
         .marks
@@ -81,12 +83,19 @@ fn summarise(facts: StepFacts, dir: &Path, summary: Summary, samples: &[Sample])
         })
         .collect();
     let first = windows.first().map_or(summary.duration_ms, |w| w.0);
+    // From the moment every client is connected (the ramp of thousands of WebSockets is not
+    // the steady state a switch is compared with), when the script marked it.
+    let steady = summary
+        .marks
+        .iter()
+        .find(|m| m.name == crate::report::STEADY_MARK)
+        .map_or(0.0, |m| m.t_ms);
     let ok = |s: &&Sample| s.ok;
     let probe_baseline = latency_stats(
         samples
             .iter()
             .filter(ok)
-            .filter(|s| s.t_ms < first)
+            .filter(|s| s.t_ms >= steady && s.end_ms() < first)
             .map(|s| s.latency_ms),
     );
     let probe_switch = latency_stats(
@@ -120,14 +129,14 @@ pub fn markdown(steps: &[Step]) -> String {
     let mut t = String::from(
         "| WebSockets | keep-alive | strategy | switches (ok) | failed requests (probe + keep-alive) | abnormal WebSocket closes | \
          reconnect p50 / p99 / max (ms) | on the new release | probe p99 baseline → switches (ms) | accept-queue overflows / drops | \
-         switch took, mean (max) ms | hook overhead, mean (ms) | RSS old → new (MiB) |\n|---:|---:|---|---|---:|---:|---|---|---|---|---|---|---|\n",
+         switch took, mean (max) ms | hooks' own work, mean (ms) | RSS old → new (MiB) |\n|---:|---:|---|---|---:|---:|---|---|---|---|---|---|---|\n",
     );
     for s in steps {
         let f = &s.facts;
         let n = f.switches.len().max(1) as f64;
         let took: Vec<f64> = f.switches.iter().map(|x| x.took_ms).collect();
         let mean = |v: &[f64]| v.iter().sum::<f64>() / n;
-        let overhead: Vec<f64> = f.switches.iter().map(|x| x.overhead_ms).collect();
+        let own: Vec<f64> = f.switches.iter().map(|x| x.own_ms).collect();
         let rss_old = f.switches.iter().map(|x| x.rss_old_kib).max().unwrap_or(0);
         let rss_new = f.switches.iter().map(|x| x.rss_new_kib).max().unwrap_or(0);
         let clients = s.summary.ws.as_ref().map_or(0, |w| w.clients);
@@ -149,7 +158,7 @@ pub fn markdown(steps: &[Step]) -> String {
             f.listen_drops[1].saturating_sub(f.listen_drops[0]),
             mean(&took),
             took.iter().copied().fold(0.0, f64::max),
-            mean(&overhead),
+            mean(&own),
             mib(rss_old),
             mib(rss_new),
         ));
@@ -202,6 +211,65 @@ pub fn verdict(s: &Step) -> Vec<String> {
         ));
     }
     bad
+}
+
+/// The probe's p99 in the switch windows over its steady baseline (a baseline under 1 ms counts
+/// as 1 ms, as in [`verdict`]).
+pub fn probe_ratio(s: &Step) -> Option<f64> {
+    let (b, w) = (s.probe_baseline?, s.probe_switch?);
+    Some(w.p99 / b.p99.max(1.0))
+}
+
+/// The verdict on the runs of the largest step (every step with the last step's sizes): one
+/// line, then what each run that missed the bar missed. All runs must meet the bar.
+pub fn largest_verdict(steps: &[Step]) -> (bool, String) {
+    let Some(last) = steps.last() else {
+        return (false, "no step".into());
+    };
+    let runs: Vec<&Step> = steps
+        .iter()
+        .filter(|s| s.facts.ws == last.facts.ws && s.facts.keepalive == last.facts.keepalive)
+        .collect();
+    let misses: Vec<(usize, Vec<String>)> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i + 1, verdict(s)))
+        .filter(|(_, bad)| !bad.is_empty())
+        .collect();
+    let mut text = format!(
+        "Largest step ({} WebSockets, {} keep-alive), {} run(s) of {} switches: ",
+        last.facts.ws,
+        last.facts.keepalive,
+        runs.len(),
+        last.facts.switches.len()
+    );
+    if misses.is_empty() {
+        text.push_str(
+            "meets the bar in every run (0 failed, 0 abnormal, all on the new release, reconnect p99 < 1 s and max < \
+             2 s, 0 accept-queue overflows, probe p99 within 2x)",
+        );
+    } else {
+        text.push_str(&format!(
+            "meets the bar in {} of {} runs",
+            runs.len() - misses.len(),
+            runs.len()
+        ));
+    }
+    let ratios: Vec<f64> = runs.iter().filter_map(|s| probe_ratio(s)).collect();
+    if let Some(sp) = crate::repeat::spread(&ratios) {
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        text.push_str(&format!(
+            ".\nProbe p99 in the switches over its steady baseline, per run: {}; median {:.2} [{:.2} – {:.2}].",
+            each.join(", "),
+            sp.median,
+            sp.min,
+            sp.max
+        ));
+    }
+    for (run, bad) in &misses {
+        text.push_str(&format!("\n- run {run} misses: {}", bad.join("; ")));
+    }
+    (misses.is_empty(), text)
 }
 
 /// Reconnects completed per 100 ms over time at one step, and the switch marks, as a gnuplot
@@ -277,7 +345,7 @@ mod tests {
             switches: vec![SwitchFacts {
                 ok: true,
                 took_ms: 900.0,
-                overhead_ms: 60.0,
+                own_ms: 60.0,
                 rss_old_kib: 20480,
                 rss_new_kib: 10240,
             }],
@@ -299,7 +367,11 @@ mod tests {
             duration_ms: 3000.0,
             probe: Counts::default(),
             ws: Some(ws),
-            marks: vec![mark("switch-start", 900.0), mark("switch-end", 2000.0)],
+            marks: vec![
+                mark(crate::report::STEADY_MARK, 300.0),
+                mark("switch-start", 900.0),
+                mark("switch-end", 2000.0),
+            ],
             ..Default::default()
         };
         let sample = |t_ms: f64, latency_ms: f64| Sample {
@@ -310,13 +382,34 @@ mod tests {
         };
         let samples = [sample(100.0, 1.0), sample(500.0, 2.0), sample(1000.0, 9.0)];
         let step = summarise(facts, Path::new("."), summary, &samples);
-        assert_eq!(step.probe_baseline.unwrap().p99, 2.0);
+        let baseline = step.probe_baseline.unwrap();
+        assert_eq!(
+            (baseline.n, baseline.p99),
+            (1, 2.0),
+            "from the steady mark: the request at 500 ms, not the ramp's at 100 ms"
+        );
         assert_eq!(step.probe_switch.unwrap().max, 9.0);
         assert_eq!(step.on_final, 2);
         let bad = verdict(&step);
         assert!(bad.iter().any(|b| b.contains("probe p99 9")), "{bad:?}");
         // Nearest rank: the p99 of two reconnects is the slower one, 1.5 s.
         assert!(bad.iter().any(|b| b.contains("reconnect p99 1500 ms")), "{bad:?}");
+        // Runs of the largest step: every run must meet the bar; the ratio per run, summarised.
+        let mut good = step.clone();
+        good.probe_switch = step.probe_baseline;
+        good.reconnect = None;
+        let (met, text) = largest_verdict(&[good.clone(), step.clone()]);
+        assert!(!met, "{text}");
+        assert!(
+            text.contains("2 run(s) of 1 switches: meets the bar in 1 of 2 runs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("per run: 1.00, 4.50; median 2.75 [1.00 – 4.50]"),
+            "{text}"
+        );
+        assert!(text.contains("- run 2 misses: "), "{text}");
+        assert!(largest_verdict(&[good]).0);
         let table = markdown(&[step]);
         assert!(table.contains("| 2 | 1 | handoff | 1 (1) | 0 | 0 |"), "{table}");
         assert!(table.contains("| 0 / 2 |"), "{table}");

@@ -138,6 +138,8 @@ fn main() -> Result<()> {
                 timeout,
             };
             let mut results = vec![PacedResult::default(); named.len()];
+            // Each slot's p99, per target: how much a figure moves from slot to slot.
+            let mut slot_p99: Vec<Vec<f64>> = vec![Vec::new(); named.len()];
             for round in 0..rounds {
                 for i in round_order(named.len(), round) {
                     let (name, addr) = &named[i];
@@ -151,14 +153,19 @@ fn main() -> Result<()> {
                             .map(|s| format!("{} / {} ms", fmt_latency(s.p50), fmt_latency(s.p99)))
                             .unwrap_or_else(|| "-".into())
                     );
+                    if let Some(l) = r.latency() {
+                        slot_p99[i].push(l.p99);
+                    }
                     results[i].merge(r);
                 }
             }
-            for ((name, _), r) in named.iter().zip(&results) {
+            for (((name, _), r), slots) in named.iter().zip(&results).zip(&slot_p99) {
                 let f = |s: Option<f64>| s.map(fmt_latency).unwrap_or_else(|| "-".into());
                 let (lat, svc) = (r.latency(), r.service());
+                let spread = bench::repeat::spread(slots);
                 println!(
-                    "{name} n={} errors={} p50={} p99={} max={} svc_p50={} svc_p99={}",
+                    "{name} n={} errors={} p50={} p99={} max={} svc_p50={} svc_p99={} slot_p99_median={} \
+                     slot_p99_min={} slot_p99_max={}",
                     r.latency_ms.len(),
                     r.errors,
                     f(lat.map(|s| s.p50)),
@@ -166,6 +173,9 @@ fn main() -> Result<()> {
                     f(lat.map(|s| s.max)),
                     f(svc.map(|s| s.p50)),
                     f(svc.map(|s| s.p99)),
+                    f(spread.as_ref().map(|s| s.median)),
+                    f(spread.as_ref().map(|s| s.min)),
+                    f(spread.as_ref().map(|s| s.max)),
                 );
             }
         }
