@@ -219,9 +219,7 @@ impl<'a> Deployer<'a> {
         // After the commit the new release serves: nothing here undoes the switch.
         self.retire_others(release, &mut switch).await;
         if let Some(socket) = installed.deferred_socket {
-            let waiting = timing::waiting(Wait::App);
             let moved = self.move_socket(release, &socket, hook, deployment).await;
-            drop(waiting);
             if let Err(e) = moved {
                 if !dry {
                     let _ = self
@@ -587,9 +585,7 @@ impl<'a> Deployer<'a> {
                 format!(" beside {}", others.join(", "))
             }
         );
-        let waiting = timing::waiting(Wait::App);
         let started = self.start_and_confirm(release).await;
-        drop(waiting);
         if let Err(e) = started {
             self.abandon(release).await;
             return Err(e);
@@ -611,6 +607,7 @@ impl<'a> Deployer<'a> {
     /// and confirms it through the port, watching it meanwhile: a crash or an automatic
     /// restart ends the confirmation at once, not at `deadlines.start`.
     async fn start_and_confirm(&self, release: &str) -> Result<()> {
+        let _waiting = timing::waiting(Wait::App);
         let unit = self.cfg.instance_unit(release);
         self.systemd.start(&unit, self.start_deadline()).await?;
         if self.systemd.dry_run() {
@@ -778,6 +775,7 @@ impl<'a> Deployer<'a> {
         let unit = self.cfg.instance_unit(release);
         self.systemd.stop(&holder, deadline).await?;
         if release_first {
+            let _drain = timing::waiting(Wait::App);
             self.systemd.stop(&unit, self.stop_deadline()).await?;
         }
         self.systemd.stop(&socket_unit, deadline).await?;
@@ -785,6 +783,7 @@ impl<'a> Deployer<'a> {
         self.start_socket().await?;
         self.systemd.start(&holder, deadline).await?;
         if !release_first {
+            let _drain = timing::waiting(Wait::App);
             self.systemd.stop(&unit, self.stop_deadline()).await?;
         }
         self.start_and_confirm(release).await.map_err(|e| {
@@ -810,6 +809,7 @@ impl<'a> Deployer<'a> {
     pub(crate) async fn stop_and_disable(&self, unit: &str, why: &str) {
         if !matches!(self.systemd.status(unit).await, Ok(st) if st.active_state == "inactive") {
             tracing::info!("stopping {unit}{why}");
+            let _drain = timing::waiting(Wait::App);
             if let Err(e) = self.systemd.stop(unit, self.stop_deadline()).await {
                 tracing::warn!("could not stop {unit}: {e:#}");
             }

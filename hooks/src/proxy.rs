@@ -310,12 +310,10 @@ impl Deployer<'_> {
             return Err(e);
         }
         // A crash while the fronts move to it ends the switch too (the undo routes back).
-        let waiting = timing::waiting(Wait::App);
         let routed = tokio::select! {
             r = self.route_to(release, port) => r,
             r = self.crash_watch(&unit) => r,
         };
-        drop(waiting);
         routed?;
         Ok(report)
     }
@@ -423,6 +421,8 @@ impl Deployer<'_> {
             self.replace_front(&build, &live).await?;
         }
         for id in self.live_fronts().await? {
+            // The front answers once it has drained the old release's requests.
+            let _drain = timing::waiting(Wait::App);
             self.tell_route(&id, &route).await?;
         }
         Probe::new(self.cfg)?
@@ -533,7 +533,6 @@ impl Deployer<'_> {
     /// Stops a front (it drains: lame duck, in-flight finished, WebSockets closed 1012) and
     /// disables it.
     pub(crate) async fn stop_front(&self, id: &str) {
-        let _drain = timing::waiting(Wait::App);
         self.stop_and_disable(&self.cfg.front_unit(id), ": it drains")
             .await;
     }

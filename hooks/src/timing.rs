@@ -4,7 +4,7 @@
 //! first healthy answer, the old instance's drain, health probes, the stability check), on
 //! systemd (every D-Bus call and the jobs behind it), or on another deployment step that holds
 //! the lock. What is left is the hook's own work: reading the revision, copying and syncing the
-//! release, rendering units, writing the state. `cli::run` prints the split as the hook's
+//! release, rendering units, writing the state. `cli::run_hook` prints the split as the hook's
 //! last line:
 //!
 //! ```text
