@@ -164,9 +164,10 @@ async fn a_release_that_never_gets_healthy_crashes_listens_publicly_or_fails_val
 
     // Healthy at the switch, unhealthy a moment later: ValidateService routes back to d-1.
     // (It turns unhealthy well after ApplicationStart on a loaded machine, and well within the
-    // validation's stability window.)
-    let later = svc.proxied_revision("v5", &[("SAMPLE_UNHEALTHY_AFTER_MS", "6000")], "a", "");
-    edit_deploy_yml(&later, "stable_for: 1s", "stable_for: 8s");
+    // validation's stability window. ApplicationStart's last probe comes after the front's
+    // drain of d-1, which holds idle connections up to 3 s: 6 s was too close, one run took 7.)
+    let later = svc.proxied_revision("v5", &[("SAMPLE_UNHEALTHY_AFTER_MS", "12000")], "a", "");
+    edit_deploy_yml(&later, "stable_for: 1s", "stable_for: 16s");
     svc.deploy_fails(
         "d-5",
         &later,
