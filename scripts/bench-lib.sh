@@ -71,19 +71,24 @@ free_port() {
 # but the last, and loadgen (with the ab and wrk it starts) on the last one (LG_CPUS). Sets
 # PINNING to a sentence for the report. `unpin` gives this script every core again.
 pin_apart() {
-  local want=${1:-1} cores last service
-  cores=$(nproc)
-  BL_CPUS_BEFORE=$(taskset -pc $$ 2>/dev/null | sed 's/.*: //')
+  local want=${1:-1} cpus
   PINNING="none: clients and service share every core"
-  if [[ $want == 0 || $cores -lt 2 ]] || ! command -v taskset >/dev/null; then
+  LG_CPUS=""
+  if [[ $want == 0 ]] || ! command -v taskset >/dev/null; then
     return 0
   fi
-  last=$((cores - 1))
-  service=0
-  if [[ $last -gt 1 ]]; then service="0-$((last - 1))"; fi
-  taskset -pc "$service" $$ >/dev/null
-  LG_CPUS=$last
-  PINNING="loadgen, ab and wrk on CPU $last; the sandboxes' systemd, the app instances and the hooks on CPU $service"
+  BL_CPUS_BEFORE=$(taskset -pc $$ | sed 's/.*: //') || return 0
+  # The CPUs this script may use (a cpuset may allow 2,3 only), one per line.
+  mapfile -t cpus < <(tr ',' '\n' <<<"$BL_CPUS_BEFORE" |
+    awk -F- '{ if (NF == 2) { for (i = $1; i <= $2; i++) print i } else print $1 }')
+  if [[ ${#cpus[@]} -lt 2 ]]; then
+    return 0
+  fi
+  LG_CPUS=${cpus[-1]}
+  local service
+  service=$(IFS=,; echo "${cpus[*]:0:${#cpus[@]}-1}")
+  taskset -pc "$service" $$ >/dev/null || bl_die "could not pin this script to CPUs $service (BENCH_PIN=0 / SCALE_PIN=0 skips pinning)"
+  PINNING="loadgen, ab and wrk on CPU $LG_CPUS; the sandboxes' systemd, the app instances and the hooks on CPU $service"
 }
 unpin() {
   if [[ -n ${LG_CPUS:-} && -n ${BL_CPUS_BEFORE:-} ]]; then taskset -pc "$BL_CPUS_BEFORE" $$ >/dev/null; fi
@@ -139,16 +144,17 @@ loadgen_stop() {
 # "application-start: took N ms: A ms waiting on the app, S ms on systemd[, L ms on another
 # step's lock], O ms own work"), added up, from a deployment's log: hooks_ms=N app_ms=A
 # systemd_ms=S own_ms=O, or nothing. A hook's line may appear twice (its output and the
-# agent's scripts.log): the last one of each hook counts.
+# agent's scripts.log): the last one of each hook counts. Also lock_ms (waiting on another
+# step's lock) and hooks=N (how many hooks ran: fewer than 4 when one failed).
 hook_timing() {
   local log=$1
   grep -E '(application-stop|before-install|application-start|validate-service): took [0-9]+ ms: ' "$log" |
-    sed -E 's/.*(application-stop|before-install|application-start|validate-service): took ([0-9]+) ms: ([0-9]+) ms waiting on the app, ([0-9]+) ms on systemd(, ([0-9]+) ms on another step.s lock)?, ([0-9]+) ms own work.*/\1 \2 \3 \4 \7/' |
-    awk '{ last[$1] = $2 " " $3 " " $4 " " $5 }
+    sed -nE 's/.*(application-stop|before-install|application-start|validate-service): took ([0-9]+) ms: ([0-9]+) ms waiting on the app, ([0-9]+) ms on systemd(, ([0-9]+) ms on another step.s lock)?, ([0-9]+) ms own work.*/\1 \2 \3 \4 \7 0\6/p' |
+    awk '{ last[$1] = $2 " " $3 " " $4 " " $5 " " $6 }
       END {
         n = 0
-        for (h in last) { split(last[h], v, " "); t += v[1]; a += v[2]; s += v[3]; o += v[4]; n++ }
-        if (n) printf "hooks_ms=%d app_ms=%d systemd_ms=%d own_ms=%d hooks=%d\n", t, a, s, o, n
+        for (h in last) { split(last[h], v, " "); t += v[1]; a += v[2]; s += v[3]; o += v[4]; l += v[5]; n++ }
+        if (n) printf "hooks_ms=%d app_ms=%d systemd_ms=%d lock_ms=%d own_ms=%d hooks=%d\n", t, a, s, l, o, n
       }' || true
 }
 # Why a deployment failed, in one line, from its log: the hooks' own error, without the

@@ -58,10 +58,12 @@ fn mean(v: &[f64]) -> Option<f64> {
 /// One run's figures.
 pub fn figures(a: &Analysis) -> Figures {
     let s = &a.summary;
+    // Deployments in which all four hooks ran (a failed one stops early: a partial sum).
     let attr_mean = |k: &str| {
         mean(
             &a.windows
                 .iter()
+                .filter(|w| w.window.attr_f64("hooks").is_none_or(|n| n == 4.0))
                 .filter_map(|w| w.window.attr_f64(k))
                 .collect::<Vec<_>>(),
         )

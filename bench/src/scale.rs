@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(
             (baseline.n, baseline.p99),
             (1, 2.0),
-            "from the steady mark: the request at 500 ms, not the ramp's at 100 ms"
+            "from the steady mark: the request at 500 ms, not the one at 100 ms"
         );
         assert_eq!(step.probe_switch.unwrap().max, 9.0);
         assert_eq!(step.on_final, 2);
