@@ -302,9 +302,7 @@ impl Deployer<'_> {
         }
         self.systemd.reset_failed(&unit).await?;
         tracing::info!("starting {unit} on 127.0.0.1:{port} (it takes no traffic until it answers healthy)");
-        let waiting = timing::waiting(Wait::App);
         let started = self.start_and_probe_directly(release, port).await;
-        drop(waiting);
         if let Err(e) = started {
             self.abandon(release).await;
             return Err(e);
@@ -373,6 +371,7 @@ impl Deployer<'_> {
     /// Starts the release and probes it on its own port until healthy; a crash, an automatic
     /// restart or a listener on a public address ends it.
     async fn start_and_probe_directly(&self, release: &str, port: u16) -> Result<()> {
+        let _waiting = timing::waiting(Wait::App);
         let unit = self.cfg.instance_unit(release);
         self.systemd.start(&unit, self.start_deadline()).await?;
         let probe = Probe::direct(self.cfg, port)?;
