@@ -65,9 +65,23 @@ class Server(uvicorn.Server):
             return super().handle_exit(sig, frame)
         app.draining = True
         self.config.app.drain()  # the LameDuck middleware
-        for server in getattr(self, "servers", []):
-            server.close()  # stop accepting; systemd's copy of the socket keeps the queue
+        stop_accepting(getattr(self, "servers", []))
         asyncio.get_running_loop().call_later(LAME_DUCK_S, super().handle_exit, sig, frame)
+
+
+# handoff: stop accepting at once, close the asyncio server one loop pass later.
+def stop_accepting(servers):
+    """Stops taking connections from the listening socket at once; on the shared socket,
+    systemd's copy keeps the queue for the next instance. The server itself is closed one loop
+    pass later: asyncio accepts connections in batches and attaches each to its server in the
+    next pass, and attaching to a closed server fails (`Server._attach` asserts it is open), so
+    `server.close()` at once would drop a connection accepted just before the signal unread
+    and reset its client."""
+    loop = asyncio.get_running_loop()
+    for server in servers:
+        for sock in server.sockets:
+            loop.remove_reader(sock.fileno())  # selector loops: the accept callback
+        loop.call_soon(server.close)  # after the pending accepts (call_soon is FIFO)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,9 @@ async fn switches_losslessly(example: &str, ws_clients: usize, slow: usize) {
     // outside every window. A blocked accept() stalls for seconds. The bounds leave room for
     // what the other tests running at the same time add on two cores (a single-threaded
     // server's queue grows with its share of the CPU); README has the figures of quiet runs.
+    // The slowest request is one sample: a new release's start competing with another test's
+    // took one to 320 ms (p99 170 ms) in CI against 163 ms in quiet runs, so its bound is
+    // twice the p99's margin. A stall longer than a few percent of the window moves the p99.
     let outside: Vec<_> = report
         .samples
         .iter()
@@ -156,9 +159,9 @@ async fn switches_losslessly(example: &str, ws_clients: usize, slow: usize) {
             "{example}: switch window p99 {:.1} ms, max {:.1} ms; outside the windows p99 {:.1} ms, max {:.1} ms",
             during.1, during.2, steady.1, steady.2
         );
-        let bound = |steady: f64| (2.0 * steady).max(steady + STALL_BOUND_MS);
+        let bound = |steady: f64, margin: f64| (2.0 * steady).max(steady + margin);
         assert!(
-            during.1 <= bound(steady.1) && during.2 <= bound(steady.2),
+            during.1 <= bound(steady.1, STALL_BOUND_MS) && during.2 <= bound(steady.2, 2.0 * STALL_BOUND_MS),
             "{example}: the switch stalled requests: p99 {:.1} ms, max {:.1} ms in the window against p99 {:.1} ms, \
              max {:.1} ms outside the switches",
             during.1,
