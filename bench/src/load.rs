@@ -224,6 +224,31 @@ async fn probe(
     out
 }
 
+/// [`probe`] on a thread of its own with a single-threaded runtime. With thousands of client
+/// tasks on the shared runtime (10,000 WebSockets reconnecting during a switch), a probe
+/// request's connect and read would wait in that runtime's queue, and its latency would be
+/// loadgen's backlog as much as the server's.
+fn probe_on_its_own_thread(
+    port: u16,
+    rate: u32,
+    timeout: Duration,
+    clock: Clock,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::sync::oneshot::Receiver<Probe>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("a runtime for the probe")?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("probe".into())
+        .spawn(move || {
+            let _ = tx.send(rt.block_on(probe(port, rate, timeout, clock, stop)));
+        })
+        .context("a thread for the probe")?;
+    Ok(rx)
+}
+
 /// A keep-alive connection, one request every `interval`, never retried. A `Connection:
 /// close` answer is honoured (reconnect for the next request); anything else that ends a
 /// request without a 200 is a failure.
@@ -704,13 +729,8 @@ pub async fn run(cfg: Config) -> Result<Summary> {
             ))
         })
         .collect();
-    let probe_task = tokio::spawn(probe(
-        cfg.port,
-        cfg.rate,
-        cfg.request_timeout,
-        clock,
-        stop_rx.clone(),
-    ));
+    let probe_task =
+        probe_on_its_own_thread(cfg.port, cfg.rate, cfg.request_timeout, clock, stop_rx.clone())?;
 
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel();
     if let Some(source) = cfg.control.clone() {
@@ -868,7 +888,9 @@ pub async fn run(cfg: Config) -> Result<Summary> {
         c.detail = reasons.text();
         summary.slow = Some(c);
     }
-    let probe = probe_task.await?;
+    let probe = probe_task
+        .await
+        .context("the probe's thread ended without its samples")?;
     summary.probe = Counts {
         requests: probe.samples.len() as u64,
         failed: probe.samples.iter().filter(|s| !s.ok).count() as u64,

@@ -63,7 +63,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::http;
-use crate::state::{Open, Phase, Shared, Stats};
+use crate::state::{Open, Phase, Shared, Stats, close_window};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,7 +256,7 @@ pub async fn run(
     let ws_budget = drain_deadline
         .saturating_duration_since(Instant::now())
         .saturating_sub(config.ws_close_timeout());
-    let ws_window = shared.ws_pacing.plan(ws_open, config.ws_close_rate, ws_budget);
+    let ws_window = close_window(ws_open, config.ws_close_rate, ws_budget);
     if ws_open > 0 {
         debug!(
             websockets = ws_open,
@@ -270,6 +270,8 @@ pub async fn run(
         config.idle_hold(),
         drain_deadline,
     ));
+    let turns = shared.clone();
+    tokio::spawn(async move { turns.ws_turns.hand_out(ws_open, ws_window).await });
     debug!(open = ?shared.tracker.open(), "closing connections");
 
     // (7) Wait for everything to finish, within the drain budget.
@@ -299,7 +301,7 @@ pub async fn run(
             "drain timeout ({} ms): dropping what is still open",
             config.drain_timeout_ms
         );
-        shared.phase.send_replace(Phase::Abort);
+        shared.abort();
         // Aborted tasks end at their next poll; don't wait long for them.
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.tracker.wait_idle()).await;
         left

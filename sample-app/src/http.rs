@@ -118,7 +118,7 @@ pub(crate) fn spawn_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<
         let _guard = guard;
         tokio::select! {
             () = serve_connection(stream, peer, shared.clone()) => {}
-            _ = shared.wait_phase(Phase::is_abort) => debug!(%peer, "drain timeout: dropping connection"),
+            () = shared.wait_abort() => debug!(%peer, "drain timeout: dropping connection"),
         }
     });
 }

@@ -7,7 +7,7 @@
 //! cannot miss one that is still being upgraded.
 //!
 //! Drain: at [`Phase::Closing`], at its turn in the spread of closes (see
-//! [`crate::state::WsPacing`]), the server sends a close frame with code 1012
+//! [`crate::state::WsTurns`]), the server sends a close frame with code 1012
 //! ("service restart": reconnect, the service is coming back) and waits up to
 //! the WebSocket close timeout for the client's close frame, then drops the
 //! connection. A client thus sees a clean close, never an abnormal 1006.
@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::debug;
 
 use crate::http::text;
-use crate::state::{Body, Phase, Shared, Stats};
+use crate::state::{Body, Shared, Stats};
 
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
@@ -82,7 +82,7 @@ pub(crate) fn upgrade(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Respo
         };
         tokio::select! {
             () = run => {}
-            _ = shared.wait_phase(Phase::is_abort) => debug!("drain timeout: dropping websocket"),
+            () = shared.wait_abort() => debug!("drain timeout: dropping websocket"),
         }
     });
 
@@ -129,22 +129,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(io: S, shared: &Shared) {
         debug!("websocket greeting failed: {e}");
         return;
     }
-    loop {
-        tokio::select! {
-            msg = ws.next() => if !echo(&mut ws, msg).await { return },
-            _ = shared.wait_phase(Phase::is_closing) => break,
-        }
-    }
-
-    // Drain: wait for this WebSocket's turn (the closes are spread, so the reconnects do not
-    // arrive at the successor all at once), echoing meanwhile; then close with 1012 and wait
-    // for the client's close frame.
-    let turn = tokio::time::sleep(shared.ws_pacing.delay());
+    // Echo until this WebSocket's turn to close comes in the drain (the closes are spread, so
+    // the reconnects do not arrive at the successor all at once); then close with 1012 and
+    // wait for the client's close frame.
+    let turn = shared.ws_turns.wait();
     tokio::pin!(turn);
     loop {
         tokio::select! {
-            () = &mut turn => break,
             msg = ws.next() => if !echo(&mut ws, msg).await { return },
+            () = &mut turn => break,
         }
     }
     let frame = CloseFrame {
