@@ -234,16 +234,17 @@ fn probe_on_its_own_thread(
     timeout: Duration,
     clock: Clock,
     stop: watch::Receiver<bool>,
-) -> Result<tokio::sync::oneshot::Receiver<Probe>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("a runtime for the probe")?;
+) -> Result<tokio::sync::oneshot::Receiver<Result<Probe>>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("probe".into())
         .spawn(move || {
-            let _ = tx.send(rt.block_on(probe(port, rate, timeout, clock, stop)));
+            let probe = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("a runtime for the probe")
+                .map(|rt| rt.block_on(probe(port, rate, timeout, clock, stop)));
+            let _ = tx.send(probe);
         })
         .context("a thread for the probe")?;
     Ok(rx)
@@ -890,7 +891,7 @@ pub async fn run(cfg: Config) -> Result<Summary> {
     }
     let probe = probe_task
         .await
-        .context("the probe's thread ended without its samples")?;
+        .context("the probe's thread ended without its samples")??;
     summary.probe = Counts {
         requests: probe.samples.len() as u64,
         failed: probe.samples.iter().filter(|s| !s.ok).count() as u64,

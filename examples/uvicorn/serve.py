@@ -85,7 +85,9 @@ def stop_accepting(servers):
 
 
 if __name__ == "__main__":
-    config = uvicorn.Config(LameDuck(app.app), access_log=False)  # handoff: LameDuck
+    # handoff: LameDuck; and asyncio's own loop, which stop_accepting relies on (with uvloop,
+    # installed by uvicorn[standard], removing the reader would not stop the accepts).
+    config = uvicorn.Config(LameDuck(app.app), access_log=False, loop="asyncio")
     if os.environ.get("PORT"):
         # Behind the front (strategy: proxy) the hooks set PORT: the same app on 127.0.0.1:$PORT.
         config.host, config.port = "127.0.0.1", int(os.environ["PORT"])

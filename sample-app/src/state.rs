@@ -366,8 +366,9 @@ pub fn close_window(open: u64, rate: u64, at_most: Duration) -> Duration {
 ///
 /// Only the WebSocket whose turn has come wakes up. With each WebSocket watching the drain's
 /// phase and computing its own delay, 10,000 of them woke in the same instant the closes
-/// began: the old instance took both cores, and the successor's new connections waited (the
-/// probe's p99 rose from 3 to 30 ms at every switch, `make bench-scale`).
+/// began: the old instance took both cores, and the successor's new connections waited
+/// (`make bench-scale` at 10,000 WebSockets: the probe's p99 in the switches was 8.3 ms
+/// against 2.9 ms steady; with the turns, 4.3–5.8 ms against 1.3–1.6 ms).
 #[derive(Debug)]
 pub struct WsTurns {
     turns: Semaphore,

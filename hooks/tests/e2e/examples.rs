@@ -143,9 +143,10 @@ async fn switches_losslessly(example: &str, ws_clients: usize, slow: usize) {
     // outside every window. A blocked accept() stalls for seconds. The bounds leave room for
     // what the other tests running at the same time add on two cores (a single-threaded
     // server's queue grows with its share of the CPU); README has the figures of quiet runs.
-    // The slowest request is one sample: a new release's start competing with another test's
-    // took one to 320 ms (p99 170 ms) in CI against 163 ms in quiet runs, so its bound is
-    // twice the p99's margin. A stall longer than a few percent of the window moves the p99.
+    // The slowest request is one sample: with another test's deployment beside it in CI, one
+    // request took 320 ms (the window's p99 170 ms), against at most 163 ms in quiet runs, so
+    // its bound has twice the p99's margin. A stall longer than the p99's margin plus about 1%
+    // of the window still fails the p99's bound.
     let outside: Vec<_> = report
         .samples
         .iter()
