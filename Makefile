@@ -3,6 +3,9 @@
 #   make demo     the main job: builds everything and deploys releases locally (see README)
 #   make test     unit tests and end-to-end tests against a real systemd (needs root)
 #   make bundle   the revision zip: dist/$(SERVICE)-$(RELEASE).zip
+#   make bundle-beanstalk  the Elastic Beanstalk source bundle: dist/$(SERVICE)-$(RELEASE)-beanstalk.zip
+#   make demo-beanstalk    v1 → v2 → v1 → broken v3 through a replay of the Beanstalk engine, and the
+#                 platform's default nginx side by side: dist/demo-beanstalk.md
 #   make bench    three restart strategies side by side under the same load: dist/bench.md, dist/bench.png
 #   make bench-scale  a switch with 100 to 10,000 WebSockets and 10 to 1,000 keep-alive clients open: dist/scale.md
 #   make fleet    8 hosts behind HAProxy deployed in waves (AllAtOnce, OneAtATime + load balancer): dist/fleet.md
@@ -12,7 +15,7 @@ TARGET  := x86_64-unknown-linux-musl
 CARGO   ?= cargo
 export RELEASE
 
-.PHONY: setup build static test demo fleet bench bench-scale bundle fmt lint clean
+.PHONY: setup build static test demo demo-beanstalk fleet bench bench-scale bundle bundle-beanstalk fmt lint clean
 
 setup:
 	scripts/setup
@@ -31,10 +34,22 @@ test: build static
 bundle: static
 	scripts/bundle
 
+# EB_PROXY=nginx (default: the bundle's nginx.conf listens on no port) or none (ProxyServer: none);
+# EB_LISTEN (0.0.0.0:80): the service's socket.
+bundle-beanstalk: bundle
+	scripts/bundle-beanstalk
+
 # Builds v1, v2, v3 (broken) and deploys them into a real-systemd sandbox under load; writes
 # dist/demo.md and dist/demo.png; fails if any request failed or v2 does not serve at the end.
 demo: setup
 	scripts/demo
+
+# The same releases deployed by a replay of the Elastic Beanstalk engine (scripts/eb-engine) from
+# the platform hooks, under load; then the platform's default (nginx on the port, the app as
+# web.service) through the same replay. Writes dist/demo-beanstalk.md; fails on any failed
+# request of the hooks' run, v3 not rejected, or v1 not serving at the end.
+demo-beanstalk: setup
+	scripts/demo-beanstalk
 
 # 8 hosts (real systemd sandboxes) behind a real HAProxy, deployed by the agent's lifecycle in
 # waves under load through the balancer; writes dist/fleet.md and dist/fleet.png; fails on any

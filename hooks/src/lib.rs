@@ -14,10 +14,12 @@
 //! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
 //! - [`appspec`], [`lint`], [`timeouts`], [`fit`] — `lint-bundle`: the appspec as the agent reads it,
 //!   the bundle's parts, its timeouts against the deadlines, its units against what the app is;
+//! - [`beanstalk`] — the same switch from Elastic Beanstalk's platform hooks (predeploy, postdeploy);
 //! - [`project`] — `handoff init` and `handoff bundle`: the hooks added to any app folder;
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place;
 //!   [`timing`] — where a hook's time goes (the app, systemd, its own work).
 pub mod appspec;
+pub mod beanstalk;
 pub mod cli;
 pub mod config;
 pub mod deploy;

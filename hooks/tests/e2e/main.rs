@@ -1,5 +1,6 @@
 //! End-to-end tests against a real systemd (scripts/sandbox). They need root.
 
+mod beanstalk;
 mod examples;
 mod faults;
 mod fleet;

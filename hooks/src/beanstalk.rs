@@ -1,0 +1,147 @@
+//! Elastic Beanstalk: the same switch, run from the platform's hooks instead of CodeDeploy's.
+//!
+//! The Beanstalk platform engine deploys a source bundle in steps, and runs the bundle's own
+//! executables at three of them (`.platform/hooks/<step>/`, as root, in lexical order; a
+//! non-zero exit fails the deployment):
+//!
+//! | engine step | working directory | `beanstalk` runs | the CodeDeploy hook it stands for |
+//! |---|---|---|---|
+//! | prebuild | `/var/app/staging` | — | — |
+//! | predeploy | `/var/app/staging` | `predeploy`: preflight, changes nothing | BeforeInstall |
+//! | *the flip* | — | — (the engine stops and starts nginx and `web.service`) | — |
+//! | postdeploy | `/var/app/current` | `postdeploy`: copy, start beside, confirm, drain; then health, stable, else roll back | ApplicationStart + ValidateService |
+//! | config deployment, postdeploy | `/var/app/current` | `confighook`: checks the serving release answers; switches nothing | — |
+//!
+//! Why this is zero-downtime on Beanstalk, where the platform's own deployment is not: in the
+//! flip the engine stops nginx (the owner of port 80 by default) and the app's `web.service`,
+//! and starts them again, about a second without a listener. Here the port belongs to the
+//! service's `.socket` unit, which nothing in the engine touches; the bundle moves nginx off
+//! the port (`.platform/nginx/nginx.conf`, or `ProxyServer: none`) and gives the engine a
+//! placeholder `web` process (Procfile). The engine's flip then restarts only things that hold
+//! no client, and the switch happens in postdeploy, beside it.
+//!
+//! The release: Beanstalk has no deployment id in the hooks' environment, so postdeploy names
+//! the release `eb-<UTC time>-<4 hex>` (a `DEPLOYMENT_ID` or `--deployment-id` wins), and
+//! copies it out of `/var/app/current` into `/opt/<service>/releases/`: the engine replaces
+//! `/var/app/current` on the next deployment, and rollback needs the old files. A failed switch
+//! leaves the previous release serving and exits non-zero, so Beanstalk marks the deployment
+//! failed, as CodeDeploy would.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, bail};
+
+use crate::cli::HookArgs;
+use crate::fault::Fault;
+use crate::lifecycle;
+use crate::release::ReleaseStore;
+
+/// predeploy (cwd `/var/app/staging`): BeforeInstall's preflight of the staged bundle.
+pub async fn predeploy(args: &HookArgs) -> Result<()> {
+    // The release is named in postdeploy; preflight checks the staged bundle under this name.
+    let mut args = args.clone();
+    args.deployment_id.get_or_insert_with(|| "eb-staged".into());
+    lifecycle::before_install(&args).await
+}
+
+/// postdeploy (cwd `/var/app/current`, after the engine's flip): ApplicationStart, then
+/// ValidateService, for one release named once.
+pub async fn postdeploy(args: &HookArgs) -> Result<()> {
+    let args = with_release(args);
+    tracing::info!(
+        "beanstalk postdeploy: release {} from {}",
+        args.deployment(),
+        args.revision_dir()?.display()
+    );
+    lifecycle::application_start(&args).await?;
+    lifecycle::validate_service(&args).await
+}
+
+/// A configuration deployment's postdeploy: the engine restarted its own units (nginx, the
+/// placeholder `web.service`); the service's socket and instances were not among them. Checks
+/// that the serving release still answers through the port, and changes nothing.
+pub async fn confighook(args: &HookArgs) -> Result<()> {
+    let (_, cfg) = args.config()?;
+    let store = ReleaseStore::for_config(&cfg);
+    let state = store.load_state()?;
+    let Some(serving) = state.serving else {
+        bail!(Fault::input(format!(
+            "{} has no serving release: a configuration deployment has nothing to leave running; deploy an \
+             application version first (eb deploy)",
+            cfg.service
+        )));
+    };
+    let probe = crate::health::Probe::new(&cfg)?;
+    probe
+        .wait_for(&serving, Duration::from_secs(10))
+        .await
+        .map_err(|e| {
+            Fault::deployment(format!(
+                "{} serves release {serving}, but it does not answer {} healthy: {e:#}. This configuration \
+                 deployment changed nothing of it; see `handoff --service {} status`",
+                cfg.service, cfg.health.path, cfg.service
+            ))
+        })?;
+    tracing::info!(
+        "{} still serves release {serving} through {}; a configuration deployment leaves it alone (environment \
+         properties reach the app with the next application deployment: set them in deploy.yml's app.environment)",
+        cfg.service,
+        cfg.listen.join(", ")
+    );
+    Ok(())
+}
+
+/// The hook arguments with a release name: the given deployment id, else a new one.
+fn with_release(args: &HookArgs) -> HookArgs {
+    let mut args = args.clone();
+    if args.deployment_id.is_none() {
+        args.deployment_id = Some(release_name(SystemTime::now()));
+    }
+    args
+}
+
+/// `eb-YYYYMMDD-HHMMSS-xxxx`: sorts by time; the suffix tells two deployments in one second apart.
+pub fn release_name(at: SystemTime) -> String {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let suffix = (since.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
+    format!(
+        "eb-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{suffix:04x}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_names_carry_the_utc_time_and_are_usable_release_names() {
+        // 2026-11-30 18:07:09 UTC
+        let at = UNIX_EPOCH + Duration::from_secs(1_796_062_029);
+        let name = release_name(at);
+        assert!(name.starts_with("eb-20261130-180709-"), "{name}");
+        assert_eq!(name.len(), "eb-20261130-180709-abcd".len());
+        assert!(crate::config::is_safe_name(&name, false), "{name}");
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,39 @@
+//! `beanstalk`: the hooks for Elastic Beanstalk's platform hooks (see handoff::beanstalk).
+use clap::{Parser, Subcommand};
+use handoff::cli::HookArgs;
+
+/// Run the zero-downtime switch from an Elastic Beanstalk platform hook: `.platform/hooks/predeploy`
+/// (preflight), `.platform/hooks/postdeploy` (switch and validate), `.platform/confighooks/postdeploy`
+/// (check, change nothing). Run from the bundle's folder, as the engine does.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    step: Step,
+}
+
+#[derive(Subcommand)]
+enum Step {
+    /// predeploy (in /var/app/staging): preflight of the staged bundle; changes nothing.
+    Predeploy(HookArgs),
+    /// postdeploy (in /var/app/current): copy the release, switch to it, validate it; else the
+    /// previous release keeps serving and this exits non-zero.
+    Postdeploy(HookArgs),
+    /// A configuration deployment's postdeploy: check the serving release answers; switch nothing.
+    Confighook(HookArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    use handoff::{beanstalk, cli};
+    match Args::parse().step {
+        Step::Predeploy(hook) => {
+            cli::run_hook("beanstalk predeploy", hook.verbose, beanstalk::predeploy(&hook))
+        }
+        Step::Postdeploy(hook) => {
+            cli::run_hook("beanstalk postdeploy", hook.verbose, beanstalk::postdeploy(&hook))
+        }
+        Step::Confighook(hook) => {
+            cli::run("beanstalk confighook", hook.verbose, beanstalk::confighook(&hook))
+        }
+    }
+}
