@@ -145,11 +145,13 @@ loadgen_stop() {
 # step's lock], O ms own work"), added up, from a deployment's log: hooks_ms=N app_ms=A
 # systemd_ms=S own_ms=O, or nothing. A hook's line may appear twice (its output and the
 # agent's scripts.log): the last one of each hook counts. Also lock_ms (waiting on another
-# step's lock) and hooks=N (how many hooks ran: fewer than 4 when one failed).
+# step's lock) and hooks=N (how many hooks ran: fewer than 4 when one failed). The Beanstalk
+# hooks' lines ("beanstalk postdeploy: took …") count the same way (2 of them).
 hook_timing() {
   local log=$1
-  grep -E '(application-stop|before-install|application-start|validate-service): took [0-9]+ ms: ' "$log" |
-    sed -nE 's/.*(application-stop|before-install|application-start|validate-service): took ([0-9]+) ms: ([0-9]+) ms waiting on the app, ([0-9]+) ms on systemd(, ([0-9]+) ms on another step.s lock)?, ([0-9]+) ms own work.*/\1 \2 \3 \4 \7 0\6/p' |
+  sed -E 's/beanstalk (predeploy|postdeploy): took/beanstalk-\1: took/' "$log" |
+    grep -E '(application-stop|before-install|application-start|validate-service|beanstalk-predeploy|beanstalk-postdeploy): took [0-9]+ ms: ' |
+    sed -nE 's/.*(application-stop|before-install|application-start|validate-service|beanstalk-predeploy|beanstalk-postdeploy): took ([0-9]+) ms: ([0-9]+) ms waiting on the app, ([0-9]+) ms on systemd(, ([0-9]+) ms on another step.s lock)?, ([0-9]+) ms own work.*/\1 \2 \3 \4 \7 0\6/p' |
     awk '{ last[$1] = $2 " " $3 " " $4 " " $5 " " $6 }
       END {
         n = 0
