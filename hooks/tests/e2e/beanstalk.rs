@@ -113,7 +113,10 @@ fn copy_tree(from: &Path, to: &Path) {
 /// The source bundle `make bundle-beanstalk` builds, as a folder: a revision of the sample app
 /// plus beanstalk/'s .platform hooks, nginx.conf and Procfile, and `hooks/beanstalk`.
 fn eb_bundle(svc: &TestService, label: &str, env: &[(&str, &str)], proxy_none: bool) -> PathBuf {
-    let dir = svc.revision(label, env, "");
+    with_beanstalk_layout(svc, svc.revision(label, env, ""), proxy_none)
+}
+
+fn with_beanstalk_layout(svc: &TestService, dir: PathBuf, proxy_none: bool) -> PathBuf {
     copy_tree(&workspace().join("beanstalk"), &dir);
     std::fs::remove_dir_all(dir.join("proxy-none")).unwrap();
     if proxy_none {
@@ -273,6 +276,40 @@ async fn the_platforms_default_nginx_fails_requests_in_every_flip() {
     assert!(
         report.failures() > 0 && !report.probe_failed_at.is_empty(),
         "the default nginx lost no request in the flip, so the comparison in the README is wrong:\n{}",
+        report.summary()
+    );
+}
+
+/// `strategy: proxy` from the platform hooks: an app that only listens on $PORT, behind our
+/// front, deployed with `ProxyServer: none` (no nginx at all), switches v1 → v2 under load
+/// without a failed request.
+#[tokio::test(flavor = "multi_thread")]
+async fn beanstalk_deploys_strategy_proxy_without_nginx_and_without_a_failed_request() {
+    let _turn = crate::examples::ONE_AT_A_TIME.lock().await;
+    let svc = TestService::new();
+    let engine = Engine::new(&svc);
+    let v1 = with_beanstalk_layout(&svc, svc.proxied_revision("v1", &[], "a", ""), true);
+    let (ok, out) = engine.deploy(&svc, &v1);
+    assert!(ok, "{out}");
+    assert_eq!(svc.answering_release(), "v1");
+    assert!(
+        !engine.verbs().iter().any(|v| v.contains("nginx")),
+        "{:?}",
+        engine.verbs()
+    );
+    let v2 = with_beanstalk_layout(&svc, svc.proxied_revision("v2", &[], "a", ""), true);
+    let load = Load::start(svc.port, Duration::from_secs(30), 2).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (ok, out) = engine.deploy(&svc, &v2);
+    assert!(ok, "{out}");
+    assert_eq!(svc.answering_release(), "v2", "{out}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let report = load.finish().await;
+    eprintln!("beanstalk, strategy: proxy: {}", report.summary());
+    assert_no_failures(&report, "beanstalk, strategy: proxy");
+    assert!(
+        report.ws.closes_1012 >= 2 && report.ws.releases_seen.len() >= 2,
+        "WebSockets were not closed with 1012 by the front and reconnected:\n{}",
         report.summary()
     );
 }
