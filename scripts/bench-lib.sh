@@ -167,7 +167,7 @@ failure_reason() {
 }
 
 # Rewrites an unpacked revision's deploy.yml: LISTEN (ip:port), then any KEY=VALUE for
-# app.environment, and deadline overrides as deadline.start=5s.
+# app.environment, and deadline overrides as deadline.start=5s (drain.budget=60s likewise).
 patch_revision() {
   local dir=$1 listen=$2; shift 2
   local f=$dir/deploy.yml kv key val
@@ -176,14 +176,15 @@ patch_revision() {
   for kv in "$@"; do
     key=${kv%%=*}; val=${kv#*=}
     case $key in
-      deadline.*)
-        local d=${key#deadline.}
-        # Only inside the deadlines: block.
-        awk -v d="$d" -v v="$val" '
-          /^[^[:space:]#]/ { inblock = ($1 == "deadlines:") }
+      deadline.* | drain.*)
+        local d=${key#*.} block=deadlines
+        [[ $key == drain.* ]] && block=drain
+        # Only inside that block (deadlines: or drain:).
+        awk -v d="$d" -v v="$val" -v b="$block:" '
+          /^[^[:space:]#]/ { inblock = ($1 == b) }
           inblock && $1 == d":" { sub(/:.*/, ": " v); }
           { print }' "$f" >"$f.new" && mv "$f.new" "$f"
-        grep -Eq "^  $d: $val" "$f" || bl_die "could not set deadlines.$d in $f"
+        grep -Eq "^  $d: $val" "$f" || bl_die "could not set $block.$d in $f"
         ;;
       *)
         sed -i "/^  environment:/a\\    $key: \"$val\"" "$f"

@@ -21,7 +21,8 @@
 //! no client, and the switch happens in postdeploy, beside it.
 //!
 //! The release: Beanstalk has no deployment id in the hooks' environment, so postdeploy names
-//! the release `eb-<UTC time>-<4 hex>` (a `DEPLOYMENT_ID` or `--deployment-id` wins), and
+//! the release `eb-<UTC time>-<4 hex>` (a `DEPLOYMENT_ID` or `--deployment-id` wins: it must be
+//! new for each deployment, since a release already copied is reused as it is), and
 //! copies it out of `/var/app/current` into `/opt/<service>/releases/`: the engine replaces
 //! `/var/app/current` on the next deployment, and rollback needs the old files. A failed switch
 //! leaves the previous release serving and exits non-zero, so Beanstalk marks the deployment
@@ -78,13 +79,13 @@ pub async fn confighook(args: &HookArgs) -> Result<()> {
         .map_err(|e| {
             Fault::deployment(format!(
                 "{} serves release {serving}, but it does not answer {} healthy: {e:#}. This configuration \
-                 deployment changed nothing of it; see `handoff --service {} status`",
+                 deployment changed nothing of it; see /var/app/current/hooks/handoff --service {} status",
                 cfg.service, cfg.health.path, cfg.service
             ))
         })?;
     tracing::info!(
-        "{} still serves release {serving} through {}; a configuration deployment leaves it alone (environment \
-         properties reach the app with the next application deployment: set them in deploy.yml's app.environment)",
+        "{} still serves release {serving} through {}; a configuration deployment leaves it alone (Beanstalk's \
+         environment properties do not reach the service: set its environment in deploy.yml's app.environment)",
         cfg.service,
         cfg.listen.join(", ")
     );
@@ -106,7 +107,7 @@ pub fn release_name(at: SystemTime) -> String {
     let secs = since.as_secs();
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    let suffix = (since.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
+    let suffix = (since.subsec_nanos() ^ std::process::id()) & 0xffff;
     format!(
         "eb-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{suffix:04x}",
         rest / 3600,

@@ -10,7 +10,8 @@ use crate::load::{Load, assert_no_failures, assert_no_stall, clock};
 use crate::service::TestService;
 use crate::support::*;
 
-/// The flip as the engine logged it, one systemctl call per line (issue text, eb-engine.log).
+/// The flip as the platform engine logged it in its eb-engine.log, one systemctl call per line:
+/// the sequence scripts/eb-engine reproduces (README, "Elastic Beanstalk").
 const LOGGED_FLIP: [&str; 17] = [
     "stop nginx.service",
     "disable nginx.service",
@@ -224,7 +225,9 @@ async fn beanstalk_deployments_switch_without_a_failed_request_and_reject_a_brok
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let serving = svc.serving().unwrap();
+    let from = clock();
     let (ok, out) = engine.deploy(&svc, &v3);
+    windows.push((from, clock()));
     assert!(!ok, "the broken v3 was deployed:\n{out}");
     assert!(out.contains("postdeploy hook 50-handoff exited 1"), "{out}");
     assert!(
@@ -234,13 +237,18 @@ async fn beanstalk_deployments_switch_without_a_failed_request_and_reject_a_brok
     assert_eq!(svc.answering_release(), "v1");
     assert_eq!(svc.serving().as_deref(), Some(serving.as_str()));
 
+    let unit = format!("shop@{serving}.service");
+    let pid = svc.unit_property(&unit, "MainPID");
+    let from = clock();
     let (ok, out) = engine.config(&svc);
+    windows.push((from, clock()));
     assert!(ok, "{out}");
     assert!(out.contains(&format!("still serves release {serving}")), "{out}");
+    assert_eq!(svc.live_instances(), vec![unit.clone()], "{out}");
     assert_eq!(
-        svc.live_instances(),
-        vec![format!("shop@{serving}.service")],
-        "{out}"
+        svc.unit_property(&unit, "MainPID"),
+        pid,
+        "the configuration deployment restarted {unit}:\n{out}"
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let report = load.finish().await;
@@ -257,9 +265,10 @@ async fn beanstalk_deployments_switch_without_a_failed_request_and_reject_a_brok
 }
 
 /// The platform's default, side by side: nginx owns the port and the app is web.service, so
-/// the engine's flip leaves the port without a listener, and requests fail.
+/// the engine's flip (one deployment, v1 → v2) leaves the port without a listener, and
+/// requests fail.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_platforms_default_nginx_fails_requests_in_every_flip() {
+async fn the_platforms_default_nginx_fails_requests_in_its_flip() {
     let _turn = crate::examples::ONE_AT_A_TIME.lock().await;
     let svc = TestService::new();
     let engine = Engine::new(&svc);
