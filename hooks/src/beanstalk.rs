@@ -40,15 +40,13 @@ use crate::release::ReleaseStore;
 /// predeploy (cwd `/var/app/staging`): BeforeInstall's preflight of the staged bundle.
 pub async fn predeploy(args: &HookArgs) -> Result<()> {
     // The release is named in postdeploy; preflight checks the staged bundle under this name.
-    let mut args = args.clone();
-    args.deployment_id.get_or_insert_with(|| "eb-staged".into());
-    lifecycle::before_install(&args).await
+    lifecycle::before_install(&with_release(args, || "eb-staged".into())).await
 }
 
 /// postdeploy (cwd `/var/app/current`, after the engine's flip): ApplicationStart, then
 /// ValidateService, for one release named once.
 pub async fn postdeploy(args: &HookArgs) -> Result<()> {
-    let args = with_release(args);
+    let args = with_release(args, || release_name(SystemTime::now()));
     tracing::info!(
         "beanstalk postdeploy: release {} from {}",
         args.deployment(),
@@ -92,12 +90,10 @@ pub async fn confighook(args: &HookArgs) -> Result<()> {
     Ok(())
 }
 
-/// The hook arguments with a release name: the given deployment id, else a new one.
-fn with_release(args: &HookArgs) -> HookArgs {
+/// The hook arguments with a release name: the given deployment id, else `name()`.
+fn with_release(args: &HookArgs, name: impl FnOnce() -> String) -> HookArgs {
     let mut args = args.clone();
-    if args.deployment_id.is_none() {
-        args.deployment_id = Some(release_name(SystemTime::now()));
-    }
+    args.deployment_id.get_or_insert_with(name);
     args
 }
 

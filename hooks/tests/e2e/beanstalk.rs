@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::load::{Load, assert_no_failures, assert_no_stall, clock};
+use crate::load::{Load, assert_no_failures, assert_no_stall, assert_websockets_reconnected, clock};
 use crate::service::TestService;
 use crate::support::*;
 
@@ -254,11 +254,7 @@ async fn beanstalk_deployments_switch_without_a_failed_request_and_reject_a_brok
     let report = load.finish().await;
     eprintln!("beanstalk: {}", report.summary());
     assert_no_failures(&report, "beanstalk deployments");
-    assert!(
-        report.ws.closes_1012 >= 4 && report.ws.releases_seen.len() >= 2,
-        "WebSockets were not closed with 1012 and reconnected to the new release:\n{}",
-        report.summary()
-    );
+    assert_websockets_reconnected(&report, 4, "beanstalk deployments");
     for (from, to) in windows {
         assert_no_stall(&report, from, to, "beanstalk deployment");
     }
@@ -316,9 +312,5 @@ async fn beanstalk_deploys_strategy_proxy_without_nginx_and_without_a_failed_req
     let report = load.finish().await;
     eprintln!("beanstalk, strategy: proxy: {}", report.summary());
     assert_no_failures(&report, "beanstalk, strategy: proxy");
-    assert!(
-        report.ws.closes_1012 >= 2 && report.ws.releases_seen.len() >= 2,
-        "WebSockets were not closed with 1012 by the front and reconnected:\n{}",
-        report.summary()
-    );
+    assert_websockets_reconnected(&report, 2, "beanstalk, strategy: proxy");
 }

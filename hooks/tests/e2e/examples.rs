@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::load::{
-    Load, STALL_BOUND_MS, assert_no_failures, clock, percentiles, slow_requests, switch_window,
+    Load, STALL_BOUND_MS, assert_no_failures, assert_websockets_reconnected, clock, percentiles,
+    slow_requests, switch_window,
 };
 use crate::service::{TestService, edit_deploy_yml};
 use crate::support::*;
@@ -133,11 +134,7 @@ async fn switches_losslessly(example: &str, ws_clients: usize, slow: usize) {
     eprintln!("{example}: {}", report.summary());
     assert_no_failures(&report, example);
     if ws_clients > 0 {
-        assert!(
-            report.ws.closes_1012 >= ws_clients as u64 && report.ws.releases_seen.len() >= 2,
-            "{example}: WebSockets were not closed with 1012 and reconnected to the new release:\n{}",
-            report.summary()
-        );
+        assert_websockets_reconnected(&report, ws_clients as u64, example);
     }
     // No stall: each switch window's p99 and its slowest request against the steady state
     // outside every window. A blocked accept() stalls for seconds. The bounds leave room for
@@ -271,11 +268,7 @@ async fn every_example_switches_behind_the_front_unchanged() {
         eprintln!("{example} behind the front: {}", report.summary());
         assert_no_failures(&report, &format!("{example} behind the front"));
         if ws_clients > 0 {
-            assert!(
-                report.ws.closes_1012 >= ws_clients as u64 && report.ws.releases_seen.len() >= 2,
-                "{example} behind the front: WebSockets were not moved with 1012:\n{}",
-                report.summary()
-            );
+            assert_websockets_reconnected(&report, ws_clients as u64, &format!("{example} behind the front"));
         }
         assert_eq!(svc.answering_release(), "p2");
     }

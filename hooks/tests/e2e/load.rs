@@ -364,6 +364,16 @@ pub fn assert_no_failures(report: &Report, what: &str) {
     );
 }
 
+/// Every one of `clients` WebSockets was closed with 1012 at least once, and the clients saw
+/// more than one release: they reconnected to the new one.
+pub fn assert_websockets_reconnected(report: &Report, clients: u64, what: &str) {
+    assert!(
+        report.ws.closes_1012 >= clients && report.ws.releases_seen.len() >= 2,
+        "{what}: WebSockets were not closed with 1012 and reconnected to the new release:\n{}",
+        report.summary()
+    );
+}
+
 /// Slow requests (1.5 s) in flight across a switch; each must be answered 200.
 pub fn slow_requests(port: u16, n: usize) -> Vec<tokio::task::JoinHandle<String>> {
     (0..n)

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::load::{Load, assert_no_failures, slow_requests};
+use crate::load::{Load, assert_no_failures, assert_websockets_reconnected, slow_requests};
 use crate::service::{TestService, edit_deploy_yml};
 use crate::support::*;
 
@@ -102,11 +102,7 @@ async fn apps_that_die_on_sigterm_switch_behind_the_front_and_the_front_is_repla
         &report,
         "v1 -> v2 -> v1 (new front) -> rollback, apps that die on SIGTERM",
     );
-    assert!(
-        report.ws.closes_1012 >= 4 && report.ws.releases_seen.len() >= 2,
-        "every switch closes the WebSockets to the old release with 1012 and they reconnect:\n{}",
-        report.summary()
-    );
+    assert_websockets_reconnected(&report, 4, "every switch, to the old release's WebSockets");
     eprintln!("{}", report.summary());
     assert_eq!(svc.answering_release(), "v2");
     // A rollback serves d-2 with the front d-2 shipped: the first one, replaced again.
