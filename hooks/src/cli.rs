@@ -139,9 +139,18 @@ where
     code
 }
 
+static SETTLES_ON_SIGTERM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says that the running hook handles SIGTERM itself (it settles the service, then ends): [`run`]
+/// then waits for it instead of dropping it.
+pub fn settles_on_sigterm() {
+    SETTLES_ON_SIGTERM.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Runs a command to completion and decides its exit code. SIGTERM (the agent's timeout) ends
-/// it with a message saying what to do; jobs already queued in systemd go on, and running the
-/// hook again converges.
+/// it with a message saying what to do, unless the hook settles the service itself
+/// ([`settles_on_sigterm`]); jobs already queued in systemd go on, and running the hook again
+/// converges.
 pub fn run<F>(name: &str, verbose: u8, hook: F) -> ExitCode
 where
     F: Future<Output = Result<()>>,
@@ -156,12 +165,20 @@ where
     };
     let outcome = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = hook => r,
-            _ = term.recv() => Err(anyhow::anyhow!(
-                "interrupted by SIGTERM (the agent's hook timeout?); systemd finishes the jobs already queued. \
-                 Run the hook again or redeploy: every hook converges from where this one stopped"
-            )),
+        tokio::pin!(hook);
+        loop {
+            tokio::select! {
+                r = &mut hook => break r,
+                _ = term.recv() => {
+                    if SETTLES_ON_SIGTERM.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    break Err(anyhow::anyhow!(
+                        "interrupted by SIGTERM (the agent's hook timeout?); systemd finishes the jobs already \
+                         queued. Run the hook again or redeploy: every hook converges from where this one stopped"
+                    ));
+                }
+            }
         }
     });
     match outcome {

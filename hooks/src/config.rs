@@ -21,6 +21,7 @@
 //!   path: /healthz
 //!   instance_header: X-Instance  # the app echoes its INSTANCE (the release id) here; "none": not confirmed
 //!   stable_for: 2s               # validate-service watches the instance this long
+//!   timeout: 2s                  # one probe's wait for its answer (raise it for a lazy first request)
 //! deadlines:
 //!   start: 60s                   # READY=1 within this, or the new release is stopped
 //!   validate: 30s                # health checks retry until this
@@ -172,6 +173,11 @@ pub struct Health {
     pub instance_header: Option<String>,
     #[serde(deserialize_with = "duration")]
     pub stable_for: Duration,
+    /// How long one probe waits for its answer. A release that accepts probes and answers none
+    /// within it is judged hung; an app whose first requests are slow (a lazy import, a cold
+    /// cache) needs more.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 impl Default for Health {
@@ -180,6 +186,7 @@ impl Default for Health {
             path: "/healthz".into(),
             instance_header: None,
             stable_for: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
         }
     }
 }
@@ -443,6 +450,15 @@ impl DeployConfig {
                 );
             }
         }
+        let t = self.health.timeout;
+        if t < Duration::from_millis(100) || t > self.deadlines.start.min(self.deadlines.validate) {
+            bail!(
+                "health.timeout: {} s is out of range; use between 100ms and the shorter of deadlines.start and \
+                 deadlines.validate ({} s): one probe must fit in the deadline",
+                t.as_secs_f64(),
+                self.deadlines.start.min(self.deadlines.validate).as_secs_f64()
+            );
+        }
         if self.strategy == Strategy::Proxy {
             self.front.port_range()?;
             for (field, d) in [
@@ -648,6 +664,7 @@ mod tests {
         let restart = DeployConfig::parse(&format!("{GOOD}strategy: restart\n")).unwrap();
         assert!(restart.check_instance_confirmation().is_ok());
         assert!(err(&format!("{GOOD}releases:\n  keep: 1\n")).contains("releases.keep"));
+        assert!(err(&format!("{GOOD}health:\n  timeout: 50ms\n")).contains("health.timeout"));
         assert!(err(&format!("{GOOD}drain:\n  budget: 0s\n")).contains("drain.budget"));
         assert!(err(&format!("{GOOD}health:\n  path: healthz\n")).contains("health.path"));
         assert!(err(&format!("{GOOD}colour: blue\n")).contains("colour"));

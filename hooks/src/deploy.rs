@@ -23,8 +23,13 @@
 //!    accepted and never answered (a hung release) end it at once.
 //! 4. **Commit.** The new instance is enabled (it comes back after a reboot), then one state
 //!    write: `serving` is the new release, `previous` the old one, `switching` cleared.
-//! 5. **Retire.** The old instance is stopped (it drains) and disabled; until then both are
-//!    enabled, so an interrupted drain never leaves nothing to start at boot.
+//! 5. **Retire.** The old instance is disabled, then stopped (it drains). From the commit on,
+//!    only the serving release is enabled, so a hook killed during the drain, or a power cut,
+//!    never brings the old release back at boot beside the new one. Every recovery
+//!    reconciles the instances with the state ([`Deployer::reconcile_instances`]), and the
+//!    units carry a boot guard: an instance starts only if the state records it as serving
+//!    (or the hooks are starting it now, a marker under `/run` that a boot clears), see
+//!    [`crate::units::BOOT_GUARD`].
 //! 6. **Move the socket** (only when the addresses changed): the socket is re-created on the new
 //!    addresses and the new release restarted onto it — the one switch that costs a restart.
 //!
@@ -55,12 +60,23 @@ use crate::units;
 /// when it reaches that step, so tests interrupt a switch at a named point, not by timing.
 /// Steps, in order: `after-intent`, `units-written` (before the reload), `after-units`,
 /// `after-start` (the new release answers; not committed), `after-commit` (before the old
-/// one drains), `socket-written` (a socket move, before the socket is re-created),
-/// `route-written` (strategy: proxy: the route file written, the fronts not yet told).
-pub fn kill_point(step: &str) {
+/// one drains), `retiring` (the old instance disabled, not yet stopped), `socket-written` (a socket move, before the socket is re-created),
+/// `route-written` (strategy: proxy: the route file written, the fronts not yet told),
+/// `front-started` (strategy: proxy: a new front confirmed beside the old one, not committed).
+///
+/// With `HANDOFF_KILL_SIGNAL=TERM` the hook sends itself SIGTERM there instead (the agent's
+/// hook timeout): the step stops at its next await, and the hook settles the service.
+pub async fn kill_point(step: &str) {
     if std::env::var("HANDOFF_KILL_AT").is_ok_and(|s| s == step) {
-        eprintln!("HANDOFF_KILL_AT={step}: killing this hook here (test fault injection)");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        use nix::sys::signal::{Signal, raise};
+        let term = std::env::var("HANDOFF_KILL_SIGNAL").is_ok_and(|s| s == "TERM");
+        let signal = if term { Signal::SIGTERM } else { Signal::SIGKILL };
+        eprintln!("HANDOFF_KILL_AT={step}: sending this hook {signal} here (test fault injection)");
+        let _ = raise(signal);
+        if term {
+            // The step goes no further: the signal handler ends it here.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -78,6 +94,31 @@ pub struct Deployer<'a> {
 pub struct Switch {
     pub from: Option<String>,
     pub stopped: Vec<String>,
+    /// strategy: proxy: the front that serves the new release (recorded at the commit).
+    pub front: Option<String>,
+}
+
+/// What an undo achieved: `complete` only when every step succeeded, so the intent it undid
+/// may be cleared; `message` says what serves.
+#[derive(Debug)]
+pub struct Undo {
+    pub complete: bool,
+    pub message: String,
+}
+
+impl Undo {
+    fn done(message: String) -> Self {
+        Self {
+            complete: true,
+            message,
+        }
+    }
+    fn unfinished(message: String) -> Self {
+        Self {
+            complete: false,
+            message,
+        }
+    }
 }
 
 /// Units installed for a release, and the socket change left for after the switch.
@@ -140,11 +181,11 @@ impl<'a> Deployer<'a> {
                     })
                 })?;
         }
-        kill_point("after-intent");
+        kill_point("after-intent").await;
 
         let started = async {
             let installed = self.install_units(release).await?;
-            kill_point("after-units");
+            kill_point("after-units").await;
             // While a socket move is deferred, the release starts and is probed on the
             // addresses the socket has now.
             let current;
@@ -165,7 +206,7 @@ impl<'a> Deployer<'a> {
             } else {
                 on_socket.start_beside(release).await?
             };
-            kill_point("after-start");
+            kill_point("after-start").await;
             // Enabled before the commit: from the commit on, a reboot must bring the new
             // release back (an undo disables it again).
             let unit = self.cfg.instance_unit(release);
@@ -181,8 +222,15 @@ impl<'a> Deployer<'a> {
                         s.serving = Some(release.to_string());
                         s.switching = None;
                         s.failed.retain(|r| r != release);
+                        // The front that serves is recorded here, with the release: an undo
+                        // before this point goes back to the front recorded before.
+                        s.front = switch.front.clone();
                         commit(s);
                     })?;
+                units::unmark_starting(self.cfg, units::GuardKey::Serving, release);
+                if let Some(front) = &switch.front {
+                    units::unmark_starting(self.cfg, units::GuardKey::Front, front);
+                }
             }
             Ok::<_, anyhow::Error>((installed, switch))
         }
@@ -190,14 +238,23 @@ impl<'a> Deployer<'a> {
         let (installed, mut switch) = match started {
             Ok(x) => x,
             Err(e) => {
-                let serving = self.undo(release, from.as_deref()).await;
+                let undone = self.undo(release, from.as_deref()).await;
+                let serving = undone.message.clone();
                 if !dry {
                     // A release that did not take over failed; the host (exit 3) or a
                     // rollback target is not blamed for it.
-                    let blame = fault::exit_code(&e) != 3 && hook == "application-start";
+                    // Nor is one whose verdict cannot be pinned on it (probes through a shared
+                    // socket that got no answer: the old instance may have accepted them).
+                    let blame = fault::exit_code(&e) != 3
+                        && hook == "application-start"
+                        && !crate::health::is_unattributed(&e);
                     let message = format!("{release} did not take over: {e:#}");
                     let saved = self.store.update(hook, deployment, &message, |s| {
-                        s.switching = None;
+                        // An undo that did not finish keeps the intent: the next step
+                        // finishes it.
+                        if undone.complete {
+                            s.switching = None;
+                        }
                         if blame {
                             s.mark_failed(release);
                         }
@@ -213,7 +270,7 @@ impl<'a> Deployer<'a> {
                 ));
             }
         };
-        kill_point("after-commit");
+        kill_point("after-commit").await;
         switch.from = from;
 
         // After the commit the new release serves: nothing here undoes the switch.
@@ -232,45 +289,59 @@ impl<'a> Deployer<'a> {
         Ok(switch)
     }
 
-    /// Undoes a switch to `release` that was not committed: stops its instance, puts the units
-    /// of `serving` back, and makes sure `serving` runs. Returns what serves, for messages.
-    pub async fn undo(&self, release: &str, serving: Option<&str>) -> String {
+    /// Undoes a switch to `release` that was not committed: routes the fronts back, stops its
+    /// instance, puts the units of `serving` back, and makes sure `serving` runs. Says whether
+    /// every step succeeded (only then may the intent be cleared) and what serves, for messages.
+    pub async fn undo(&self, release: &str, serving: Option<&str>) -> Undo {
         if self.store.load_state().ok().and_then(|s| s.serving).as_deref() == Some(release) {
             // A re-run for the release that serves: there is nothing to undo, and stopping
             // it would take the service down.
-            return format!("{release} keeps serving");
+            return Undo::done(format!("{release} keeps serving"));
         }
         // strategy: proxy (either side): the fronts send requests to `serving` again first.
-        self.route_back(release, serving).await;
-        self.abandon(release).await;
+        let routed = self.route_back(release, serving).await;
+        let stopped = self.abandon(release).await;
         let Some(serving) = serving else {
-            return "nothing served before it".into();
+            return Undo {
+                complete: routed && stopped,
+                message: "nothing served before it".into(),
+            };
         };
         if let Err(e) = self.restore_units(serving).await {
             tracing::error!("could not restore the units of {serving}: {e:#}");
-            return format!(
-                "{serving} keeps serving, but its units could not be restored ({e:#}); deploy {serving} again \
-                 or run `handoff rollback --to {serving}`"
-            );
+            return Undo::unfinished(format!(
+                "{serving} keeps serving, but its units could not be restored ({e:#}); the next deployment step \
+                 tries again, or run `handoff rollback --to {serving}`"
+            ));
         }
         let unit = self.cfg.instance_unit(serving);
-        match self.systemd.status(&unit).await {
+        let message = match self.systemd.status(&unit).await {
             Ok(st) if st.is_active() => format!("{serving} keeps serving, with its own units"),
             _ => match self.systemd.start(&unit, self.start_deadline()).await {
                 Ok(()) => format!("{serving} serves again, with its own units"),
                 Err(e) => {
                     tracing::error!("could not start {serving} again: {e:#}");
-                    format!(
+                    return Undo::unfinished(format!(
                         "{serving} could not be started again ({e:#}): nothing serves; roll back by hand \
                          (`handoff rollback`)"
-                    )
+                    ));
                 }
             },
+        };
+        if routed && stopped {
+            Undo::done(message)
+        } else {
+            Undo::unfinished(format!(
+                "{message}, but {release} could not be {}; the next deployment step finishes the undo",
+                if stopped { "routed away from" } else { "stopped" }
+            ))
         }
     }
 
-    /// Finishes what a killed hook left: undoes an uncommitted switch and applies a socket
-    /// change that was written but not applied. Run under the lock, before any new step.
+    /// Finishes what a killed hook left: undoes an uncommitted switch (the intent stays
+    /// until the undo has succeeded), reconciles the instances, fronts and route with the
+    /// state, and applies a socket change that was written but not applied. Run under the
+    /// lock, before any new step.
     pub async fn recover(&self, hook: &str, deployment: &str) -> Result<()> {
         let state = self.store.load_state()?;
         if let Some(sw) = &state.switching {
@@ -280,24 +351,36 @@ impl<'a> Deployer<'a> {
                 sw.hook,
                 sw.deployment
             );
-            let serving = self.undo(&sw.to, sw.from.as_deref()).await;
-            if !self.systemd.dry_run() {
+            let undone = self.undo(&sw.to, sw.from.as_deref()).await;
+            if !self.systemd.dry_run() && undone.complete {
                 self.store.update(
                     hook,
                     deployment,
-                    &format!("undid the interrupted switch to {}: {serving}", sw.to),
+                    &format!("undid the interrupted switch to {}: {}", sw.to, undone.message),
                     |s| s.switching = None,
                 )?;
             }
-            tracing::info!("undid the interrupted switch to {}: {serving}", sw.to);
+            if !undone.complete {
+                bail!(Fault::environment(format!(
+                    "the interrupted switch to {} could not be undone completely: {}; it stays recorded, and \
+                     the next step tries again (see `handoff status`)",
+                    sw.to, undone.message
+                )));
+            }
+            tracing::info!("undid the interrupted switch to {}: {}", sw.to, undone.message);
         }
-        // More than one front left by a killed front handoff, or one in front of a native release.
-        if let Some(serving) = state.serving.as_deref()
-            && !self.live_fronts().await?.is_empty()
-        {
-            let proxied = DeployConfig::load(&self.store.dir(serving).join(config::FILE_NAME))
-                .is_ok_and(|c| c.is_proxy());
-            self.settle_fronts(proxied).await;
+        if let Some(serving) = state.serving.as_deref() {
+            // Whether the serving release runs behind a front is decided from its release
+            // folder (its port), never by parsing its deploy.yml: a config that this version
+            // cannot read (an older or newer release's) must never stop the front.
+            let proxied = self.runs_behind_front(serving);
+            if proxied {
+                self.reconcile_route(serving, hook, deployment).await;
+            }
+            if !self.live_fronts().await?.is_empty() {
+                self.settle_fronts(proxied).await;
+            }
+            self.reconcile_instances(serving).await;
         }
         if let Some(serving) = state.socket_pending.as_deref()
             && state.serving.as_deref() == Some(serving)
@@ -314,6 +397,54 @@ impl<'a> Deployer<'a> {
             }
         }
         Ok(())
+    }
+
+    /// After the commit only `serving`'s instance runs and is enabled: an instance left
+    /// running or enabled by an interrupted retire (a hook killed during the old release's
+    /// drain) is disabled and stopped, so a reboot never starts two releases on the socket.
+    pub async fn reconcile_instances(&self, serving: &str) {
+        let mut others: Vec<String> = self.live_releases().await.unwrap_or_default();
+        for kept in self.store.list().unwrap_or_default() {
+            if !others.contains(&kept) {
+                others.push(kept);
+            }
+        }
+        others.retain(|r| r != serving);
+        for other in others {
+            let unit = self.cfg.instance_unit(&other);
+            let enabled = self
+                .systemd
+                .unit_file_state(&unit)
+                .await
+                .is_ok_and(|s| s == "enabled");
+            let live = self
+                .systemd
+                .status(&unit)
+                .await
+                .is_ok_and(|st| st.active_state != "inactive");
+            if enabled || live {
+                tracing::warn!(
+                    "{unit} is {} although {serving} serves (a retire was interrupted); retiring it now",
+                    match (enabled, live) {
+                        (true, true) => "running and enabled",
+                        (true, false) => "enabled",
+                        _ => "running",
+                    }
+                );
+                self.stop_and_disable(&unit, ": it drains").await;
+            }
+        }
+        let unit = self.cfg.instance_unit(serving);
+        if !self.systemd.dry_run()
+            && self
+                .systemd
+                .unit_file_state(&unit)
+                .await
+                .is_ok_and(|s| s == "disabled")
+            && let Err(e) = self.systemd.enable(&[&unit]).await
+        {
+            tracing::warn!("{unit} serves but is not enabled, and enabling it failed: {e:#}");
+        }
     }
 
     /// Installs the units rendered from `release`'s own templates (a changed socket address
@@ -342,7 +473,7 @@ impl<'a> Deployer<'a> {
             deferred_socket = Some(rendered.remove(at));
         }
         let changes = units::install(&rendered, &self.unit_dir, self.systemd.dry_run())?;
-        kill_point("units-written");
+        kill_point("units-written").await;
         let stale = self.stale_units(release).await?;
         if changes.any() || !stale.is_empty() {
             tracing::info!(
@@ -577,6 +708,7 @@ impl<'a> Deployer<'a> {
         }
 
         self.systemd.reset_failed(&unit).await?;
+        self.mark_starting(units::GuardKey::Serving, release)?;
         tracing::info!(
             "starting {unit}{}",
             if others.is_empty() {
@@ -637,13 +769,10 @@ impl<'a> Deployer<'a> {
     /// Step 5: every instance but the new one drains and is disabled. The switch is
     /// committed: a failure here is reported and left for the next step, never undone.
     async fn retire_others(&self, release: &str, report: &mut Switch) {
-        if !self.cfg.is_proxy() {
-            // A native release serves the socket itself: fronts of a proxied release before it
-            // drain first (they still send requests to the old release).
-            for id in self.live_fronts().await.unwrap_or_default() {
-                self.stop_front(&id).await;
-            }
-        }
+        // Fronts other than the one the commit recorded drain first (a native release serves
+        // the socket itself, so then every front goes): they were told the new route, or
+        // still send requests to the old release.
+        self.settle_fronts(self.cfg.is_proxy()).await;
         let mut others = report.stopped.clone();
         match self.live_releases().await {
             Ok(live) => {
@@ -657,6 +786,18 @@ impl<'a> Deployer<'a> {
         }
         for other in &others {
             let other_unit = self.cfg.instance_unit(other);
+            // Disabled before it drains: a hook killed during the drain, or a power cut, must
+            // never leave the old release to start again at boot beside the serving one.
+            let disabled = async {
+                if self.systemd.unit_file_state(&other_unit).await? == "enabled" {
+                    self.systemd.disable(&[&other_unit]).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            if let Err(e) = disabled.await {
+                tracing::warn!("{e:#}; the next deployment step disables {other_unit}");
+            }
+            kill_point("retiring").await;
             // strategy: proxy: the front has drained it, nothing is in flight to it.
             if self.cfg.strategy != Strategy::Restart {
                 let _drain = timing::waiting(Wait::App);
@@ -666,15 +807,8 @@ impl<'a> Deployer<'a> {
                     tracing::warn!("{e:#}");
                 }
             }
-            let disabled = async {
-                self.systemd.reset_failed(&other_unit).await?;
-                if self.systemd.unit_file_state(&other_unit).await? == "enabled" {
-                    self.systemd.disable(&[&other_unit]).await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            };
-            if let Err(e) = disabled.await {
-                tracing::warn!("{e:#}; the next deployment disables {other_unit}");
+            if let Err(e) = self.systemd.reset_failed(&other_unit).await {
+                tracing::warn!("{e:#}");
             }
         }
         report.stopped = others;
@@ -695,7 +829,14 @@ impl<'a> Deployer<'a> {
         let dry = self.systemd.dry_run();
         let path = self.unit_dir.join(&socket.name);
         let old_text = std::fs::read_to_string(&path).unwrap_or_default();
-        let before = listen_addresses(&old_text);
+        // A move that a killed hook left (recovery): the unit file already has the new
+        // addresses, so where the socket was comes from the state.
+        let state = self.store.load_state()?;
+        let before = if state.socket_pending.as_deref() == Some(release) && !state.socket_before.is_empty() {
+            state.socket_before.clone()
+        } else {
+            listen_addresses(&old_text)
+        };
         let kept = before
             .iter()
             .any(|a| self.cfg.listen.iter().any(|b| addresses_overlap(a, b)));
@@ -704,13 +845,16 @@ impl<'a> Deployer<'a> {
                 hook,
                 deployment,
                 &format!("moving the socket to [{}]", self.cfg.listen.join(", ")),
-                |s| s.socket_pending = Some(release.to_string()),
+                |s| {
+                    s.socket_pending = Some(release.to_string());
+                    s.socket_before = before.clone();
+                },
             )?;
         }
         let moved = async {
             units::install(std::slice::from_ref(socket), &self.unit_dir, dry)?;
             self.systemd.reload().await?;
-            kill_point("socket-written");
+            kill_point("socket-written").await;
             tracing::info!(
                 "moving {} to {} and restarting {} onto it",
                 self.cfg.socket_unit(),
@@ -724,7 +868,7 @@ impl<'a> Deployer<'a> {
             tracing::error!("{e:#}; putting the socket back on [{}]", before.join(", "));
             let old = units::Rendered {
                 name: socket.name.clone(),
-                text: old_text,
+                text: units::with_listen(&socket.text, &before),
             };
             let mut cfg = self.cfg.clone();
             cfg.listen = before.clone();
@@ -737,7 +881,8 @@ impl<'a> Deployer<'a> {
             .await;
             if !dry {
                 self.store.update(hook, deployment, "socket move undone", |s| {
-                    s.socket_pending = None
+                    s.socket_pending = None;
+                    s.socket_before.clear();
                 })?;
             }
             return Err(match reverted {
@@ -760,7 +905,10 @@ impl<'a> Deployer<'a> {
                 hook,
                 deployment,
                 &format!("the socket listens on [{}]", self.cfg.listen.join(", ")),
-                |s| s.socket_pending = None,
+                |s| {
+                    s.socket_pending = None;
+                    s.socket_before.clear();
+                },
             )?;
         }
         Ok(())
@@ -796,33 +944,48 @@ impl<'a> Deployer<'a> {
     }
 
     /// Stops a release that did not make it, leaving its unit inactive rather than failed and
-    /// disabled. Never the release that serves.
-    pub(crate) async fn abandon(&self, release: &str) {
+    /// disabled. Never the release that serves. Says whether it is stopped and disabled.
+    pub(crate) async fn abandon(&self, release: &str) -> bool {
         if self.store.load_state().ok().and_then(|s| s.serving).as_deref() == Some(release) {
-            return;
+            return true;
         }
-        self.stop_and_disable(&self.cfg.instance_unit(release), "").await;
+        units::unmark_starting(self.cfg, units::GuardKey::Serving, release);
+        self.stop_and_disable(&self.cfg.instance_unit(release), "").await
     }
 
-    /// Stops `unit` unless it is inactive (it drains), leaves it inactive rather than failed,
-    /// and disables it. Failures are logged: the unit is on its way out either way.
-    pub(crate) async fn stop_and_disable(&self, unit: &str, why: &str) {
-        if !matches!(self.systemd.status(unit).await, Ok(st) if st.active_state == "inactive") {
-            tracing::info!("stopping {unit}{why}");
-            let _drain = timing::waiting(Wait::App);
-            if let Err(e) = self.systemd.stop(unit, self.stop_deadline()).await {
-                tracing::warn!("could not stop {unit}: {e:#}");
-            }
-        }
-        let _ = self.systemd.reset_failed(unit).await;
+    /// Disables `unit` (so no boot brings it back), stops it unless it is inactive (it
+    /// drains), and leaves it inactive rather than failed. Failures are logged; says whether
+    /// the unit ended up inactive and not enabled.
+    pub(crate) async fn stop_and_disable(&self, unit: &str, why: &str) -> bool {
+        let mut done = true;
         if self
             .systemd
             .unit_file_state(unit)
             .await
             .is_ok_and(|s| s == "enabled")
+            && let Err(e) = self.systemd.disable(&[unit]).await
         {
-            let _ = self.systemd.disable(&[unit]).await;
+            tracing::warn!("could not disable {unit}: {e:#}");
+            done = false;
         }
+        if !matches!(self.systemd.status(unit).await, Ok(st) if st.active_state == "inactive") {
+            tracing::info!("stopping {unit}{why}");
+            let _drain = timing::waiting(Wait::App);
+            if let Err(e) = self.systemd.stop(unit, self.stop_deadline()).await {
+                tracing::warn!("could not stop {unit}: {e:#}");
+                done = false;
+            }
+        }
+        let _ = self.systemd.reset_failed(unit).await;
+        done || self.systemd.dry_run()
+    }
+
+    /// Lets `id`'s boot guard pass before the state records it ([`units::mark_starting`]).
+    pub(crate) fn mark_starting(&self, key: units::GuardKey, id: &str) -> Result<()> {
+        if self.systemd.dry_run() {
+            return Ok(());
+        }
+        units::mark_starting(self.cfg, key, id).map_err(|e| Fault::environment(format!("{e:#}")).into())
     }
 
     fn describe_addrs(&self) -> String {

@@ -17,13 +17,15 @@ use anyhow::{Result, anyhow, bail};
 
 use crate::config::DeployConfig;
 
-/// How long one probe waits for its answer.
+/// How long one probe waits for its answer, unless deploy.yml says `health.timeout`.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Unanswered probes after READY=1 that mark the new release as hung.
 pub const HUNG_AFTER: u32 = 2;
 
 pub struct Probe {
     client: reqwest::Client,
+    /// `health.timeout`: one probe's wait for its answer.
+    timeout: Duration,
     addrs: Vec<SocketAddr>,
     path: String,
     instance_header: Option<String>,
@@ -32,6 +34,28 @@ pub struct Probe {
     ask_front: bool,
     /// How the new instance said it serves, for messages.
     ready: crate::config::Ready,
+    /// Probes through a socket that old and new instances share (native mode): an unanswered
+    /// probe may have been accepted by either, so it is no proof against the new release.
+    shared_socket: bool,
+}
+
+/// A verdict whose evidence cannot be pinned on the new release: probes through a shared socket
+/// that got no answer (the old instance, loaded, may have accepted them). The release is
+/// stopped all the same, but not marked failed: it stays a rollback target.
+#[derive(Debug)]
+pub struct Unattributed(pub String);
+
+impl std::fmt::Display for Unattributed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unattributed {}
+
+/// Whether an error's verdict could not be pinned on the release ([`Unattributed`]).
+pub fn is_unattributed(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<Unattributed>().is_some())
 }
 
 /// The request header that makes the front name itself and the release it routed to.
@@ -48,11 +72,11 @@ pub struct Reply {
     pub instance: Option<String>,
 }
 
-fn client() -> Result<reqwest::Client> {
+fn client(timeout: Duration) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
-        .connect_timeout(PROBE_TIMEOUT)
-        .timeout(PROBE_TIMEOUT)
+        .connect_timeout(PROBE_TIMEOUT.min(timeout))
+        .timeout(timeout)
         .no_proxy()
         .build()
         .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))
@@ -64,7 +88,8 @@ impl Probe {
     pub fn new(cfg: &DeployConfig) -> Result<Self> {
         let proxy = cfg.is_proxy();
         Ok(Self {
-            client: client()?,
+            client: client(cfg.health.timeout)?,
+            timeout: cfg.health.timeout,
             addrs: cfg.probe_addrs(),
             path: cfg.health.path.clone(),
             instance_header: if proxy {
@@ -78,6 +103,7 @@ impl Probe {
             } else {
                 cfg.app.ready
             },
+            shared_socket: !proxy,
         })
     }
 
@@ -86,6 +112,7 @@ impl Probe {
         Ok(Self {
             instance_header: Some(FRONT_ID_HEADER.into()),
             ready: crate::config::Ready::Notify,
+            shared_socket: true,
             ..Self::new(cfg)?
         })
     }
@@ -93,12 +120,14 @@ impl Probe {
     /// Probes of a release on its private port (strategy: proxy), before it takes traffic.
     pub fn direct(cfg: &DeployConfig, port: u16) -> Result<Self> {
         Ok(Self {
-            client: client()?,
+            client: client(cfg.health.timeout)?,
+            timeout: cfg.health.timeout,
             addrs: vec![SocketAddr::from(([127, 0, 0, 1], port))],
             path: cfg.health.path.clone(),
             instance_header: None,
             ask_front: false,
             ready: crate::config::Ready::Probe,
+            shared_socket: false,
         })
     }
 
@@ -174,8 +203,10 @@ impl Probe {
                         // (a full accept queue drops the SYN) says nothing about the release.
                         Err(e) if e.is_timeout() && !e.is_connect() => {
                             unanswered += 1;
-                            last_error =
-                                Some(format!("no answer within {:.0} s", PROBE_TIMEOUT.as_secs_f64()));
+                            last_error = Some(format!(
+                                "no answer within {:.1} s (health.timeout)",
+                                self.timeout.as_secs_f64()
+                            ));
                         }
                         Err(e) => last_error = Some(format!("GET http://{addr}{}: {e}", self.path)),
                     }
@@ -194,14 +225,25 @@ impl Probe {
                     );
                 }
                 if fail_fast && !healthy && unanswered >= HUNG_AFTER {
-                    bail!(
+                    let message = format!(
                         "{release} {said} but does not answer: {unanswered} probes on {addr}{} connected \
-                         and got no answer within {:.0} s each ({probes} probes, {from_others} answered by other \
+                         and got no answer within {:.1} s each ({probes} probes, {from_others} answered by other \
                          instances). The release accepts connections and hangs (a deadlock, or a blocked event \
-                         loop?); the requests it accepted meanwhile were lost",
+                         loop?), or its first requests take longer than that: raise health.timeout in deploy.yml \
+                         if they do",
                         self.path,
-                        PROBE_TIMEOUT.as_secs_f64()
+                        self.timeout.as_secs_f64()
                     );
+                    if self.shared_socket && from_others > 0 {
+                        // Other instances accept on the same socket: an unanswered probe may
+                        // have been theirs.
+                        return Err(Unattributed(format!(
+                            "{message}. Other instances share the socket, so the unanswered probes may have \
+                             been theirs: {release} is not marked failed"
+                        ))
+                        .into());
+                    }
+                    bail!(message);
                 }
                 if healthy {
                     tracing::debug!("{addr}{}: 200 from {release} after {probes} probes", self.path);

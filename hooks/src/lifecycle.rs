@@ -280,8 +280,64 @@ fn check_disk_space(revision: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs a step that changes the service so that SIGTERM (the agent's hook timeout) ends it at
+/// a consistent point: the step stops at its next await, then, under the lock again, the
+/// recovery that a killed hook would leave to the next one runs now (an uncommitted switch is
+/// undone, a committed one finishes its retire), and the hook fails with a message that says
+/// what serves.
+async fn settle_on_sigterm(
+    args: &HookArgs,
+    hook: &str,
+    step: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    crate::cli::settles_on_sigterm();
+    tokio::select! {
+        r = step => r,
+        _ = term.recv() => {
+            tracing::warn!("{hook}: SIGTERM (the agent's hook timeout?): stopping this step and settling the service first");
+            let settled = settle(args, hook).await;
+            bail!(Fault::deployment(match settled {
+                Ok(what) => format!("interrupted by SIGTERM (the agent's hook timeout?) and settled: {what}. Deploy again"),
+                Err(e) => format!(
+                    "interrupted by SIGTERM (the agent's hook timeout?); settling failed: {e:#}. The next deployment \
+                     step finishes it (every hook converges from where this one stopped); see `handoff status`"
+                ),
+            }))
+        }
+    }
+}
+
+/// What [`settle_on_sigterm`] does after the step stopped; says what serves.
+async fn settle(args: &HookArgs, hook: &str) -> Result<String> {
+    if args.dry_run {
+        return Ok("a dry run changed nothing".into());
+    }
+    let release = args.release()?;
+    let (_, cfg) = args.config()?;
+    let systemd = connect(args).await?;
+    let _lock = lock(&cfg, hook, args).await?;
+    let store = ReleaseStore::for_config(&cfg);
+    let before = store.load_state()?;
+    Deployer::new(&cfg, &systemd, &store)?
+        .recover(hook, &args.deployment())
+        .await?;
+    let state = store.load_state()?;
+    let undone = before.switching.as_ref().map(|s| s.to.clone());
+    Ok(match (state.serving, undone) {
+        (Some(s), Some(to)) => format!("the uncommitted switch to {to} was undone; {s} serves"),
+        (Some(s), None) if s == release => format!("{s} serves (its switch was committed)"),
+        (Some(s), None) => format!("{s} serves; {release} does not"),
+        (None, _) => "nothing serves".into(),
+    })
+}
+
 /// ApplicationStart: copy the release, install its units, switch traffic to it.
 pub async fn application_start(args: &HookArgs) -> Result<()> {
+    settle_on_sigterm(args, "application-start", application_start_step(args)).await
+}
+
+async fn application_start_step(args: &HookArgs) -> Result<()> {
     let session = Session::open(args, "application-start").await?;
     let Session {
         release,
@@ -334,7 +390,8 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
         .await?;
     if !args.dry_run {
         // Housekeeping after a good switch: it never fails the hook.
-        let previous = store.load_state().ok().and_then(|s| s.previous);
+        let after = store.load_state().unwrap_or_default();
+        let previous = after.previous.clone();
         let protect: Vec<&str> = [
             Some(release.as_str()),
             switch.from.as_deref(),
@@ -343,7 +400,7 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
         .into_iter()
         .flatten()
         .collect();
-        match store.prune(cfg.releases.keep, &protect) {
+        match store.prune(cfg.releases.keep, &protect, &after.failed) {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!("removed old releases: {}", removed.join(", "))
             }
@@ -369,6 +426,10 @@ pub async fn application_start(args: &HookArgs) -> Result<()> {
 /// otherwise the previous release serves again (in place, without a failed request) and the
 /// hook fails so CodeDeploy marks the deployment failed.
 pub async fn validate_service(args: &HookArgs) -> Result<()> {
+    settle_on_sigterm(args, "validate-service", validate_service_step(args)).await
+}
+
+async fn validate_service_step(args: &HookArgs) -> Result<()> {
     let t0 = Instant::now();
     let session = Session::open(args, "validate-service").await?;
     let Session {
@@ -574,11 +635,23 @@ pub async fn manual_rollback(
         )));
     }
     let explicit = to.is_some();
-    let target = match to.or(state.previous.clone()) {
+    let kept = store.list()?;
+    // The default: the previous release, or else the newest kept release that did not fail
+    // (the README's fault table): after an automatic rollback `previous` may be unset.
+    let fallback = || {
+        kept.iter()
+            .rev()
+            .find(|r| state.serving.as_ref() != Some(*r) && !state.is_failed(r))
+            .cloned()
+    };
+    let target = match to
+        .or(state.previous.clone().filter(|p| !state.is_failed(p)))
+        .or_else(fallback)
+    {
         Some(t) => t,
         None => bail!(Fault::input(format!(
-            "no previous release recorded for {service}; name one with --to (kept: {})",
-            store.list()?.join(", ")
+            "{service} has no kept release to roll back to that did not fail; name one with --to (kept: {})",
+            kept.join(", ")
         ))),
     };
     if !store.is_complete(&target) {

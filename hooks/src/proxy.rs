@@ -42,6 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -50,7 +51,7 @@ use crate::config::DeployConfig;
 use crate::deploy::{Deployer, Switch, kill_point};
 use crate::fault::Fault;
 use crate::health::Probe;
-use crate::release::write_durably;
+use crate::release::{write_durably, write_durably_mode};
 use crate::timing::{self, Wait};
 
 /// The front's executable inside a release (shipped in the bundle by `make bundle`).
@@ -173,11 +174,10 @@ pub fn read_route(cfg: &DeployConfig) -> Option<Route> {
 fn write_route(cfg: &DeployConfig, route: &Route) -> Result<()> {
     let path = routes_path(cfg);
     let text = serde_json::to_string(route)? + "\n";
-    write_durably(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    // Readable by the front's dynamic user; written by root only.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
-    Ok(())
+    // Readable by the front's dynamic user, written by root only: the mode is set on the
+    // temporary file, so under any umask a front that (re)starts can read what was renamed.
+    write_durably_mode(&path, text.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn port_env(dir: &Path) -> PathBuf {
@@ -290,7 +290,7 @@ impl Deployer<'_> {
             .into_iter()
             .filter(|r| r != release)
             .collect();
-        let report = Switch {
+        let mut report = Switch {
             stopped: others,
             ..Default::default()
         };
@@ -301,6 +301,7 @@ impl Deployer<'_> {
             return Ok(report);
         }
         self.systemd.reset_failed(&unit).await?;
+        self.mark_starting(crate::units::GuardKey::Serving, release)?;
         tracing::info!("starting {unit} on 127.0.0.1:{port} (it takes no traffic until it answers healthy)");
         let started = self.start_and_probe_directly(release, port).await;
         if let Err(e) = started {
@@ -310,9 +311,9 @@ impl Deployer<'_> {
         // A crash while the fronts move to it ends the switch too (the undo routes back).
         let routed = tokio::select! {
             r = self.route_to(release, port) => r,
-            r = self.crash_watch(&unit) => r,
+            r = self.crash_watch(&unit).map(|r| r.map(|()| String::new())) => r,
         };
-        routed?;
+        report.front = Some(routed?);
         Ok(report)
     }
 
@@ -406,30 +407,34 @@ impl Deployer<'_> {
     }
 
     /// Step 3 (and 4): routes the fronts to `release` and waits for their drain; starts a new
-    /// front first when the release ships another build.
-    async fn route_to(&self, release: &str, port: u16) -> Result<()> {
+    /// front first when the release ships another build. Returns the id of the front that
+    /// serves `release`: the commit records it, and the retire step stops the others.
+    async fn route_to(&self, release: &str, port: u16) -> Result<String> {
         let route = Route {
             release: release.to_string(),
             upstream: format!("127.0.0.1:{port}"),
         };
         write_route(self.cfg, &route)?;
-        kill_point("route-written");
+        kill_point("route-written").await;
         let build = front_build(self.cfg, &self.store.dir(release))?;
         let live = self.live_fronts().await?;
         if !live.contains(&build.id) {
             self.replace_front(&build, &live).await?;
+            kill_point("front-started").await;
         }
         for id in self.live_fronts().await? {
             // The front answers once it has drained the old release's requests.
             let _drain = timing::waiting(Wait::App);
             self.tell_route(&id, &route).await?;
         }
+        // The release takes every request now: its first unhealthy answer through the front
+        // ends the switch at once (the undo routes back), rather than after 10 s of them.
         Probe::new(self.cfg)?
-            .wait_for(release, Duration::from_secs(10))
+            .confirm_ready(release, Duration::from_secs(10))
             .await
             .context("routed, but the public port")?;
         tracing::info!("the front sends requests to {release} ({})", route.upstream);
-        Ok(())
+        Ok(build.id)
     }
 
     async fn tell_route(&self, id: &str, route: &Route) -> Result<()> {
@@ -467,12 +472,15 @@ impl Deployer<'_> {
         Ok(())
     }
 
-    /// Starts the front `build` beside the live ones on the shared socket, confirms it through
-    /// the public port, records it, and stops the others (they drain natively).
+    /// Starts the front `build` beside the live ones on the shared socket and confirms it
+    /// through the public port. The old fronts keep serving beside it until the commit: an
+    /// undo goes back to the recorded front, a commit records this one and the retire step
+    /// stops the others (they drain natively).
     async fn replace_front(&self, build: &FrontBuild, old: &[String]) -> Result<()> {
         install_front(self.cfg, build)?;
         let unit = self.cfg.front_unit(&build.id);
         self.systemd.reset_failed(&unit).await?;
+        self.mark_starting(crate::units::GuardKey::Front, &build.id)?;
         tracing::info!(
             "starting front {}{}",
             build.id,
@@ -496,13 +504,6 @@ impl Deployer<'_> {
         if let Err(e) = started {
             self.stop_front(&build.id).await;
             return Err(e);
-        }
-        self.store
-            .update("front", "-", &format!("front {} serves", build.id), |s| {
-                s.front = Some(build.id.clone())
-            })?;
-        for id in old {
-            self.stop_front(id).await;
         }
         Ok(())
     }
@@ -531,48 +532,95 @@ impl Deployer<'_> {
 
     /// Stops a front (it drains: lame duck, in-flight finished, WebSockets closed 1012) and
     /// disables it.
-    pub(crate) async fn stop_front(&self, id: &str) {
+    pub(crate) async fn stop_front(&self, id: &str) -> bool {
+        crate::units::unmark_starting(self.cfg, crate::units::GuardKey::Front, id);
         self.stop_and_disable(&self.cfg.front_unit(id), ": it drains")
-            .await;
+            .await
     }
 
-    /// Part of an undo: routes back to `serving` when the routes point at `release`, and
-    /// stops fronts other than the recorded one (all of them when `serving` runs natively).
-    pub(crate) async fn route_back(&self, release: &str, serving: Option<&str>) {
-        let Some(serving) = serving else { return };
-        let serving_cfg = DeployConfig::load(&self.store.dir(serving).join(crate::config::FILE_NAME));
-        let serving_proxied = serving_cfg.as_ref().is_ok_and(|c| c.is_proxy());
-        if serving_proxied
-            && read_route(self.cfg).is_some_and(|r| r.release == release)
-            && let Some(port) = port_of(self.cfg, &self.store.dir(serving))
-        {
-            let route = Route {
-                release: serving.to_string(),
-                upstream: format!("127.0.0.1:{port}"),
-            };
-            tracing::info!("routing the front back to {serving}");
-            if let Err(e) = write_route(self.cfg, &route) {
-                tracing::error!("{e:#}");
-            }
-            for id in self.live_fronts().await.unwrap_or_default() {
-                if let Err(e) = self.tell_route(&id, &route).await {
-                    tracing::warn!("{e:#}");
-                }
+    /// Whether `release` runs behind a front: it was given a private port (`port.env` in its
+    /// release folder), which only `strategy: proxy` does. Read from the release folder, not
+    /// from its deploy.yml, which a hook of another version may fail to parse.
+    pub fn runs_behind_front(&self, release: &str) -> bool {
+        port_of(self.cfg, &self.store.dir(release)).is_some()
+    }
+
+    /// The route to `release`, from its recorded port.
+    fn route_of(&self, release: &str) -> Option<Route> {
+        let port = port_of(self.cfg, &self.store.dir(release))?;
+        Some(Route {
+            release: release.to_string(),
+            upstream: format!("127.0.0.1:{port}"),
+        })
+    }
+
+    /// Part of an undo: routes back to `serving` (file, then every live front) unless the
+    /// route already names it, and stops fronts other than the recorded one (all of them
+    /// when `serving` runs natively). Says whether every step succeeded.
+    pub(crate) async fn route_back(&self, release: &str, serving: Option<&str>) -> bool {
+        let Some(serving) = serving else {
+            // Nothing served before: no front may stay for a release that did not make it.
+            return self.settle_fronts(false).await;
+        };
+        let serving_proxied = self.runs_behind_front(serving);
+        let mut ok = true;
+        if serving_proxied && read_route(self.cfg).is_none_or(|r| r.release != serving) {
+            tracing::info!("routing the front back to {serving} (from {release})");
+            ok &= self.reroute(serving).await;
+        }
+        self.settle_fronts(serving_proxied).await && ok
+    }
+
+    /// Every recovery: the route file and every live front send requests to `serving`.
+    pub(crate) async fn reconcile_route(&self, serving: &str, hook: &str, deployment: &str) {
+        if read_route(self.cfg).is_some_and(|r| r.release == serving) {
+            return;
+        }
+        tracing::warn!("the route does not name {serving}, which serves; routing the front to it");
+        if self.reroute(serving).await {
+            let _ = self
+                .store
+                .record(hook, deployment, &format!("the route set back to {serving}"));
+        }
+    }
+
+    /// Writes the route to `serving` and tells every live front; says whether all of it worked.
+    async fn reroute(&self, serving: &str) -> bool {
+        let Some(route) = self.route_of(serving) else {
+            tracing::error!("{serving} has no recorded port (port.env); cannot route the front to it");
+            return false;
+        };
+        if self.systemd.dry_run() {
+            println!("dry-run: would route the front to {serving} ({})", route.upstream);
+            return true;
+        }
+        let mut ok = true;
+        if let Err(e) = write_route(self.cfg, &route) {
+            tracing::error!("{e:#}");
+            ok = false;
+        }
+        for id in self.live_fronts().await.unwrap_or_default() {
+            if let Err(e) = self.tell_route(&id, &route).await {
+                tracing::warn!("{e:#}");
+                ok = false;
             }
         }
-        self.settle_fronts(serving_proxied).await;
+        ok
     }
 
     /// Leaves at most the recorded front running (none when the service runs natively).
-    pub(crate) async fn settle_fronts(&self, proxied: bool) {
+    /// Says whether every other front stopped.
+    pub(crate) async fn settle_fronts(&self, proxied: bool) -> bool {
         let recorded = self.store.load_state().ok().and_then(|s| s.front);
         let live = self.live_fronts().await.unwrap_or_default();
         let keep = recorded.filter(|r| proxied && live.contains(r));
         // Without a record, a lone live front keeps serving.
         let keep = keep.or_else(|| (proxied && live.len() == 1).then(|| live[0].clone()));
+        let mut ok = true;
         for id in live.iter().filter(|id| Some(*id) != keep.as_ref()) {
-            self.stop_front(id).await;
+            ok &= self.stop_front(id).await;
         }
+        ok
     }
 
     /// Ends with an error as soon as `unit` crashes, restarts or stops.

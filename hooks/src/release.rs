@@ -61,6 +61,10 @@ pub struct State {
     /// (a hook killed while it re-created the socket): the next step applies them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_pending: Option<String>,
+    /// The socket's addresses before that move (its `ListenStream=` values): where a failed
+    /// move goes back to, even after the unit file was rewritten.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub socket_before: Vec<String>,
     /// `strategy: proxy`: the id of the front that holds the socket (`<service>-front@<id>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub front: Option<String>,
@@ -79,6 +83,7 @@ impl Default for State {
             switching: None,
             validating: None,
             socket_pending: None,
+            socket_before: Vec::new(),
             front: None,
             extra: serde_json::Map::new(),
         }
@@ -251,10 +256,15 @@ impl ReleaseStore {
         Ok(found.into_iter().map(|(_, n)| n).collect())
     }
 
-    /// Removes the oldest releases beyond `keep`, never one in `protect`. Returns what it removed.
-    pub fn prune(&self, keep: usize, protect: &[&str]) -> Result<Vec<String>> {
+    /// Removes releases beyond `keep`, never one in `protect`: releases in `failed` go first
+    /// (oldest first), then the oldest good ones, so the newest good releases stay as rollback
+    /// targets however many deployments failed. Returns what it removed.
+    pub fn prune(&self, keep: usize, protect: &[&str], failed: &[String]) -> Result<Vec<String>> {
         let all = self.list()?;
-        let mut removable: Vec<&String> = all.iter().filter(|r| !protect.contains(&r.as_str())).collect();
+        let is_failed = |r: &String| failed.contains(r);
+        let unprotected = |r: &&String| !protect.contains(&r.as_str());
+        let mut removable: Vec<&String> = all.iter().filter(unprotected).filter(|r| is_failed(r)).collect();
+        removable.extend(all.iter().filter(unprotected).filter(|r| !is_failed(r)));
         let excess = all.len().saturating_sub(keep);
         removable.truncate(excess);
         let mut removed = Vec::new();
@@ -378,6 +388,16 @@ impl ReleaseStore {
 /// Writes `path` so that a crash leaves the old or the new content, never a mix: a temporary
 /// file, fsync, rename, fsync of the folder.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file_durably(path, bytes, None)
+}
+
+/// [`write_durably`] with the file's mode set on the temporary file, before the rename: the
+/// file never appears under its name with the mode the umask gave it.
+pub fn write_durably_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_file_durably(path, bytes, Some(mode))
+}
+
+fn write_file_durably(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
@@ -385,6 +405,10 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Some(mode) = mode {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
+    }
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -571,14 +595,34 @@ mod tests {
             std::fs::write(d.join(COMPLETE), format!("{}\n", 100 + i)).unwrap();
         }
         // keep 3, and "a" (oldest) serves: b and c go.
-        assert_eq!(store.prune(3, &["a"]).unwrap(), vec!["b", "c"]);
+        assert_eq!(store.prune(3, &["a"], &[]).unwrap(), vec!["b", "c"]);
         assert_eq!(store.list().unwrap(), vec!["a", "d", "e"]);
         // A prune interrupted after its rename: the release is no longer listed, and the
         // next prune deletes what is left.
         std::fs::rename(store.dir("d"), store.releases_dir().join(".removing-d")).unwrap();
         assert_eq!(store.list().unwrap(), vec!["a", "e"]);
-        store.prune(3, &[]).unwrap();
+        store.prune(3, &[], &[]).unwrap();
         assert!(!store.releases_dir().join(".removing-d").exists());
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn prune_removes_failed_releases_before_the_last_good_ones() {
+        let base = temp("prune-failed");
+        let store = ReleaseStore::new(base.join("root"));
+        // v1 good, a release that failed at start, v2 good, v3 failed validation (rolled
+        // back to v2): the kept releases must still hold a good one besides the serving v2.
+        for (i, r) in ["v1", "f1", "v2", "v3"].iter().enumerate() {
+            let d = store.dir(r);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(COMPLETE), format!("{}\n", 100 + i)).unwrap();
+        }
+        let failed = vec!["f1".to_string(), "v3".to_string()];
+        assert_eq!(store.prune(3, &["v2", "v3"], &failed).unwrap(), vec!["f1"]);
+        assert_eq!(store.list().unwrap(), vec!["v1", "v2", "v3"]);
+        // keep 1: every unprotected release goes, failed ones first.
+        assert_eq!(store.prune(1, &["v2"], &failed).unwrap(), vec!["v3", "v1"]);
+        assert_eq!(store.list().unwrap(), vec!["v2"]);
         std::fs::remove_dir_all(base).unwrap();
     }
 

@@ -110,12 +110,123 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         if file == "app@.service" {
             check_readiness(cfg, &text)?;
         }
+        let guard = match file {
+            "app@.service" | "proxied@.service" => Some(GuardKey::Serving),
+            "front@.service" => Some(GuardKey::Front),
+            _ => None,
+        };
+        if let Some(key) = guard {
+            text = add_boot_guard(cfg, &text, key);
+        }
         out.push(Rendered {
             name,
             text: format!("{MARKER}\n{text}"),
         });
     }
     Ok(out)
+}
+
+/// What a boot guard matches in `state.json`: a release instance starts when the state
+/// records it as `serving`, a front instance when it records it as the `front`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardKey {
+    Serving,
+    Front,
+}
+
+impl GuardKey {
+    fn name(self) -> &'static str {
+        match self {
+            GuardKey::Serving => "serving",
+            GuardKey::Front => "front",
+        }
+    }
+
+    /// The line that names `id` in `state.json` (serde_json's pretty form, `"key": "id"`) and
+    /// in the starting marker.
+    pub fn line(self, id: &str) -> String {
+        format!("\"{}\": \"{id}\"", self.name())
+    }
+}
+
+/// The boot guard, added to every instance template (releases and fronts) after `[Service]`:
+///
+/// ```text
+/// ExecCondition=+/bin/grep -qsF -e "\"serving\": \"%i\"" <root>/state.json /run/handoff/<service>/starting
+/// ```
+///
+/// An instance starts only when the state records it (as the release that serves, or as the
+/// front), or when the hooks are starting it now ([`mark_starting`]: a marker under `/run`,
+/// which a boot clears). So after a power cut only the recorded release and front start, even
+/// if an interrupted retire left the old one enabled. A failed condition skips the unit (it is
+/// not a failure). `+` runs the check outside the unit's sandbox (its dynamic user cannot
+/// read the state). The state is the commit point: there is no second file to keep in step.
+pub const BOOT_GUARD: &str = "ExecCondition=";
+
+/// The file of instances the hooks are starting now, one [`GuardKey::line`] a line.
+pub fn starting_path(cfg: &DeployConfig) -> PathBuf {
+    Path::new("/run/handoff").join(&cfg.service).join("starting")
+}
+
+fn add_boot_guard(cfg: &DeployConfig, text: &str, key: GuardKey) -> String {
+    let guard = format!(
+        "# Boot guard (added by the hooks): start only the {what} that {root}/state.json records, or one the \
+         hooks are starting now (a marker under /run, which a boot clears). After a power cut an instance left \
+         enabled by an interrupted switch stays down.\n\
+         {BOOT_GUARD}+/bin/grep -qsF -e \"\\\"{key}\\\": \\\"%i\\\"\" {root}/state.json {starting}\n",
+        what = if key == GuardKey::Front {
+            "front"
+        } else {
+            "release"
+        },
+        key = key.name(),
+        root = cfg.root().display(),
+        starting = starting_path(cfg).display(),
+    );
+    match text.find("[Service]\n") {
+        Some(at) => {
+            let end = at + "[Service]\n".len();
+            format!("{}{guard}{}", &text[..end], &text[end..])
+        }
+        None => format!("{text}\n[Service]\n{guard}"),
+    }
+}
+
+/// Marks an instance the hooks are about to start, so its boot guard lets it start before the
+/// state records it. Under `/run`: a boot forgets it.
+pub fn mark_starting(cfg: &DeployConfig, key: GuardKey, id: &str) -> Result<()> {
+    let path = starting_path(cfg);
+    let line = key.line(id);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    if text.lines().any(|l| l == line) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&path, format!("{text}{line}\n")).with_context(|| {
+        format!(
+            "cannot write {}: the boot guard would not let {id} start",
+            path.display()
+        )
+    })
+}
+
+/// Forgets a [`mark_starting`] mark (the instance is recorded, or abandoned).
+pub fn unmark_starting(cfg: &DeployConfig, key: GuardKey, id: &str) {
+    let path = starting_path(cfg);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let line = key.line(id);
+    let kept: String = text
+        .lines()
+        .filter(|l| *l != line)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept != text {
+        let _ = std::fs::write(&path, kept);
+    }
 }
 
 /// `app.needs` as unit directives, for the template's `{{needs}}` line. Each comes after the
@@ -281,6 +392,27 @@ pub fn listen_change(installed: &str, rendered: &str) -> Option<Vec<String>> {
     (before != listen_lines(rendered)).then_some(before)
 }
 
+/// A socket unit's text with its `ListenStream=` lines replaced by `addresses` (in place of
+/// the first one).
+pub fn with_listen(text: &str, addresses: &[String]) -> String {
+    let mut out = String::new();
+    let mut placed = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("ListenStream=") {
+            if !placed {
+                for a in addresses {
+                    out.push_str(&format!("ListenStream={a}\n"));
+                }
+                placed = true;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 pub fn listen_lines(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| l.trim_start().starts_with("ListenStream="))
@@ -336,6 +468,20 @@ mod tests {
                 .contains("ExecStart=/opt/shop/releases/%i/bin/shop \"-v\"\n")
         );
         assert!(units[2].text.contains("Sockets=shop.socket"));
+        // The boot guard, right after [Service]; systemd unquotes `\"` to `"`.
+        assert!(
+            units[2]
+                .text
+                .contains("[Service]\n# Boot guard (added by the hooks)")
+                && units[2].text.contains(
+                    "\nExecCondition=+/bin/grep -qsF -e \"\\\"serving\\\": \\\"%i\\\"\" /opt/shop/state.json \
+                 /run/handoff/shop/starting\n"
+                ),
+            "{}",
+            units[2].text
+        );
+        assert!(!units[0].text.contains(BOOT_GUARD) && !units[1].text.contains(BOOT_GUARD));
+        assert_eq!(GuardKey::Serving.line("d-2"), "\"serving\": \"d-2\"");
         assert!(
             units[2].text.contains("\nType=notify\n"),
             "app.ready defaults to notify"
@@ -450,6 +596,15 @@ mod tests {
         let err = format!("{:#}", render(&c, &dir).unwrap_err());
         assert!(err.contains("write `ExecStart={{executable}}{{args}}`"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn listen_lines_are_replaced_in_place() {
+        let text = "[Socket]\nListenStream=127.0.0.1:2\nListenStream=[::1]:2\nBacklog=4096\n";
+        assert_eq!(
+            with_listen(text, &["127.0.0.1:1".into()]),
+            "[Socket]\nListenStream=127.0.0.1:1\nBacklog=4096\n"
+        );
     }
 
     #[test]

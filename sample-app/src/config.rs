@@ -91,6 +91,12 @@ pub struct Config {
     #[arg(long, value_name = "MS", env = "SAMPLE_UNHEALTHY_AFTER_MS")]
     pub unhealthy_after_ms: Option<u64>,
 
+    /// Serve healthy, then answer /healthz with 503 once this many health checks were
+    /// answered (a release that breaks under its first real traffic, placed by count, not by
+    /// a timer).
+    #[arg(long, value_name = "N", env = "SAMPLE_UNHEALTHY_AFTER_CHECKS")]
+    pub unhealthy_after_checks: Option<u64>,
+
     /// Exit at once on SIGTERM, without draining: an app that does nothing for a deploy
     /// (strategy: proxy, where the front drains for it).
     #[arg(long, env = "SAMPLE_EXIT_ON_SIGTERM", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
@@ -168,6 +174,7 @@ impl Default for Config {
             broken: false,
             hang: false,
             unhealthy_after_ms: None,
+            unhealthy_after_checks: None,
             never_ready: false,
             exit_on_sigterm: false,
             crash_after_ms: None,

@@ -255,6 +255,8 @@ pub struct Shared {
     pub(crate) hang: bool,
     /// SAMPLE_UNHEALTHY_AFTER_MS: unhealthy from this instant on.
     pub(crate) unhealthy_from: Option<std::time::Instant>,
+    /// SAMPLE_UNHEALTHY_AFTER_CHECKS: healthy for this many health checks, then unhealthy.
+    pub(crate) healthy_checks_left: Option<std::sync::atomic::AtomicU64>,
     pub(crate) ws_close_timeout: Duration,
     /// The turns of the drain's WebSocket closes.
     pub(crate) ws_turns: WsTurns,
@@ -276,6 +278,9 @@ impl Shared {
             unhealthy_from: config
                 .unhealthy_after_ms
                 .map(|ms| std::time::Instant::now() + Duration::from_millis(ms)),
+            healthy_checks_left: config
+                .unhealthy_after_checks
+                .map(std::sync::atomic::AtomicU64::new),
             ws_close_timeout: config.ws_close_timeout(),
             ws_turns: WsTurns::default(),
             phase: watch::Sender::new(Phase::Serving),
@@ -285,9 +290,15 @@ impl Shared {
         })
     }
 
-    /// Whether /healthz must say 503 (the unhealthy knobs).
+    /// Whether /healthz must say 503 (the unhealthy knobs). Counts one health check.
     pub(crate) fn is_unhealthy(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let checks_used_up = self.healthy_checks_left.as_ref().is_some_and(|left| {
+            left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        });
         self.unhealthy
+            || checks_used_up
             || self
                 .unhealthy_from
                 .is_some_and(|t| std::time::Instant::now() >= t)

@@ -30,6 +30,8 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// When each failed probe request started (same clock as `Sample::at`).
     pub probe_failed_at: Vec<Duration>,
+    /// Each WebSocket client's own counts (`ws` adds them up).
+    pub ws_clients: Vec<WsCounts>,
 }
 
 impl Report {
@@ -105,8 +107,10 @@ impl Load {
     pub async fn finish(self) -> Report {
         self.stop.store(true, Ordering::SeqCst);
         let mut ws = WsCounts::default();
+        let mut ws_clients = Vec::new();
         for h in self.ws {
             let c = h.await.unwrap();
+            ws_clients.push(c.clone());
             ws.sessions += c.sessions;
             ws.echoes += c.echoes;
             ws.closes_1012 += c.closes_1012;
@@ -126,6 +130,7 @@ impl Load {
             probe,
             samples,
             probe_failed_at,
+            ws_clients,
         }
     }
 }
@@ -364,14 +369,22 @@ pub fn assert_no_failures(report: &Report, what: &str) {
     );
 }
 
-/// Every one of `clients` WebSockets was closed with 1012 at least once, and the clients saw
-/// more than one release: they reconnected to the new one.
+/// Each of the `clients` WebSocket clients, one by one, was closed with 1012 at least once and
+/// then greeted by another release than its first: every client reconnected, to the new one.
 pub fn assert_websockets_reconnected(report: &Report, clients: u64, what: &str) {
-    assert!(
-        report.ws.closes_1012 >= clients && report.ws.releases_seen.len() >= 2,
-        "{what}: WebSockets were not closed with 1012 and reconnected to the new release:\n{}",
-        report.summary()
+    assert_eq!(
+        report.ws_clients.len() as u64,
+        clients,
+        "{what}: {} WebSocket clients ran, not {clients}",
+        report.ws_clients.len()
     );
+    for (i, c) in report.ws_clients.iter().enumerate() {
+        assert!(
+            c.closes_1012 >= 1 && c.releases_seen.len() >= 2 && c.abnormal == 0 && c.other_closes.is_empty(),
+            "{what}: WebSocket client {i} was not closed with 1012 and reconnected to the new release: {c:?}\n{}",
+            report.summary()
+        );
+    }
 }
 
 /// Slow requests (1.5 s) in flight across a switch; each must be answered 200.

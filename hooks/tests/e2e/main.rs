@@ -9,6 +9,7 @@ mod integrity;
 mod load;
 mod proxy;
 mod readiness;
+mod recovery;
 mod rehearsal;
 mod sample_app;
 mod sandbox;

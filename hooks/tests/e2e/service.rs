@@ -318,6 +318,27 @@ impl TestService {
         out
     }
 
+    /// A hook sent SIGTERM (the agent's hook timeout) at `step` (`HANDOFF_KILL_AT` with
+    /// `HANDOFF_KILL_SIGNAL=TERM`): it must settle the service and fail with exit 1, saying so.
+    pub fn hook_termed_at(&self, step: &str, hook: &str, deployment: &str, revision: &Path) -> Output {
+        let mut cmd = self.hook_command(hook, deployment, revision);
+        cmd.env("HANDOFF_KILL_AT", step)
+            .env("HANDOFF_KILL_SIGNAL", "TERM");
+        let out = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| run(&mut cmd)),
+            Err(_) => run(&mut cmd),
+        };
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1)
+                && text.contains(&format!("HANDOFF_KILL_AT={step}"))
+                && text.contains("interrupted by SIGTERM (the agent's hook timeout?) and settled"),
+            "{hook} did not settle after SIGTERM at {step}:\n{}",
+            explain(&cmd, &out)
+        );
+        out
+    }
+
     /// The installed instance template, as systemd will read it.
     pub fn installed_template(&self) -> String {
         std::fs::read_to_string(
