@@ -23,6 +23,13 @@ pub struct Config {
     #[arg(long, value_name = "PATH", env = "HANDOFF_FRONT_ROUTES")]
     pub routes: PathBuf,
 
+    /// The deploy hooks' state.json. At start, the release it records as serving is routed to
+    /// (its route from `routes/<release>.json` beside the routes file) when the routes file
+    /// names another: a switch that a power cut interrupted before its commit wrote the routes
+    /// file, and the release it names never started again.
+    #[arg(long, value_name = "PATH", env = "HANDOFF_FRONT_STATE")]
+    pub state: Option<PathBuf>,
+
     /// Unix socket to bind for the control channel (mode 0600; a stale file is removed).
     #[arg(long, value_name = "PATH", env = "HANDOFF_FRONT_CONTROL")]
     pub control: PathBuf,

@@ -133,7 +133,7 @@ pub async fn run_on(
     if listeners.is_empty() {
         return Err(UsageError("no listening socket to serve".into()).into());
     }
-    let initial = route::load_routes(&config.routes).map_err(UsageError)?;
+    let initial = route::starting_route(&config.routes, config.state.as_deref()).map_err(UsageError)?;
     match &initial {
         Some(r) => info!(release = %r.release, upstream = %r.upstream, "routing"),
         None => info!(

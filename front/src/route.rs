@@ -250,6 +250,36 @@ pub fn load_routes(path: &Path) -> Result<Option<Route>, String> {
     Ok(Some(route))
 }
 
+/// The route a front starts with: the routes file's, unless the hooks' `state` records another
+/// release as serving and `routes/<release>.json` beside the routes file has its route. The
+/// state is the commit: a routes file written by a switch that never committed (a power cut
+/// between the two) must not send a booting front to a release that is not running.
+pub fn starting_route(routes: &Path, state: Option<&Path>) -> Result<Option<Route>, String> {
+    let from_file = load_routes(routes)?;
+    let Some(serving) = state.and_then(serving_release) else {
+        return Ok(from_file);
+    };
+    if from_file.as_ref().is_some_and(|r| r.release == serving) {
+        return Ok(from_file);
+    }
+    let own = routes
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join("routes")
+        .join(format!("{serving}.json"));
+    match load_routes(&own) {
+        Ok(Some(route)) if route.release == serving => Ok(Some(route)),
+        _ => Ok(from_file),
+    }
+}
+
+/// The release a state file records as serving, if it can be read.
+fn serving_release(state: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(state).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value["serving"].as_str().map(str::to_string)
+}
+
 /// One release on one address, with its pool and what is open to it.
 #[derive(Debug)]
 pub struct Upstream {
@@ -526,6 +556,34 @@ mod tests {
         assert!(e.contains("routes.json") && e.contains("upstream"), "{e}");
         std::fs::write(&p, r#"{"release":"v2","upstream":"localhost"}"#).unwrap();
         assert!(load_routes(&p).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_starting_front_routes_to_the_release_the_state_commits() {
+        let dir = std::env::temp_dir().join(format!("front-start-route-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("routes")).unwrap();
+        let (p, state) = (dir.join("routes.json"), dir.join("state.json"));
+        // A switch to v2 wrote the routes file, then the power went before its commit.
+        std::fs::write(&p, r#"{"release":"v2","upstream":"127.0.0.1:21002"}"#).unwrap();
+        std::fs::write(
+            dir.join("routes/v1.json"),
+            r#"{"release":"v1","upstream":"127.0.0.1:21001"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            &state,
+            "{\n  \"serving\": \"v1\",\n  \"switching\": {\"to\": \"v2\"}\n}",
+        )
+        .unwrap();
+        assert_eq!(starting_route(&p, Some(&state)), Ok(Some(route("v1", 21001))));
+        // Without a state (an older template), or with a state that names the routed
+        // release, or whose release has no route of its own, the routes file wins.
+        assert_eq!(starting_route(&p, None), Ok(Some(route("v2", 21002))));
+        std::fs::write(&state, r#"{"serving":"v2"}"#).unwrap();
+        assert_eq!(starting_route(&p, Some(&state)), Ok(Some(route("v2", 21002))));
+        std::fs::write(&state, r#"{"serving":"v9"}"#).unwrap();
+        assert_eq!(starting_route(&p, Some(&state)), Ok(Some(route("v2", 21002))));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

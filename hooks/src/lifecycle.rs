@@ -316,7 +316,22 @@ async fn settle(args: &HookArgs, hook: &str) -> Result<String> {
     let release = args.release()?;
     let (_, cfg) = args.config()?;
     let systemd = connect(args).await?;
-    let _lock = lock(&cfg, hook, args).await?;
+    // The stopped step let go of the lock. If another step holds it now (or held it all along,
+    // and this one was still waiting), that step recovers first: nothing here to wait for.
+    let _lock = match DeployLock::acquire(
+        &cfg.service,
+        &format!("{hook} {} (settling)", args.deployment()),
+        Duration::ZERO,
+    )
+    .await
+    {
+        Ok(lock) => lock,
+        Err(_) => {
+            return Ok(
+                "another deployment step holds the lock; it finishes or undoes what this one left".into(),
+            );
+        }
+    };
     let store = ReleaseStore::for_config(&cfg);
     let before = store.load_state()?;
     Deployer::new(&cfg, &systemd, &store)?
@@ -407,6 +422,7 @@ async fn application_start_step(args: &HookArgs) -> Result<()> {
             Ok(_) => {}
             Err(e) => tracing::warn!("could not remove old releases: {e:#}; the next deployment tries again"),
         }
+        crate::proxy::prune_release_routes(cfg, &store.list().unwrap_or_default());
         match deployer.prune_fronts().await {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!("removed front builds no longer running: {}", removed.join(", "))

@@ -180,6 +180,40 @@ fn write_route(cfg: &DeployConfig, route: &Route) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Each release's own route, `<root>/routes/<release>.json`: a front that starts routes to the
+/// release the state records as serving from here when `routes.json` names another (a switch
+/// cut before its commit).
+fn release_route_path(cfg: &DeployConfig, release: &str) -> PathBuf {
+    cfg.root().join("routes").join(format!("{release}.json"))
+}
+
+fn write_release_route(cfg: &DeployConfig, route: &Route) -> Result<()> {
+    let path = release_route_path(cfg, &route.release);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let text = serde_json::to_string(route)? + "\n";
+    write_durably_mode(&path, text.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Removes the route files of releases that are no longer kept.
+pub fn prune_release_routes(cfg: &DeployConfig, kept: &[String]) {
+    let Ok(entries) = std::fs::read_dir(cfg.root().join("routes")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(release) = name.strip_suffix(".json")
+            && !kept.iter().any(|k| k == release)
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn port_env(dir: &Path) -> PathBuf {
     dir.join("port.env")
 }
@@ -300,6 +334,13 @@ impl Deployer<'_> {
             println!("dry-run: would start {unit} on 127.0.0.1:{port} and route the front to it");
             return Ok(report);
         }
+        write_release_route(
+            self.cfg,
+            &Route {
+                release: release.to_string(),
+                upstream: format!("127.0.0.1:{port}"),
+            },
+        )?;
         self.systemd.reset_failed(&unit).await?;
         self.mark_starting(crate::units::GuardKey::Serving, release)?;
         tracing::info!("starting {unit} on 127.0.0.1:{port} (it takes no traffic until it answers healthy)");

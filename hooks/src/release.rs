@@ -321,9 +321,12 @@ impl ReleaseStore {
         create_private_dir(&self.root)?;
         let mut state = state.clone();
         state.schema = state.schema.max(STATE_SCHEMA);
-        write_durably(
+        // Readable by the front (a dynamic user), which routes to the serving release at
+        // start; it holds release ids only. Written by root only.
+        write_durably_mode(
             &self.state_path(),
             serde_json::to_string_pretty(&state)?.as_bytes(),
+            0o644,
         )
     }
 

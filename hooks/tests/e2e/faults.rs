@@ -186,7 +186,7 @@ async fn a_request_longer_than_the_drain_budget_does_not_hold_the_switch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_deployment_started_while_the_old_instance_drains_and_rapid_deployments_lose_nothing() {
+async fn a_deployment_interrupted_as_the_old_instance_drains_and_rapid_deployments_lose_nothing() {
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
     svc.deploy_ok("d-1", &v1);
@@ -197,14 +197,16 @@ async fn a_deployment_started_while_the_old_instance_drains_and_rapid_deployment
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // ApplicationStart for d-2 is stopped by the agent's timeout while d-1 drains.
+    // ApplicationStart for d-2 is stopped by the agent's timeout as d-1's drain begins (after
+    // the commit): the hook settles first, joining d-1's drain (its slow requests finish).
     let v2 = svc.revision("v2", &[], "");
-    svc.hook_interrupted("TERM", "1.5", "application-start", "d-2", &v2);
+    let out = svc.hook_termed_at("retiring", "application-start", "d-2", &v2);
     assert!(
-        svc.live_instances().contains(&"shop@d-1.service".to_string()),
-        "d-1 should still be draining: {:?}",
-        svc.live_instances()
+        String::from_utf8_lossy(&out.stderr).contains("d-2 serves (its switch was committed)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
     // The next deployment goes ahead at once, then more, back to back.
     for (id, label) in [("d-3", "v3"), ("d-4", "v4"), ("d-5", "v5"), ("d-6", "v6")] {
         let rev = svc.revision(label, &[], "");

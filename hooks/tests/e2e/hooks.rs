@@ -323,8 +323,9 @@ async fn hooks_killed_mid_switch_converge_when_run_again() {
     let v2 = svc.revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "1500")], "");
     let load = Load::start(svc.port, Duration::from_secs(12), 2).await;
 
-    // Killed while the new instance starts (SIGKILL): the next run undoes it first.
-    svc.hook_interrupted("KILL", "0.7", "application-start", "d-2", &v2);
+    // Killed once the new instance runs, before the commit (SIGKILL): the next run undoes it
+    // first.
+    svc.hook_killed_at("after-start", "application-start", "d-2", &v2);
     // The agent's SIGTERM once d-2 answers, before the commit: the hook stops there and
     // undoes the switch itself before it exits.
     let out = svc.hook_termed_at("after-start", "application-start", "d-2", &v2);

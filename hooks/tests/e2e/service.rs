@@ -134,6 +134,16 @@ impl TestService {
             .collect()
     }
 
+    /// The id of the one front that runs (asserts there is exactly one).
+    pub fn front_id(&self) -> String {
+        let fronts = self.live_fronts();
+        assert_eq!(fronts.len(), 1, "{fronts:?}");
+        fronts[0]
+            .trim_start_matches(&format!("{}-front@", self.name))
+            .trim_end_matches(".service")
+            .to_string()
+    }
+
     /// A hook run inside the sandbox with the agent's environment.
     pub fn hook_command(&self, hook: &str, deployment: &str, revision: &Path) -> Command {
         let mut cmd = self.sandbox.command(self.sandbox.test_binary(hook));
