@@ -34,10 +34,11 @@
 //!    addresses and the new release restarted onto it — the one switch that costs a restart.
 //!
 //! If step 2 or 3 fails, or a later step finds `switching` left by a killed hook, the switch is
-//! **undone**: the new instance is stopped and the units of the release that serves are
-//! rendered again from its own release folder and installed, so the serving release keeps the
-//! `ExecStart=`, environment and hardening it was started with, at its next restart and after a
-//! reboot too.
+//! **undone**: the fronts are routed back, the new instance is stopped and the units of the
+//! release that serves are rendered again from its own release folder and installed, so the
+//! serving release keeps the `ExecStart=`, environment and hardening it was started with, at
+//! its next restart and after a reboot too. The intent is cleared only once every step of the
+//! undo succeeded; until then each next hook tries it again first.
 //!
 //! With `strategy: restart` the old instance is stopped before the new one starts: nothing is
 //! refused (the socket queues), but clients wait for the drain and the start; an undo starts

@@ -28,14 +28,19 @@
 //!    the hooks stop it, so an app that dies at once on SIGTERM loses nothing.
 //! 4. **A new front**, when the release ships another front binary or `front:` settings
 //!    (the id is a hash of both): `<service>-front@<new id>` starts on the shared socket beside
-//!    the old front (it reads the new route), is confirmed through the public port by its
-//!    `X-Handoff-Front` answer, and the old front is stopped: it drains with the native
+//!    the old front (it reads the new route) and is confirmed through the public port by its
+//!    `X-Handoff-Front` answer. Both serve until the commit, which records the new front with
+//!    the new release; the retire step then stops the old front: it drains with the native
 //!    contract (lame duck, first-request grace, in-flight finished, WebSockets closed 1012).
 //! 5. **Confirm** through the public port: probes carry `X-Handoff-Probe`, and the front
 //!    names the release it routed them to in `X-Handoff-Release`.
 //!
 //! An undo routes back to the release that serves (file, then fronts) and stops a front
-//! this switch started; fronts other than the recorded one are settled by every recovery.
+//! this switch started, so the old release is served through its own front and settings.
+//! Every recovery leaves only the recorded front and sets the route to the serving release;
+//! whether that release runs behind a front is read from its release folder (`port.env`),
+//! never from its deploy.yml. A front that starts reads `routes.json`, unless `state.json`
+//! records another release as serving: then that release's own `routes/<release>.json`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -299,19 +299,32 @@ async fn probe(port: u16, stop: Arc<AtomicBool>) -> (Counts, Vec<Sample>, Vec<Du
 /// p50, p99, max (ms) and the number of requests of a window.
 pub type Window = (f64, f64, f64, usize);
 
-/// The probe's view of a switch window [from, to): asserts that the load overlapped it
-/// (requests before, during and after it) and that its latency did not stall: the window's
-/// p99 within `STALL_BOUND` of the same run's baseline p99. Returns (baseline, window).
+/// The probe's view of a switch window [from, to) of the sample app: asserts that the load
+/// overlapped it (requests before, during and after it) and that its latency did not stall:
+/// the window's p99 within [`NO_STALL_P99_MS`] of the same run's baseline p99, and its slowest
+/// request within [`NO_STALL_MAX_MS`] of it. Callers take their turn in the serial group
+/// (`examples::ONE_AT_A_TIME`), so two latency tests never measure each other. Returns
+/// (baseline, window).
 pub fn assert_no_stall(report: &Report, from: Duration, to: Duration, what: &str) -> (Window, Window) {
     let (base, during) = switch_window(report, from, to, what);
     assert!(
-        during.1 <= base.1 + STALL_BOUND_MS,
-        "{what}: the switch stalled requests: p99 {:.1} ms during it against {:.1} ms before (bound: +{STALL_BOUND_MS} ms)",
+        during.1 <= base.1 + NO_STALL_P99_MS && during.2 <= base.1 + NO_STALL_MAX_MS,
+        "{what}: the switch stalled requests: p99 {:.1} ms and max {:.1} ms during it against a p99 of {:.1} ms \
+         before (bounds: +{NO_STALL_P99_MS} ms at p99, +{NO_STALL_MAX_MS} ms at the max)",
         during.1,
+        during.2,
         base.1
     );
     (base, during)
 }
+
+/// The README's figures come from `make bench` on a quiet machine: +2.6 ms at p99 over the
+/// baseline, 16 ms at the slowest request. The tests run beside others on CI's 2 cores, so
+/// they assert +50 ms at p99 and +250 ms at the max (one full run measured +5.5 ms and 21 ms);
+/// a stall (a blocked accept, a restart) takes a second or more.
+pub const NO_STALL_P99_MS: f64 = 50.0;
+/// See [`NO_STALL_P99_MS`].
+pub const NO_STALL_MAX_MS: f64 = 250.0;
 
 /// The probe's baseline (before `from`) and switch window [from, to), after asserting that the
 /// load overlapped the switch: requests before, during and after it.
@@ -334,9 +347,9 @@ pub fn switch_window(report: &Report, from: Duration, to: Duration, what: &str) 
     (base, during)
 }
 
-/// How much the switch window's p99 may exceed the baseline's: generous for a 2-core machine
-/// shared by the load tools, systemd and two instances; a stall of a second (a blocked
-/// accept, a restart) is far above it.
+/// How much a real server's switch window may exceed its steady state (`examples.rs`):
+/// generous for a 2-core machine shared by the load tools, systemd and a server that may be
+/// single-threaded; a stall of a second (a blocked accept, a restart) is far above it.
 pub const STALL_BOUND_MS: f64 = 250.0;
 
 /// p50, p99 and max of the samples whose start falls in [from, to).
