@@ -239,16 +239,15 @@ impl<'a> Deployer<'a> {
         let (installed, mut switch) = match started {
             Ok(x) => x,
             Err(e) => {
+                let unattributed = crate::health::is_unattributed(&e) && from.is_some();
                 let undone = self.undo(release, from.as_deref()).await;
                 let serving = undone.message.clone();
                 if !dry {
                     // A release that did not take over failed; the host (exit 3) or a
                     // rollback target is not blamed for it.
-                    // Nor is one whose verdict cannot be pinned on it (probes through a shared
-                    // socket that got no answer: the old instance may have accepted them).
-                    let blame = fault::exit_code(&e) != 3
-                        && hook == "application-start"
-                        && !crate::health::is_unattributed(&e);
+                    // Nor is one whose verdict cannot be pinned on it (probes through a socket
+                    // that the old instance shares got no answer: it may have accepted them).
+                    let blame = fault::exit_code(&e) != 3 && hook == "application-start" && !unattributed;
                     let message = format!("{release} did not take over: {e:#}");
                     let saved = self.store.update(hook, deployment, &message, |s| {
                         // An undo that did not finish keeps the intent: the next step
@@ -265,9 +264,16 @@ impl<'a> Deployer<'a> {
                     }
                 }
                 let kind = fault::kind_of(&e).unwrap_or(fault::FaultKind::Deployment);
+                let kept = match (&from, unattributed) {
+                    (Some(from), true) => format!(
+                        ". {release} is not marked failed: the unanswered probes went through the socket that {from} \
+                         shares, and may have been {from}'s"
+                    ),
+                    _ => String::new(),
+                };
                 bail!(Fault::new(
                     kind,
-                    format!("release {release} did not take over: {e:#}. It was stopped; {serving}")
+                    format!("release {release} did not take over: {e:#}. It was stopped; {serving}{kept}")
                 ));
             }
         };
@@ -759,6 +765,10 @@ impl<'a> Deployer<'a> {
                 let tail = self.output_tail(&unit);
                 if tail.is_empty() {
                     return e;
+                }
+                if crate::health::is_unattributed(&e) {
+                    // The verdict stays one that is not pinned on the release.
+                    return crate::health::Unattributed(format!("{e:#}{tail}")).into();
                 }
                 let kind = crate::fault::kind_of(&e).unwrap_or(crate::fault::FaultKind::Deployment);
                 anyhow::Error::new(crate::fault::Fault::new(kind, format!("{e:#}{tail}")))

@@ -234,14 +234,10 @@ impl Probe {
                         self.path,
                         self.timeout.as_secs_f64()
                     );
-                    if self.shared_socket && from_others > 0 {
-                        // Other instances accept on the same socket: an unanswered probe may
-                        // have been theirs.
-                        return Err(Unattributed(format!(
-                            "{message}. Other instances share the socket, so the unanswered probes may have \
-                             been theirs: {release} is not marked failed"
-                        ))
-                        .into());
+                    if self.shared_socket {
+                        // Other instances may accept on the same socket: an unanswered probe
+                        // may have been theirs (the caller knows whether any ran).
+                        return Err(Unattributed(message).into());
                     }
                     bail!(message);
                 }

@@ -156,6 +156,15 @@ async fn a_release_that_hangs_or_fails_every_request_after_ready_is_stopped_with
     );
     let (hang_took, hang_to) = (t.elapsed(), clock());
     assert!(failure.output.contains("d-1 keeps serving"), "{}", failure.output);
+    // Unanswered probes through the shared socket may have been d-1's (the first burst may
+    // well all reach the new instance): d-2 is stopped, not barred as a rollback target.
+    assert!(
+        failure.output.contains("raise health.timeout")
+            && failure.output.contains("d-2 is not marked failed"),
+        "{}",
+        failure.output
+    );
+    assert_eq!(svc.state()["failed"], serde_json::json!([]), "{}", svc.state());
     assert!(
         hang_took < Duration::from_secs(12),
         "the hung release was detected after {hang_took:?}"
