@@ -8,6 +8,7 @@
 //! - [`deploy`] — the release switch itself: start beside, confirm, drain the old;
 //! - [`proxy`] — the switch of `strategy: proxy`: private ports, the front's route and drain;
 //! - [`release`] — release folders under `/opt/<service>/releases`, and which one serves;
+//! - [`links`] — symlinks in a revision: absolute ones kept (the host must have the target);
 //! - [`units`] — the socket, holder and instance units rendered from `units/`;
 //! - [`systemd`] — a typed client for systemd over the system bus (zbus);
 //! - [`health`] — HTTP probes through the real port (reqwest);
@@ -27,6 +28,7 @@ pub mod fault;
 pub mod fit;
 pub mod health;
 pub mod lifecycle;
+pub mod links;
 pub mod lint;
 pub mod lock;
 pub mod project;

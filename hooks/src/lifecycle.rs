@@ -214,6 +214,8 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
             command.display()
         )));
     }
+    // A virtualenv's interpreter (any absolute symlink's target) must be on this host.
+    crate::links::check_absolute_links(&revision)?;
     cfg.check_instance_confirmation()
         .map_err(|e| Fault::input(format!("{e:#}")))?;
     if cfg.strategy == crate::config::Strategy::Handoff && cfg.instance_header().is_none() {

@@ -3,7 +3,8 @@
 //! `deploy.yml` with [`DeployConfig::load`], the unit templates with [`units::render`] and,
 //! where it is installed, `systemd-analyze verify`, the units' fit to the app
 //! ([`crate::fit`]), the hook timeouts against the deadlines ([`crate::timeouts`]), symlinks
-//! that leave the bundle, and a zip's entries and modes.
+//! by [`crate::links`]' rule (relative ones that leave the bundle; absolute ones whose target
+//! this machine lacks, a warning), and a zip's entries and modes.
 //!
 //! Every problem names the file, the field and the fix; all of them are reported, not only
 //! the first.
@@ -14,8 +15,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::appspec::{Problem, Report, check_appspec, is_executable, stays_inside};
+use crate::appspec::{Problem, Report, check_appspec, is_executable};
 use crate::config::{self, DeployConfig};
+use crate::links::{self, Link};
 use crate::units;
 
 /// `deploy.yml`, through the hooks' own loader, and `app.command` in the bundle.
@@ -237,8 +239,10 @@ fn check_units(cfg: &DeployConfig, bundle: &Path, report: &mut Report) {
     }
 }
 
-/// Symlinks whose target is outside the bundle: the archive is unpacked elsewhere, so they
-/// dangle, or point at whatever the instance has there.
+/// Symlinks by [`crate::links`]' rule: a relative one that climbs out of the bundle is an
+/// error (the archive is unpacked elsewhere, so it dangles or points at whatever the instance
+/// has there); one to an absolute path is kept, and a warning when this machine lacks its
+/// target (BeforeInstall refuses a host that lacks it).
 fn check_symlinks(bundle: &Path, problems: &mut Vec<Problem>) {
     fn walk(root: &Path, dir: &Path, problems: &mut Vec<Problem>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -254,17 +258,27 @@ fn check_symlinks(bundle: &Path, problems: &mut Vec<Problem>) {
             let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
             if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(&path).unwrap_or_default();
-                let inside = target.is_relative()
-                    && stays_inside(&rel.parent().unwrap_or(Path::new("")).join(&target));
-                if !inside {
-                    problems.push(Problem::error(
+                match links::classify(&rel, &target) {
+                    Link::Inside => {}
+                    Link::Escapes => problems.push(Problem::error(
                         &rel.display().to_string(),
                         "",
-                        format!(
-                            "symlink to {} points outside the bundle; ship the file itself, or link relatively to a file inside",
-                            target.display()
-                        ),
-                    ));
+                        links::escape_message(&target),
+                    )),
+                    Link::Absolute => {
+                        if std::fs::metadata(&target).is_err() {
+                            problems.push(Problem::warning(
+                                &rel.display().to_string(),
+                                "",
+                                format!(
+                                    "symlink to {}, which this machine does not have; every host needs it \
+                                     (BeforeInstall refuses one without it): {}",
+                                    target.display(),
+                                    links::install_hint(&target)
+                                ),
+                            ));
+                        }
+                    }
                 }
             } else if meta.is_dir() {
                 walk(root, &path, problems);
@@ -603,22 +617,29 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_out_of_the_bundle_are_flagged() {
+    fn relative_symlinks_out_of_the_bundle_are_errors_absolute_ones_warn_when_missing_here() {
         let d = bundle();
         std::os::unix::fs::symlink("/etc/passwd", d.0.join("bin/abs")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/handoff/python3", d.0.join("bin/python3")).unwrap();
         std::os::unix::fs::symlink("../../x", d.0.join("bin/up")).unwrap();
         std::os::unix::fs::symlink("sample-app", d.0.join("bin/ok")).unwrap();
         std::os::unix::fs::symlink("../deploy.yml", d.0.join("bin/ok2")).unwrap();
         let r = lint_dir(&d.0);
         let text = messages(&r);
-        assert_eq!(r.errors(), 2, "{text}");
-        assert!(
-            text.contains("error: bin/abs: symlink to /etc/passwd points outside the bundle"),
-            "{text}"
-        );
+        assert_eq!((r.errors(), r.warnings()), (1, 1), "{text}");
         assert!(
             text.contains("error: bin/up: symlink to ../../x points outside the bundle"),
             "{text}"
+        );
+        assert!(
+            text.contains(
+                "warning: bin/python3: symlink to /nonexistent/handoff/python3, which this machine does not have"
+            ) && text.contains("rebuild the venv"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("bin/abs"),
+            "a present absolute target is fine: {text}"
         );
     }
 
@@ -626,6 +647,7 @@ mod tests {
     fn zips_are_unpacked_with_modes_and_linted() {
         let d = bundle();
         std::os::unix::fs::symlink("/etc", d.0.join("etc-link")).unwrap();
+        std::os::unix::fs::symlink("../outside", d.0.join("up-link")).unwrap();
         std::fs::set_permissions(
             d.0.join("hooks/before-install"),
             std::fs::Permissions::from_mode(0o644),
@@ -640,9 +662,10 @@ mod tests {
         let text = messages(&r);
         assert_eq!((r.errors(), r.warnings()), (1, 1), "{text}");
         assert!(
-            text.contains("etc-link: symlink to /etc points outside"),
+            text.contains("up-link: symlink to ../outside points outside"),
             "{text}"
         );
+        assert!(!text.contains("etc-link"), "{text}");
         assert!(text.contains("hooks/before-install is not executable"), "{text}");
 
         let out = TempDir(temp_dir("unzip-test").unwrap());

@@ -185,6 +185,9 @@ impl ReleaseStore {
             );
             return Ok(false);
         }
+        // A virtualenv's interpreter (or any absolute link's target) missing on this host fails
+        // the deployment before anything here changes.
+        crate::links::check_absolute_links(revision)?;
         let releases = self.releases_dir();
         create_private_dir(&self.root)?;
         create_private_dir(&releases)?;
@@ -449,8 +452,11 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies `from` into `to`, refusing symlinks that leave the revision and anything that is not
-/// a file, a folder or a symlink. Files lose group/other write permission.
+/// Copies `from` into `to`, by [`crate::links`]' rule for symlinks: one to an absolute path is
+/// recreated as that same link (never resolved: the host provides its target), a relative one
+/// is kept if it stays inside the revision and refused if it climbs out or points nowhere.
+/// Anything that is not a file, a folder or a symlink is refused. Files lose group/other write
+/// permission.
 fn copy_tree(top: &Path, from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
@@ -461,20 +467,28 @@ fn copy_tree(top: &Path, from: &Path, to: &Path) -> Result<()> {
         let meta = std::fs::symlink_metadata(&src)?;
         let ft = meta.file_type();
         if ft.is_symlink() {
-            let target = std::fs::canonicalize(&src).map_err(|_| {
-                Fault::input(format!(
-                    "the bundle's symlink {} points nowhere; remove it from the bundle",
-                    src.display()
-                ))
-            })?;
-            if !target.starts_with(top) {
-                bail!(Fault::input(format!(
-                    "the bundle's symlink {} points outside the bundle (to {}); ship the file itself instead",
+            let target = std::fs::read_link(&src)?;
+            let rel = src.strip_prefix(top).unwrap_or(&src);
+            match crate::links::classify(rel, &target) {
+                crate::links::Link::Absolute => {}
+                crate::links::Link::Escapes => bail!(Fault::input(format!(
+                    "the bundle's symlink {} points outside the bundle (to {}); ship the file itself instead, or \
+                     link relatively to a file inside",
                     src.display(),
                     target.display()
-                )));
+                ))),
+                crate::links::Link::Inside => {
+                    if std::fs::metadata(&src).is_err() {
+                        bail!(Fault::input(format!(
+                            "the bundle's symlink {} points nowhere (to {}); remove it from the bundle or ship its target",
+                            src.display(),
+                            target.display()
+                        )));
+                    }
+                }
             }
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+            std::os::unix::fs::symlink(&target, &dst)
+                .with_context(|| format!("cannot create the symlink {}", dst.display()))?;
         } else if ft.is_dir() {
             copy_tree(top, &src, &dst)?;
         } else if ft.is_file() {
@@ -565,16 +579,55 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_out_of_the_bundle_are_refused() {
+    fn absolute_symlinks_are_recreated_verbatim_relative_escapes_refused() {
         let base = temp("symlink");
         let rev = base.join("rev");
         revision(&rev);
-        std::os::unix::fs::symlink("/etc/passwd", rev.join("passwd")).unwrap();
+        std::fs::create_dir_all(rev.join(".venv/bin")).unwrap();
+        std::fs::create_dir_all(rev.join(".venv/lib")).unwrap();
+        // /bin/sh exists on every host these tests run on; "/bin" itself is often a link.
+        std::os::unix::fs::symlink("/bin/sh", rev.join(".venv/bin/python3")).unwrap();
+        std::os::unix::fs::symlink("python3", rev.join(".venv/bin/python")).unwrap();
+        std::os::unix::fs::symlink("lib", rev.join(".venv/lib64")).unwrap();
         let store = ReleaseStore::new(base.join("root"));
-        let err = format!("{:#}", store.stage(&rev, "d-1", &cfg()).unwrap_err());
-        assert!(err.contains("points outside the bundle"), "{err}");
-        assert!(!store.dir("d-1").exists());
-        assert!(store.list().unwrap().is_empty());
+        assert!(store.stage(&rev, "d-1", &cfg()).unwrap());
+        let d = store.dir("d-1");
+        assert_eq!(
+            std::fs::read_link(d.join(".venv/bin/python3")).unwrap(),
+            Path::new("/bin/sh")
+        );
+        assert_eq!(
+            std::fs::read_link(d.join(".venv/bin/python")).unwrap(),
+            Path::new("python3")
+        );
+        assert_eq!(
+            std::fs::read_link(d.join(".venv/lib64")).unwrap(),
+            Path::new("lib")
+        );
+
+        // A relative link that climbs out is refused, and nothing is left behind.
+        std::os::unix::fs::symlink("../../etc/passwd", rev.join("bin/passwd")).unwrap();
+        let err = format!("{:#}", store.stage(&rev, "d-2", &cfg()).unwrap_err());
+        assert!(
+            err.contains("bin/passwd points outside the bundle (to ../../etc/passwd)"),
+            "{err}"
+        );
+        assert!(!store.dir("d-2").exists());
+        std::fs::remove_file(rev.join("bin/passwd")).unwrap();
+
+        // An absolute target this host lacks fails before anything is created.
+        std::os::unix::fs::symlink(
+            "/nonexistent/handoff/python3.11",
+            rev.join(".venv/bin/python3.11"),
+        )
+        .unwrap();
+        let err = store.stage(&rev, "d-3", &cfg()).unwrap_err();
+        assert_eq!(crate::fault::exit_code(&err), 3);
+        assert!(
+            format!("{err:#}").contains("`.venv/bin/python3.11` links to /nonexistent/handoff/python3.11"),
+            "{err:#}"
+        );
+        assert_eq!(store.list().unwrap(), vec!["d-1"]);
         std::fs::remove_dir_all(base).unwrap();
     }
 
