@@ -21,6 +21,7 @@
 //!   [`timing`] — where a hook's time goes (the app, systemd, its own work).
 pub mod appspec;
 pub mod beanstalk;
+pub mod bundle_files;
 pub mod cli;
 pub mod config;
 pub mod deploy;

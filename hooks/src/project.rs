@@ -7,11 +7,11 @@
 //! or `units/` is bundled with these, so an app folder needs only the app and `deploy.yml`.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::bundle_files::Packed;
 use crate::config::{self, DeployConfig, Need, Ready, Strategy};
 use crate::fault::Fault;
 
@@ -195,35 +195,22 @@ enum Entry {
     Dir,
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Entry)>) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .flatten()
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let rel = path.strip_prefix(root)?.to_string_lossy().to_string();
-        if rel == ".git" {
-            continue;
-        }
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.file_type().is_symlink() {
-            out.push((rel, Entry::Symlink(std::fs::read_link(&path)?)));
-        } else if meta.is_dir() {
-            out.push((format!("{rel}/"), Entry::Dir));
-            walk(root, &path, out)?;
-        } else {
-            out.push((rel, Entry::File(path, meta.permissions().mode() & 0o7777)));
-        }
-    }
-    Ok(())
+/// What `bundle` did: the lint report of the zip, what it packed, and whether the zip was
+/// written (never when the report has errors).
+#[derive(Debug)]
+pub struct Bundled {
+    pub report: crate::appspec::Report,
+    pub summary: crate::bundle_files::Summary,
+    pub written: bool,
 }
 
 /// Packs `app` (a folder with deploy.yml) with the hook executables from `hooks` into the
-/// zip `output`, adding the shipped appspec.yml and unit templates where the folder has none,
-/// then lints it the way the agent will read it. Returns the lint report.
-pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<crate::appspec::Report> {
+/// zip `output`, adding the shipped appspec.yml and unit templates where the folder has none.
+/// What of the folder ships is [`crate::bundle_files`]' choice (default exclusions,
+/// `.handoffignore`, a file that looks like a secret refused). The zip is built as
+/// `<output>.partial`, linted the way the agent will read it, and renamed to `output` only
+/// when the lint has no error; otherwise the partial is removed and `output` is not touched.
+pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<Bundled> {
     let cfg = DeployConfig::load(&app.join(config::FILE_NAME)).map_err(|e| {
         Fault::input(format!(
             "{e:#}; a bundle starts from a folder with deploy.yml (`handoff init` writes one)"
@@ -235,10 +222,23 @@ pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<crate::appspec:
             app.display()
         )));
     }
-    let mut entries = Vec::new();
-    walk(app, app, &mut entries)?;
-    let output_abs = std::path::absolute(output)?;
-    entries.retain(|(rel, _)| std::path::absolute(app.join(rel)).ok().as_ref() != Some(&output_abs));
+    let partial = output.with_extension("zip.partial");
+    let selection = crate::bundle_files::select(
+        app,
+        &[std::path::absolute(output)?, std::path::absolute(&partial)?],
+    )?;
+    let mut entries: Vec<(String, Entry)> = selection
+        .entries
+        .iter()
+        .map(|(rel, p)| {
+            let e = match p {
+                Packed::File { path, mode, .. } => Entry::File(path.clone(), *mode),
+                Packed::Symlink(target) => Entry::Symlink(target.clone()),
+                Packed::Dir => Entry::Dir,
+            };
+            (rel.clone(), e)
+        })
+        .collect();
     if !app.join("appspec.yml").exists() {
         entries.push(("appspec.yml".into(), Entry::Text(APPSPEC.into(), 0o644)));
     }
@@ -265,37 +265,74 @@ pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<crate::appspec:
         ));
     }
 
-    let partial = output.with_extension("zip.partial");
-    {
-        let file = std::fs::File::create(&partial)
-            .with_context(|| format!("cannot create {}", partial.display()))?;
-        let mut w = zip::ZipWriter::new(file);
-        for (rel, entry) in &entries {
-            let o = |mode: u32| zip::write::SimpleFileOptions::default().unix_permissions(mode);
-            match entry {
-                Entry::Dir => w.add_directory(rel.as_str(), o(0o755))?,
-                Entry::Symlink(target) => w.add_symlink(rel.as_str(), target.to_string_lossy(), o(0o777))?,
-                Entry::Text(text, mode) => {
-                    w.start_file(rel.as_str(), o(*mode))?;
-                    w.write_all(text.as_bytes())?;
-                }
-                Entry::File(path, mode) => {
-                    w.start_file(rel.as_str(), o(*mode))?;
-                    let mut f = std::fs::File::open(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    std::io::copy(&mut f, &mut w)?;
-                }
+    let written = write_zip(&partial, &entries).and_then(|sizes| {
+        let report = crate::lint::lint(&partial)?;
+        Ok((sizes, report))
+    });
+    let (sizes, report) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    let zip_bytes = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let summary = crate::bundle_files::Summary::of(
+        &sizes,
+        &selection.left_out,
+        selection.ignore_file.clone(),
+        zip_bytes,
+    );
+    if report.errors() > 0 {
+        std::fs::remove_file(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
+        return Ok(Bundled {
+            report,
+            summary,
+            written: false,
+        });
+    }
+    std::fs::rename(&partial, output)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), output.display()))?;
+    Ok(Bundled {
+        report,
+        summary,
+        written: true,
+    })
+}
+
+/// Writes the zip; returns each file's path in it and size, for the summary.
+fn write_zip(path: &Path, entries: &[(String, Entry)]) -> Result<Vec<(String, u64)>> {
+    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = zip::ZipWriter::new(file);
+    let mut sizes = Vec::new();
+    for (rel, entry) in entries {
+        let o = |mode: u32| zip::write::SimpleFileOptions::default().unix_permissions(mode);
+        match entry {
+            Entry::Dir => w.add_directory(rel.as_str(), o(0o755))?,
+            Entry::Symlink(target) => w.add_symlink(rel.as_str(), target.to_string_lossy(), o(0o777))?,
+            Entry::Text(text, mode) => {
+                w.start_file(rel.as_str(), o(*mode))?;
+                w.write_all(text.as_bytes())?;
+                sizes.push((rel.clone(), text.len() as u64));
+            }
+            Entry::File(src, mode) => {
+                w.start_file(rel.as_str(), o(*mode))?;
+                let mut f =
+                    std::fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+                let n = std::io::copy(&mut f, &mut w)
+                    .with_context(|| format!("cannot pack {}", src.display()))?;
+                sizes.push((rel.clone(), n));
             }
         }
-        w.finish()?;
     }
-    std::fs::rename(&partial, output)?;
-    crate::lint::lint(output)
+    w.finish()?;
+    Ok(sizes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn scratch(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("handoff-project-{tag}-{}", std::process::id()));
@@ -365,8 +402,9 @@ mod tests {
             std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let zip = d.join("api.zip");
-        let report = bundle(&app, &hooks, &zip).unwrap();
-        assert_eq!(report.errors(), 0, "{report}");
+        let done = bundle(&app, &hooks, &zip).unwrap();
+        assert_eq!(done.report.errors(), 0, "{}", done.report);
+        assert!(done.written);
         let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
         let names: Vec<String> = (0..archive.len())
             .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
@@ -390,6 +428,161 @@ mod tests {
             err.contains("before-install is missing") && err.contains("make static"),
             "{err}"
         );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// Stand-in hook executables, as the static build's folder holds them.
+    fn hook_dir(d: &Path) -> PathBuf {
+        let hooks = d.join("bin");
+        std::fs::create_dir_all(&hooks).unwrap();
+        for name in HOOK_BINARIES {
+            std::fs::write(hooks.join(name), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        hooks
+    }
+
+    fn put(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn zip_names(zip: &Path) -> Vec<String> {
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(zip).unwrap()).unwrap();
+        (0..archive.len())
+            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_real_apps_bundle_leaves_out_the_defaults_and_handoffignore_keeps_links_and_refuses_secrets() {
+        let d = scratch("real-app");
+        let app = d.join("app");
+        put(&app.join("deploy.yml"), &deploy_yml(&options()));
+        put(&app.join("app.py"), "def app(e, s): pass\n");
+        put(&app.join(".git/HEAD"), "ref: refs/heads/main\n");
+        put(&app.join(".env"), "SECRET=1\n");
+        put(&app.join(".env.example"), "SECRET=changeme\n");
+        put(&app.join("__pycache__/x.pyc"), "\0");
+        put(&app.join(".venv/lib/site.py"), "");
+        std::fs::create_dir_all(app.join(".venv/bin")).unwrap();
+        symlink("/usr/bin/python3", app.join(".venv/bin/python3")).unwrap();
+        symlink("python3", app.join(".venv/bin/python")).unwrap();
+        symlink("lib", app.join(".venv/lib64")).unwrap();
+        put(&app.join("node_modules/x/cli.js"), "#!/usr/bin/env node\n");
+        put(&app.join("node_modules/.cache/big"), "cache");
+        std::fs::create_dir_all(app.join("node_modules/.bin")).unwrap();
+        symlink("../x/cli.js", app.join("node_modules/.bin/x")).unwrap();
+        put(&app.join("docs/guide.md"), "# guide\n");
+        put(&app.join("app.log"), "log\n");
+        put(&app.join("keep.log"), "kept\n");
+        put(
+            &app.join("config/server.key"),
+            "-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n",
+        );
+        put(
+            &app.join(crate::bundle_files::IGNORE_FILE),
+            "# ours\ndocs/\n*.log\n!keep.log\n# the TLS key ships on purpose\n!config/server.key\n",
+        );
+        let hooks = hook_dir(&d);
+        let zip = d.join("api.zip");
+        let done = bundle(&app, &hooks, &zip).unwrap();
+        assert_eq!(done.report.errors(), 0, "{}", done.report);
+        assert!(done.written && zip.is_file() && !d.join("api.zip.partial").exists());
+        let want: Vec<&str> = vec![
+            ".env.example",
+            ".handoffignore",
+            ".venv/",
+            ".venv/bin/",
+            ".venv/bin/python",
+            ".venv/bin/python3",
+            ".venv/lib/",
+            ".venv/lib/site.py",
+            ".venv/lib64",
+            "app.py",
+            "config/",
+            "config/server.key",
+            "deploy.yml",
+            "keep.log",
+            "node_modules/",
+            "node_modules/.bin/",
+            "node_modules/.bin/x",
+            "node_modules/x/",
+            "node_modules/x/cli.js",
+            "appspec.yml",
+            "units/",
+            "units/app.socket",
+            "units/app-hold.service",
+            "units/app@.service",
+            "hooks/",
+            "hooks/application-stop",
+            "hooks/before-install",
+            "hooks/application-start",
+            "hooks/validate-service",
+            "hooks/handoff",
+        ];
+        assert_eq!(zip_names(&zip), want);
+        // Links are packed as links, the absolute one verbatim.
+        let out = d.join("unpacked");
+        std::fs::create_dir_all(&out).unwrap();
+        crate::lint::unpack_zip(&zip, &out).unwrap();
+        assert_eq!(
+            std::fs::read_link(out.join(".venv/bin/python3")).unwrap(),
+            Path::new("/usr/bin/python3")
+        );
+        assert_eq!(
+            std::fs::read_link(out.join("node_modules/.bin/x")).unwrap(),
+            Path::new("../x/cli.js")
+        );
+        let s = &done.summary;
+        assert_eq!(
+            s.left_out,
+            [
+                ".env",
+                ".git/",
+                "__pycache__/",
+                "app.log",
+                "docs/",
+                "node_modules/.cache/"
+            ]
+        );
+        assert_eq!(
+            s.ignore_file.as_deref(),
+            Some(app.join(".handoffignore").as_path())
+        );
+        // 8 of the app (links and folders are not files), the appspec, 3 templates, 5 hooks.
+        assert_eq!(s.files, 17, "{s}");
+        assert!(s.zip_bytes > 0 && s.bytes > 0, "{s}");
+        assert!(s.to_string().contains("largest folders: "), "{s}");
+
+        // A private key that no `!` line ships is refused by name, with the fix; no zip.
+        put(
+            &app.join("deploy_key.pem"),
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n",
+        );
+        let refused = d.join("refused.zip");
+        let err = bundle(&app, &hooks, &refused).unwrap_err();
+        assert_eq!(crate::fault::exit_code(&err), 2);
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("deploy_key.pem: holds a private key")
+                && text.contains("add `!path` for it to")
+                && !text.contains("server.key"),
+            "{text}"
+        );
+        assert!(!refused.exists() && !d.join("refused.zip.partial").exists());
+        std::fs::remove_file(app.join("deploy_key.pem")).unwrap();
+
+        // A revision the lint refuses is not written either, and the partial is gone.
+        symlink("../../outside", app.join("config/escape")).unwrap();
+        let done = bundle(&app, &hooks, &refused).unwrap();
+        assert!(!done.written && done.report.errors() == 1, "{}", done.report);
+        assert!(
+            done.report
+                .to_string()
+                .contains("config/escape: symlink to ../../outside")
+        );
+        assert!(!refused.exists() && !d.join("refused.zip.partial").exists());
         std::fs::remove_dir_all(d).unwrap();
     }
 }

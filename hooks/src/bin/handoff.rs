@@ -167,11 +167,13 @@ fn main() -> std::process::ExitCode {
                     .map(|c| c.service)
                     .unwrap_or_else(|_| "bundle".into());
                 let output = output.unwrap_or_else(|| PathBuf::from(format!("{service}.zip")));
-                let report = handoff::project::bundle(&dir, &hooks, &output)?;
-                eprintln!("{report}");
-                if report.errors() > 0 {
+                let done = handoff::project::bundle(&dir, &hooks, &output)?;
+                eprint!("{}", done.summary);
+                eprintln!("{}", done.report);
+                if !done.written {
                     anyhow::bail!(handoff::fault::Fault::input(format!(
-                        "{} does not pass lint-bundle (above); fix the app folder and bundle again",
+                        "{} was not written: the revision does not pass lint-bundle (above); fix the app folder and \
+                         bundle again",
                         output.display()
                     )));
                 }
