@@ -560,7 +560,10 @@ fn check_hooks(spec: &AppSpec, file: &str, problems: &mut Vec<Problem>) {
                     format!("{timeout} s is over CodeDeploy's limit of 3600 s per lifecycle event; lower it"),
                 ));
             }
-            if let Some(user) = &s.runas {
+            // Only handoff's own hooks (in hooks/) need root; a team's script may run as anyone.
+            if let Some(user) = &s.runas
+                && s.location().starts_with("hooks/")
+            {
                 problems.push(Problem::warning(
                     file,
                     format!("{field}.runas"),

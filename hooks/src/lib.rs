@@ -20,6 +20,7 @@
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place;
 //!   [`timing`] — where a hook's time goes (the app, systemd, its own work).
 pub mod appspec;
+pub mod appspec_merge;
 pub mod beanstalk;
 pub mod bundle_files;
 pub mod cli;

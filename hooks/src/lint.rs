@@ -1,5 +1,6 @@
 //! `lint-bundle`: a whole revision checked before it is uploaded — its `appspec.yml` by the
-//! agent's rules ([`crate::appspec`]), and the bundle's own parts with the hooks' code:
+//! agent's rules ([`crate::appspec`]) and handoff's hooks first in their events
+//! ([`crate::appspec_merge::check_order`]), and the bundle's own parts with the hooks' code:
 //! `deploy.yml` with [`DeployConfig::load`], the unit templates with [`units::render`] and,
 //! where it is installed, `systemd-analyze verify`, the units' fit to the app
 //! ([`crate::fit`]), the hook timeouts against the deadlines ([`crate::timeouts`]), symlinks
@@ -293,6 +294,7 @@ pub fn lint_dir(bundle: &Path) -> Report {
     let mut report = Report::default();
     let (spec, problems) = check_appspec(bundle);
     report.problems.extend(problems);
+    report.problems.extend(crate::appspec_merge::check_order(bundle));
     if let Some(cfg) = check_deploy(bundle, &mut report.problems) {
         if let Some(spec) = &spec {
             report.problems.extend(crate::timeouts::check(spec, &cfg));

@@ -129,24 +129,39 @@ fn template(name: &str) -> &'static str {
         .expect("every needed template is compiled in")
 }
 
-/// Writes deploy.yml, appspec.yml and units/ into `dir`; refuses to overwrite unless `force`.
-/// Returns the files written.
+/// Writes deploy.yml, appspec.yml and units/ into `dir`; refuses to overwrite deploy.yml or
+/// units/ unless `force`. An existing appspec.yml is never overwritten, with or without
+/// `force`: handoff's four hooks are merged into it ([`crate::appspec_merge::merge`]), the
+/// team's `files:`, `permissions:`, other hooks and comments kept. Nothing is written when
+/// anything is refused. Returns the files written.
 pub fn init(dir: &Path, o: &InitOptions, force: bool) -> Result<Vec<PathBuf>> {
     let yaml = deploy_yml(o);
     let cfg = DeployConfig::parse(&yaml).map_err(|e| Fault::input(format!("{e:#}")))?;
-    let mut files: Vec<(PathBuf, String)> = vec![
-        (dir.join(config::FILE_NAME), yaml),
-        (dir.join("appspec.yml"), APPSPEC.to_string()),
-    ];
+    let mut files: Vec<(PathBuf, String)> = vec![(dir.join(config::FILE_NAME), yaml)];
     for name in needed_templates(cfg.strategy) {
         files.push((dir.join("units").join(name), template(name).to_string()));
     }
     if !force && let Some((existing, _)) = files.iter().find(|(p, _)| p.exists()) {
         bail!(Fault::input(format!(
-            "{} exists; init writes deploy.yml, appspec.yml and units/ only into a project without them \
-             (--force overwrites)",
+            "{} exists; init writes deploy.yml and units/ only into a project without them (--force overwrites \
+             those; an existing appspec.yml is merged, never overwritten)",
             existing.display()
         )));
+    }
+    let appspec = dir.join("appspec.yml");
+    match std::fs::read_to_string(&appspec) {
+        Ok(existing) => {
+            let merged = crate::appspec_merge::merge(&existing, dir)?;
+            if merged != existing {
+                tracing::info!(
+                    "{}: handoff's four hooks merged in, each first in its event; every other line kept",
+                    appspec.display()
+                );
+                files.push((appspec, merged));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => files.push((appspec, APPSPEC.to_string())),
+        Err(e) => bail!(Fault::input(format!("cannot read {}: {e}", appspec.display()))),
     }
     std::fs::create_dir_all(dir.join("units"))
         .with_context(|| format!("cannot create {}/units", dir.display()))?;
@@ -583,6 +598,48 @@ mod tests {
                 .contains("config/escape: symlink to ../../outside")
         );
         assert!(!refused.exists() && !d.join("refused.zip.partial").exists());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn init_merges_into_the_teams_appspec_even_with_force() {
+        let d = scratch("init-merge");
+        let team = "version: 0.0\nos: linux\n# ours\nfiles:\n  - source: /static\n    destination: /srv/static\n\
+                    hooks:\n  AfterInstall:\n    - location: scripts/after.sh\n      timeout: 90\n";
+        put(&d.join("appspec.yml"), team);
+        put(&d.join("scripts/after.sh"), "#!/bin/sh\necho migrated\n");
+        std::fs::set_permissions(d.join("scripts/after.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        put(&d.join("static/site.css"), "");
+        let written = init(&d, &options(), false).unwrap();
+        assert!(written.contains(&d.join("appspec.yml")), "{written:?}");
+        let merged = std::fs::read_to_string(d.join("appspec.yml")).unwrap();
+        assert!(
+            merged.starts_with(team),
+            "the team's lines first, unchanged:\n{merged}"
+        );
+        let (spec, problems) = crate::appspec::check_text(&merged, "appspec.yml");
+        assert_eq!(problems, vec![]);
+        assert_eq!(
+            spec.unwrap().scripts("ApplicationStart")[0].location(),
+            "hooks/application-start"
+        );
+        // --force rewrites deploy.yml and units/, and merges again: nothing is lost, nothing doubled.
+        let again = init(&d, &options(), true).unwrap();
+        assert!(
+            !again.contains(&d.join("appspec.yml")),
+            "unchanged, not rewritten: {again:?}"
+        );
+        assert_eq!(std::fs::read_to_string(d.join("appspec.yml")).unwrap(), merged);
+        // A bundle of it lints clean: the merged appspec by the same rules.
+        put(&d.join("app.py"), "");
+        let hooks = hook_dir(&d.join("tools"));
+        let done = bundle(&d, &hooks, &d.join("tools/api.zip")).unwrap();
+        assert_eq!(
+            done.report.errors() + done.report.warnings(),
+            0,
+            "{}",
+            done.report
+        );
         std::fs::remove_dir_all(d).unwrap();
     }
 }
