@@ -327,11 +327,31 @@ fn exposure(svc: &TestService, unit: &str) -> f64 {
 fn a_bundle_with_an_escaping_symlink_is_refused_and_the_old_release_serves() {
     let (mut svc, _) = deployed("v1");
     let bad = svc.revision("v2", &[], "");
-    std::os::unix::fs::symlink("/etc/shadow", bad.join("bin/secrets")).unwrap();
+    // A relative link that climbs out (one to an absolute path is kept: the next test).
+    std::os::unix::fs::symlink("../../../../etc/shadow", bad.join("bin/secrets")).unwrap();
     svc.deploy_fails("d-2", &bad, "application-start", 2, "points outside the bundle");
     assert!(
         !svc.sandbox.host_path("/opt/shop/releases/d-2").exists(),
         "the refused release was kept"
+    );
+    assert_eq!(svc.answering_release(), "v1");
+}
+
+#[test]
+fn a_bundle_whose_absolute_symlink_the_host_lacks_is_refused_at_before_install() {
+    let (mut svc, _) = deployed("v1");
+    let bad = svc.revision("v2", &[], "");
+    std::os::unix::fs::symlink("/usr/bin/python3.99-not-installed", bad.join("bin/python3")).unwrap();
+    svc.deploy_fails(
+        "d-2",
+        &bad,
+        "before-install",
+        3,
+        "`bin/python3` links to /usr/bin/python3.99-not-installed, which this host does not have",
+    );
+    assert!(
+        !svc.sandbox.host_path("/opt/shop/releases/d-2").exists(),
+        "the refused release was copied"
     );
     assert_eq!(svc.answering_release(), "v1");
 }
