@@ -27,6 +27,11 @@
 //! `/var/app/current` on the next deployment, and rollback needs the old files. A failed switch
 //! leaves the previous release serving and exits non-zero, so Beanstalk marks the deployment
 //! failed, as CodeDeploy would.
+//!
+//! Environment properties: the platform writes them to `/opt/elasticbeanstalk/deployment/env`
+//! on the host; on such a host the instance units (and `app.before_switch`) read that file as an
+//! optional environment file after the release's `app.env` (see [`crate::app_env`]), so a new
+//! property reaches the service at the next application deployment.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -82,10 +87,11 @@ pub async fn confighook(args: &HookArgs) -> Result<()> {
             ))
         })?;
     tracing::info!(
-        "{} still serves release {serving} through {}; a configuration deployment leaves it alone (Beanstalk's \
-         environment properties do not reach the service: set its environment in deploy.yml's app.environment)",
+        "{} still serves release {serving} through {}; a configuration deployment leaves it alone (changed \
+         environment properties reach the service, from {}, at its next application deployment)",
         cfg.service,
-        cfg.listen.join(", ")
+        cfg.listen.join(", "),
+        crate::app_env::BEANSTALK_ENV
     );
     Ok(())
 }

@@ -17,6 +17,14 @@
 //!   environment: { RUST_LOG: info }
 //!   ready: notify              # or "probe": the app cannot send READY=1 (the unit is Type=exec)
 //!   needs: []                  # hardening relaxations: jit (V8, JVM, PyPy), setuid (gunicorn's workers)
+//!   environment_files: [/etc/sample/env, -/etc/sample/optional.env]  # host files, after app.env; - optional
+//!   credentials: { db_password: /etc/sample/db_password }  # $CREDENTIALS_DIRECTORY/db_password (systemd >= 247)
+//!   state_directory: sample    # /var/lib/sample for every release ($STATE_DIRECTORY); also cache_directory,
+//!   runtime_directory: sample  # logs_directory; /run/sample ($RUNTIME_DIRECTORY), kept while releases switch
+//!   before_switch:             # runs once per host in the new release, before it starts (migrations)
+//!     command: .venv/bin/python  # relative to the release directory, or absolute
+//!     args: [manage.py, migrate, --noinput]
+//!     timeout: 5min
 //! health:
 //!   path: /healthz
 //!   instance_header: X-Instance  # the app echoes its INSTANCE (the release id) here; "none": not confirmed
@@ -110,6 +118,25 @@ pub struct App {
     /// template's `{{needs}}` line. Empty: the strictest profile.
     #[serde(default)]
     pub needs: Vec<Need>,
+    /// Host files of `KEY=value` lines (secrets, host settings), read after the release's
+    /// `app.env`, so their values win; a leading `-` marks one optional. See [`crate::app_env`].
+    #[serde(default)]
+    pub environment_files: Vec<String>,
+    /// Credential name → host file: the app reads it as `$CREDENTIALS_DIRECTORY/<name>`.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
+    /// Writable directories that outlive releases (`StateDirectory=` …), relative names.
+    #[serde(default)]
+    pub state_directory: Option<String>,
+    #[serde(default)]
+    pub cache_directory: Option<String>,
+    #[serde(default)]
+    pub logs_directory: Option<String>,
+    #[serde(default)]
+    pub runtime_directory: Option<String>,
+    /// A command run in the new release before it starts (migrations). See [`crate::before_switch`].
+    #[serde(default)]
+    pub before_switch: Option<crate::before_switch::BeforeSwitch>,
 }
 
 /// A relaxation of the instance unit's hardening, for a runtime that cannot work without it.
@@ -307,7 +334,7 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -425,6 +452,10 @@ impl DeployConfig {
                     "app.environment.{k}: the value contains a newline; systemd environment files take one line per variable"
                 );
             }
+        }
+        crate::app_env::validate(&self.app)?;
+        if let Some(step) = &self.app.before_switch {
+            step.validate()?;
         }
         if !self.health.path.starts_with('/') || self.health.path.contains(char::is_whitespace) {
             bail!(

@@ -185,6 +185,9 @@ impl<'a> Deployer<'a> {
         kill_point("after-intent").await;
 
         let started = async {
+            // app.before_switch (and the host files it and the units need), before anything of
+            // the new release starts or anything of the serving one stops.
+            crate::before_switch::before_start(self, release, hook).await?;
             let installed = self.install_units(release).await?;
             kill_point("after-units").await;
             // While a socket move is deferred, the release starts and is probed on the

@@ -13,15 +13,19 @@
 //! - [`systemd`] — a typed client for systemd over the system bus (zbus);
 //! - [`health`] — HTTP probes through the real port (reqwest);
 //! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
+//! - [`app_env`] — what the app gets from its host: environment files, credentials, writable
+//!   directories; [`before_switch`] — a command run in the new release before it starts;
 //! - [`appspec`], [`lint`], [`timeouts`], [`fit`] — `lint-bundle`: the appspec as the agent reads it,
 //!   the bundle's parts, its timeouts against the deadlines, its units against what the app is;
 //! - [`beanstalk`] — the same switch from Elastic Beanstalk's platform hooks (predeploy, postdeploy);
 //! - [`project`] — `handoff init` and `handoff bundle`: the hooks added to any app folder;
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place;
 //!   [`timing`] — where a hook's time goes (the app, systemd, its own work).
+pub mod app_env;
 pub mod appspec;
 pub mod appspec_merge;
 pub mod beanstalk;
+pub mod before_switch;
 pub mod bundle_files;
 pub mod cli;
 pub mod config;

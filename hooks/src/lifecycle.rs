@@ -218,6 +218,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     crate::links::check_absolute_links(&revision)?;
     cfg.check_instance_confirmation()
         .map_err(|e| Fault::input(format!("{e:#}")))?;
+    crate::app_env::check_host(&cfg, crate::app_env::on_beanstalk())?;
     if cfg.strategy == crate::config::Strategy::Handoff && cfg.instance_header().is_none() {
         tracing::warn!(
             "health.instance_header: none: the hooks cannot tell the new release's answers from the old one's, so a \

@@ -700,11 +700,9 @@ impl Deployer<'_> {
             return String::new();
         }
         let log = self.store.root().join("logs").join(format!("{release}.log"));
-        let Ok(text) = std::fs::read_to_string(&log) else {
+        let (Ok(text), Some(tail)) = (std::fs::read_to_string(&log), last_lines(&log, 6)) else {
             return String::new();
         };
-        let lines: Vec<&str> = text.lines().rev().take(6).collect();
-        let tail: Vec<&str> = lines.into_iter().rev().collect();
         let eperm = if text.contains("Operation not permitted") {
             ". \"Operation not permitted\" (EPERM) at start: a system call the unit refuses \
              (SystemCallFilter=, SystemCallErrorNumber=EPERM) or a right it lacks (no capabilities, read-only \
@@ -720,6 +718,13 @@ impl Deployer<'_> {
             tail.join("\n  ")
         )
     }
+}
+
+/// The last `n` lines of a file (None when it cannot be read or is empty).
+pub(crate) fn last_lines(path: &Path, n: usize) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<String> = text.lines().rev().take(n).map(str::to_string).collect();
+    (!lines.is_empty()).then(|| lines.into_iter().rev().collect())
 }
 
 #[cfg(test)]

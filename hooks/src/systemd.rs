@@ -12,6 +12,11 @@
 //!
 //! With `dry_run`, reads still go to systemd, but every call that would change something is
 //! printed instead of made.
+//!
+//! A one-off command (deploy.yml `app.before_switch`) runs as a **transient** service
+//! ([`Systemd::run_transient`], `StartTransientUnit`): its settings are [`Directive`]s, written
+//! as the unit-file lines they stand for and sent as the D-Bus properties systemd takes for
+//! them (this module is the only place that knows those names and types).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use zbus::{Connection, proxy};
-use zbus::{OwnedObjectPath, OwnedVariant as OwnedValue};
+use zbus::{OwnedObjectPath, OwnedVariant as OwnedValue, Variant};
 
 use crate::timing::{self, Wait};
 
@@ -34,6 +39,14 @@ trait Manager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    #[allow(clippy::type_complexity)]
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Variant<'_>)],
+        aux: &[(&str, &[(&str, Variant<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
     fn reload(&self) -> zbus::Result<()>;
     fn subscribe(&self) -> zbus::Result<()>;
     fn enable_unit_files(
@@ -454,6 +467,212 @@ impl Systemd {
                     journal_hint(unit)
                 )
             }
+        }
+    }
+
+    /// Runs a transient `Type=oneshot` service made of `directives` and waits until its
+    /// command has exited, or `deadline` (then it is stopped). Returns its status: `result`
+    /// "success", or why it failed ("exit-code", "signal", "timeout", …) with the exit status
+    /// or signal in `exec_main_status`. A failed unit stays loaded (so its result can be read)
+    /// until this resets it; a successful one is collected by systemd when it goes inactive.
+    pub async fn run_transient(
+        &self,
+        unit: &str,
+        directives: &[Directive],
+        deadline: Duration,
+    ) -> Result<UnitStatus> {
+        let _waiting = timing::waiting(Wait::App);
+        if self.dry_run {
+            let lines: Vec<String> = directives.iter().flat_map(Directive::lines).collect();
+            self.planned(&format!(
+                "Manager.StartTransientUnit({unit}, \"fail\") with\n  {}\nand wait for it to finish",
+                lines.join("\n  ")
+            ));
+            return Ok(UnitStatus {
+                name: unit.to_string(),
+                result: "success".into(),
+                ..Default::default()
+            });
+        }
+        // A failed run of the same name (a hook killed before it reset it) would block the name.
+        self.reset_failed(unit).await?;
+        let properties: Vec<(&str, Variant<'_>)> =
+            directives.iter().flat_map(Directive::properties).collect();
+        let mut removed = self.manager.receive_job_removed().await?;
+        tracing::debug!(
+            "D-Bus Manager.StartTransientUnit({unit}, \"fail\", {} properties)",
+            properties.len()
+        );
+        let job = self
+            .manager
+            .start_transient_unit(unit, "fail", &properties, &[])
+            .await
+            .map_err(|e| match &e {
+                zbus::Error::MethodError(name, _, _) if name.as_str().ends_with("UnitExists") => {
+                    anyhow::Error::new(crate::fault::Fault::environment(format!(
+                        "{unit} exists already: an earlier run still runs; wait for it, or stop it \
+                         (`systemctl stop {unit}`), then deploy again"
+                    )))
+                }
+                _ => denied_or(e, &format!("start the transient unit {unit}")),
+            })?;
+        let wait_for_removal = async {
+            while let Some(signal) = removed.next().await {
+                let args = signal.args()?;
+                if args.job.as_str() == job.as_str() {
+                    return Ok::<String, anyhow::Error>(args.result.to_string());
+                }
+            }
+            Err(anyhow!(
+                "the system bus connection closed while waiting for {unit}"
+            ))
+        };
+        let outcome = tokio::select! {
+            r = wait_for_removal => Some(r?),
+            _ = tokio::time::sleep(deadline) => None,
+        };
+        match outcome {
+            Some(result) if result == "done" => Ok(UnitStatus {
+                name: unit.to_string(),
+                active_state: "inactive".into(),
+                sub_state: "dead".into(),
+                result: "success".into(),
+                ..Default::default()
+            }),
+            Some(_) => {
+                let st = self.read_status(unit).await?;
+                let _ = self.reset_failed(unit).await;
+                Ok(st)
+            }
+            None => {
+                tracing::warn!(
+                    "{unit} still runs after {} s; stopping it",
+                    deadline.as_secs_f64()
+                );
+                let stopped = self.stop(unit, Duration::from_secs(30)).await;
+                let mut st = self.read_status(unit).await.unwrap_or_default();
+                st.name = unit.to_string();
+                st.result = "timeout".into();
+                if let Err(e) = stopped {
+                    tracing::error!("{e:#}");
+                }
+                let _ = self.reset_failed(unit).await;
+                Ok(st)
+            }
+        }
+    }
+}
+
+/// One setting of a transient service, named after the unit-file directive it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Directive {
+    /// A yes/no directive (`PrivateTmp=yes`).
+    Flag(&'static str, bool),
+    /// A directive with one value (`ProtectSystem=strict`).
+    Text(&'static str, String),
+    /// A directive with a list of values (`StateDirectory=myapp`, `Environment=A=1 B=2`).
+    Words(&'static str, Vec<String>),
+    /// `ExecStart=:` (the program first): arguments reach it as written, without systemd's
+    /// `$VAR` expansion (systemd >= 243).
+    ExecStart(Vec<String>),
+    /// `EnvironmentFile=` lines, in order: (path, optional).
+    EnvironmentFiles(Vec<(String, bool)>),
+    /// `LoadCredential=name:path` lines (systemd >= 247).
+    LoadCredential(Vec<(String, String)>),
+    TimeoutStartSec(Duration),
+    /// `LimitNOFILE=n` (soft = hard).
+    LimitNofile(u64),
+    UMask(u32),
+    /// `CapabilityBoundingSet=` or `AmbientCapabilities=` with nothing in it.
+    NoCapabilities(&'static str),
+    /// `RestrictNamespaces=yes`.
+    RestrictNamespaces,
+    /// `RestrictAddressFamilies=` (an allow list).
+    RestrictAddressFamilies(Vec<String>),
+    /// `SystemCallFilter=` (`~`: a deny list when `allow` is false).
+    SystemCallFilter {
+        allow: bool,
+        calls: Vec<String>,
+    },
+    SystemCallErrorNumber(nix::errno::Errno),
+    /// `StandardOutput=file:<path>`.
+    StandardOutputFile(String),
+}
+
+impl Directive {
+    /// The unit-file lines it stands for.
+    pub fn lines(&self) -> Vec<String> {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        match self {
+            Directive::Flag(name, b) => vec![format!("{name}={}", yes(*b))],
+            Directive::Text(name, v) => vec![format!("{name}={v}")],
+            Directive::Words(name, v) => vec![format!("{name}={}", v.join(" "))],
+            Directive::ExecStart(argv) => vec![format!(
+                "ExecStart=:{}",
+                argv.iter()
+                    .map(|a| if a.contains(char::is_whitespace) || a.is_empty() {
+                        format!("{a:?}")
+                    } else {
+                        a.clone()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )],
+            Directive::EnvironmentFiles(files) => files
+                .iter()
+                .map(|(p, optional)| format!("EnvironmentFile={}{p}", if *optional { "-" } else { "" }))
+                .collect(),
+            Directive::LoadCredential(creds) => creds
+                .iter()
+                .map(|(name, path)| format!("LoadCredential={name}:{path}"))
+                .collect(),
+            Directive::TimeoutStartSec(d) => vec![format!("TimeoutStartSec={}ms", d.as_millis())],
+            Directive::LimitNofile(n) => vec![format!("LimitNOFILE={n}")],
+            Directive::UMask(m) => vec![format!("UMask={m:04o}")],
+            Directive::NoCapabilities(name) => vec![format!("{name}=")],
+            Directive::RestrictNamespaces => vec!["RestrictNamespaces=yes".into()],
+            Directive::RestrictAddressFamilies(v) => vec![format!("RestrictAddressFamilies={}", v.join(" "))],
+            Directive::SystemCallFilter { allow, calls } => vec![format!(
+                "SystemCallFilter={}{}",
+                if *allow { "" } else { "~" },
+                calls.join(" ")
+            )],
+            Directive::SystemCallErrorNumber(e) => vec![format!("SystemCallErrorNumber={e:?}")],
+            Directive::StandardOutputFile(p) => vec![format!("StandardOutput=file:{p}")],
+        }
+    }
+
+    /// The properties `StartTransientUnit` takes for it (see systemd's org.freedesktop.systemd1(5)).
+    fn properties(&self) -> Vec<(&'static str, Variant<'static>)> {
+        let owned = |v: &[String]| v.to_vec();
+        match self {
+            Directive::Flag(name, b) => vec![(*name, Variant::from(*b))],
+            Directive::Text(name, v) => vec![(*name, Variant::from(v.clone()))],
+            Directive::Words(name, v) => vec![(*name, Variant::from(owned(v)))],
+            Directive::ExecStart(argv) => {
+                let program = argv.first().cloned().unwrap_or_default();
+                let flags = vec!["no-env-expand".to_string()];
+                vec![("ExecStartEx", Variant::from(vec![(program, owned(argv), flags)]))]
+            }
+            Directive::EnvironmentFiles(files) => vec![("EnvironmentFiles", Variant::from(files.clone()))],
+            Directive::LoadCredential(creds) => vec![("LoadCredential", Variant::from(creds.clone()))],
+            Directive::TimeoutStartSec(d) => vec![("TimeoutStartUSec", Variant::from(d.as_micros() as u64))],
+            Directive::LimitNofile(n) => vec![
+                ("LimitNOFILE", Variant::from(*n)),
+                ("LimitNOFILESoft", Variant::from(*n)),
+            ],
+            Directive::UMask(m) => vec![("UMask", Variant::from(*m))],
+            Directive::NoCapabilities(name) => vec![(*name, Variant::from(0u64))],
+            // The allowed namespace types: none.
+            Directive::RestrictNamespaces => vec![("RestrictNamespaces", Variant::from(0u64))],
+            Directive::RestrictAddressFamilies(v) => {
+                vec![("RestrictAddressFamilies", Variant::from((true, owned(v))))]
+            }
+            Directive::SystemCallFilter { allow, calls } => {
+                vec![("SystemCallFilter", Variant::from((*allow, owned(calls))))]
+            }
+            Directive::SystemCallErrorNumber(e) => vec![("SystemCallErrorNumber", Variant::from(*e as i32))],
+            Directive::StandardOutputFile(p) => vec![("StandardOutputFile", Variant::from(p.clone()))],
         }
     }
 }

@@ -9,16 +9,27 @@ use std::time::Duration;
 use crate::appspec::{self, AppSpec, Problem};
 use crate::config::DeployConfig;
 
-/// What ApplicationStart may wait for: the start job and its confirmation (each up to
-/// `deadlines.start`), the old release's drain, and a margin for systemd and the copy.
+/// What ApplicationStart may wait for: `app.before_switch` (up to its timeout), the start job
+/// and its confirmation (each up to `deadlines.start`), the old release's drain, and a margin
+/// for systemd and the copy.
 pub fn application_start_needs(cfg: &DeployConfig) -> Duration {
+    switch_needs(cfg)
+        + cfg
+            .app
+            .before_switch
+            .as_ref()
+            .map_or(Duration::ZERO, |b| b.timeout)
+}
+
+/// A switch without `app.before_switch` (a rollback runs none).
+fn switch_needs(cfg: &DeployConfig) -> Duration {
     cfg.deadlines.start * 2 + cfg.drain.budget + Duration::from_secs(15)
 }
 
 /// What ValidateService may wait for: validation, the stability window, then a whole
 /// rollback (a switch back to the previous release).
 pub fn validate_service_needs(cfg: &DeployConfig) -> Duration {
-    cfg.deadlines.validate + cfg.health.stable_for + Duration::from_secs(1) + application_start_needs(cfg)
+    cfg.deadlines.validate + cfg.health.stable_for + Duration::from_secs(1) + switch_needs(cfg)
 }
 
 /// Every hook whose timeout does not cover what it may wait for.
@@ -29,7 +40,11 @@ pub fn check(spec: &AppSpec, cfg: &DeployConfig) -> Vec<Problem> {
             "ApplicationStart",
             "application-start",
             application_start_needs(cfg),
-            "2 × deadlines.start + drain.budget + 15 s",
+            if cfg.app.before_switch.is_some() {
+                "app.before_switch.timeout + 2 × deadlines.start + drain.budget + 15 s"
+            } else {
+                "2 × deadlines.start + drain.budget + 15 s"
+            },
         ),
         (
             "ValidateService",

@@ -64,6 +64,10 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         ("command", cfg.app.command.clone()),
         ("executable", cfg.executable()),
         ("needs", needs_lines(cfg)),
+        (
+            "app_host",
+            crate::app_env::unit_lines(&cfg.app, crate::app_env::on_beanstalk()),
+        ),
         ("args", args),
         ("listen_streams", listen.join("\n")),
         ("start_timeout", format!("{}ms", cfg.deadlines.start.as_millis())),
@@ -253,7 +257,8 @@ fn needs_lines(cfg: &DeployConfig) -> String {
 }
 
 /// A template must have the lines deploy.yml's settings go into: `{{needs}}` for `app.needs`,
-/// `{{executable}}` for a command installed on the host.
+/// `{{app_host}}` for the host's environment files, credentials and directories
+/// ([`crate::app_env`]), `{{executable}}` for a command installed on the host.
 fn check_placeholders(cfg: &DeployConfig, file: &str, text: &str) -> Result<()> {
     if !cfg.app.needs.is_empty() && !text.contains("{{needs}}") {
         bail!(Fault::input(format!(
@@ -266,6 +271,20 @@ fn check_placeholders(cfg: &DeployConfig, file: &str, text: &str) -> Result<()> 
                 .collect::<Vec<_>>()
                 .join(", ")
         )));
+    }
+    if crate::app_env::configured(&cfg.app) && !text.contains("{{app_host}}") {
+        bail!(Fault::input(format!(
+            "units/{file}: deploy.yml sets app.environment_files, app.credentials or an app.*_directory, but the \
+             template has no {{{{app_host}}}} line to put them in; add a line `{{{{app_host}}}}` right after its \
+             `EnvironmentFile={{{{root}}}}/releases/%i/app.env` line (as the shipped template has)"
+        )));
+    }
+    if !text.contains("{{app_host}}") && crate::app_env::on_beanstalk() {
+        tracing::warn!(
+            "units/{file} has no {{{{app_host}}}} line: Elastic Beanstalk's environment properties ({}) do not reach \
+             the service; add `{{{{app_host}}}}` after the app.env line",
+            crate::app_env::BEANSTALK_ENV
+        );
     }
     if Path::new(&cfg.app.command).is_absolute() && !text.contains("{{executable}}") {
         bail!(Fault::input(format!(
@@ -595,6 +614,82 @@ mod tests {
         c.app.needs.clear();
         let err = format!("{:#}", render(&c, &dir).unwrap_err());
         assert!(err.contains("write `ExecStart={{executable}}{{args}}`"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn host_files_credentials_and_directories_render_after_app_env_or_are_refused_with_the_line_to_add() {
+        let dir = release_with_units();
+        let repo_units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../units");
+        for f in ["proxied@.service", "front@.service"] {
+            std::fs::copy(repo_units.join(f), dir.join("units").join(f)).unwrap();
+        }
+        let host = "  environment_files: [/etc/shop/env, -/etc/shop/optional.env]\n  credentials: { db_password: \
+                    /etc/shop/db_password }\n  state_directory: shop\n  runtime_directory: shop\n";
+        let native = DeployConfig::parse(&format!(
+            "service: shop\nlisten: [\"127.0.0.1:8080\"]\nhealth: {{ instance_header: X-Instance }}\napp:\n  command: bin/shop\n{host}"
+        ))
+        .unwrap();
+        let proxied = DeployConfig::parse(&format!(
+            "service: shop\nlisten: [\"127.0.0.1:8080\"]\nstrategy: proxy\napp:\n  command: bin/shop\n{host}"
+        ))
+        .unwrap();
+        let expected = "EnvironmentFile=/etc/shop/env\nEnvironmentFile=-/etc/shop/optional.env\n\
+                        LoadCredential=db_password:/etc/shop/db_password\nStateDirectory=shop\nRuntimeDirectory=shop\n\
+                        RuntimeDirectoryPreserve=yes\n";
+        for (cfg, after) in [
+            (&native, None),
+            (&proxied, Some("EnvironmentFile=/opt/shop/releases/%i/port.env\n")),
+        ] {
+            let units = render(cfg, &dir).unwrap();
+            let instance = &units.iter().find(|u| u.name == "shop@.service").unwrap().text;
+            let directives: String = instance
+                .lines()
+                .filter(|l| {
+                    [
+                        "EnvironmentFile=",
+                        "LoadCredential=",
+                        "StateDirectory=",
+                        "RuntimeDirectory",
+                    ]
+                    .iter()
+                    .any(|d| l.starts_with(d))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            // The release's app.env first, the host's files after it (their values win); with
+            // strategy: proxy the hooks' port.env last, so no host file can move the port.
+            assert_eq!(
+                directives,
+                format!(
+                    "EnvironmentFile=/opt/shop/releases/%i/app.env\n{expected}{}",
+                    after.unwrap_or("")
+                ),
+                "{instance}"
+            );
+            assert!(
+                instance.contains("# Two instances run at once during a switch"),
+                "{instance}"
+            );
+        }
+        // Without the fields, one comment line and no directive.
+        let bare = render(&cfg("127.0.0.1:8080"), &dir).unwrap()[2].text.clone();
+        assert!(bare.contains("\n# app.environment_files, app.credentials, app.*_directory: none.\n"));
+        // An older template without the placeholder is refused with the line to add.
+        let template = dir.join("units/app@.service");
+        let old = std::fs::read_to_string(&template)
+            .unwrap()
+            .replace("{{app_host}}\n", "");
+        std::fs::write(&template, old).unwrap();
+        let err = format!("{:#}", render(&native, &dir).unwrap_err());
+        assert!(
+            err.contains("units/app@.service: deploy.yml sets app.environment_files")
+                && err.contains("add a line `{{app_host}}` right after its `EnvironmentFile={{root}}/releases/%i/app.env` line"),
+            "{err}"
+        );
+        assert_eq!(crate::fault::exit_code(&render(&native, &dir).unwrap_err()), 2);
+        // A config without the fields still renders from it.
+        render(&cfg("127.0.0.1:8080"), &dir).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,5 +1,6 @@
 //! End-to-end tests against a real systemd (scripts/sandbox). They need root.
 
+mod app_config;
 mod beanstalk;
 mod examples;
 mod faults;
