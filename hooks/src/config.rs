@@ -37,6 +37,8 @@
 //!   budget: 30s                  # the unit's TimeoutStopSec=; keep above the app's own deadline
 //! releases:
 //!   keep: 3
+//! takeover: myapp.service      # the unit that serves the port today: the first deployment takes
+//!                              # its socket over under load, then stops and disables it
 //! ```
 //!
 //! Parsed with serde-saphyr under a resource budget, then validated; every error names the
@@ -78,6 +80,10 @@ pub struct DeployConfig {
     /// The front's settings (`strategy: proxy`).
     #[serde(default)]
     pub front: Front,
+    /// The unit that serves the port today (`myapp.service`): the first deployment takes its
+    /// listening socket over under load, then stops and disables it ([`crate::takeover`]).
+    #[serde(default)]
+    pub takeover: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -522,6 +528,23 @@ impl DeployConfig {
         } else if self.front != Front::default() {
             bail!("front: is for strategy: proxy only; remove it or set strategy: proxy");
         }
+        if let Some(unit) = &self.takeover {
+            let stem = unit.strip_suffix(".service").unwrap_or("");
+            let ours = stem == self.service
+                || stem.starts_with(&format!("{}@", self.service))
+                || stem == format!("{}-hold", self.service)
+                || stem.starts_with(&format!("{}-front@", self.service));
+            if stem.is_empty()
+                || !stem
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@:\\".contains(c))
+                || ours
+            {
+                bail!(
+                    "takeover: '{unit}' must name the service unit that serves the port today, other than handoff's                      own units, e.g. takeover: myapp.service (`systemctl status <port's server>` names it)"
+                );
+            }
+        }
         if self.releases.keep < 2 {
             bail!(
                 "releases.keep: {} is too few; keep at least 2 so the previous release can serve again on rollback",
@@ -626,6 +649,34 @@ mod tests {
         assert_eq!(c.deadlines.start, Duration::from_secs(60));
         assert_eq!(c.health.path, "/healthz");
         assert_eq!(c.instance_unit("d-1"), "sample@d-1.service");
+    }
+
+    #[test]
+    fn takeover_names_a_service_unit_other_than_ours() {
+        let with = |unit: &str| format!("{GOOD}takeover: {unit}\n");
+        assert_eq!(
+            DeployConfig::parse(&with("myapp.service"))
+                .unwrap()
+                .takeover
+                .as_deref(),
+            Some("myapp.service")
+        );
+        assert_eq!(DeployConfig::parse(GOOD).unwrap().takeover, None);
+        assert!(DeployConfig::parse(&with("sample-web.service")).is_ok());
+        for bad in [
+            "myapp",
+            "myapp.socket",
+            "sample.service",
+            "sample@v1.service",
+            "sample-hold.service",
+            "'my app.service'",
+        ] {
+            let e = err(&with(bad));
+            assert!(
+                e.contains("takeover: '") && e.contains("e.g. takeover: myapp.service"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct Deployer<'a> {
     pub store: &'a ReleaseStore,
     pub probe: Probe,
     pub unit_dir: PathBuf,
+    /// A takeover under way (deploy.yml `takeover:`, the first deployment only).
+    pub(crate) takeover: std::sync::Mutex<Option<crate::takeover::Held>>,
 }
 
 /// What a switch did.
@@ -138,6 +140,7 @@ impl<'a> Deployer<'a> {
             store,
             probe: Probe::new(cfg)?,
             unit_dir: PathBuf::from(units::UNIT_DIR),
+            takeover: Default::default(),
         })
     }
 
@@ -204,6 +207,7 @@ impl<'a> Deployer<'a> {
                     &Deployer::new(&current, self.systemd, self.store)?
                 }
             };
+            on_socket.begin_takeover().await?;
             on_socket.ensure_socket().await?;
             let switch = if self.cfg.is_proxy() {
                 on_socket.start_behind_front(release).await?
@@ -243,7 +247,9 @@ impl<'a> Deployer<'a> {
             Ok(x) => x,
             Err(e) => {
                 let unattributed = crate::health::is_unattributed(&e) && from.is_some();
+                self.steer_takeover_back();
                 let undone = self.undo(release, from.as_deref()).await;
+                self.abort_takeover().await;
                 let serving = undone.message.clone();
                 if !dry {
                     // A release that did not take over failed; the host (exit 3) or a
@@ -285,6 +291,7 @@ impl<'a> Deployer<'a> {
 
         // After the commit the new release serves: nothing here undoes the switch.
         self.retire_others(release, &mut switch).await;
+        self.finish_takeover(hook, deployment).await;
         if let Some(socket) = installed.deferred_socket {
             let moved = self.move_socket(release, &socket, hook, deployment).await;
             if let Err(e) = moved {
@@ -755,6 +762,7 @@ impl<'a> Deployer<'a> {
         if self.systemd.dry_run() {
             return Ok(());
         }
+        self.steer_takeover_to_socket()?;
         let confirm = async {
             self.probe
                 .confirm_ready(release, self.cfg.deadlines.start)

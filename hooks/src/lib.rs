@@ -42,6 +42,8 @@ pub mod proxy;
 pub mod rehearsal;
 pub mod release;
 pub mod systemd;
+pub mod takeover;
 pub mod timeouts;
 pub mod timing;
+pub mod uninstall;
 pub mod units;

@@ -27,7 +27,7 @@ use crate::release::{ReleaseStore, State, Validating};
 use crate::systemd::Systemd;
 use crate::units;
 
-fn require_root() -> Result<()> {
+pub(crate) fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(Fault::environment(
             "the hooks manage systemd units and /opt, so they must run as root; CodeDeploy runs hooks as root \

@@ -259,7 +259,7 @@ pub fn listeners_on(port: u16) -> Vec<SocketAddr> {
 }
 
 /// `0100007F:1F90` (IPv4, little-endian words) or the 32-digit IPv6 form.
-fn parse_proc_addr(text: &str, v6: bool) -> Option<SocketAddr> {
+pub(crate) fn parse_proc_addr(text: &str, v6: bool) -> Option<SocketAddr> {
     let (ip, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     if !v6 {
@@ -538,6 +538,7 @@ impl Deployer<'_> {
         );
         let started = async {
             self.systemd.start(&unit, Duration::from_secs(35)).await?;
+            self.steer_takeover_to_socket()?;
             let probe = Probe::front(self.cfg)?;
             tokio::select! {
                 r = probe.confirm_ready(&build.id, Duration::from_secs(30)) => r.context("the new front started but")?,

@@ -68,6 +68,10 @@ pub struct State {
     /// `strategy: proxy`: the id of the front that holds the socket (`<service>-front@<id>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub front: Option<String>,
+    /// The unit that served the port before the first deployment took it over
+    /// (deploy.yml `takeover:`), stopped and disabled since: `handoff uninstall` starts it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_over: Option<String>,
     /// Fields of other versions, kept as they are.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -85,6 +89,7 @@ impl Default for State {
             socket_pending: None,
             socket_before: Vec::new(),
             front: None,
+            taken_over: None,
             extra: serde_json::Map::new(),
         }
     }

@@ -61,6 +61,7 @@ trait Manager {
         runtime: bool,
     ) -> zbus::Result<Vec<(String, String, String)>>;
     fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
+    fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
         &self,
@@ -303,6 +304,16 @@ impl Systemd {
             ))
             .into()),
         }
+    }
+
+    /// The processes of a running unit (its cgroup), by PID.
+    pub async fn unit_processes(&self, unit: &str) -> Result<Vec<u32>> {
+        let _waiting = timing::waiting(Wait::Systemd);
+        tracing::debug!("D-Bus Manager.GetUnitProcesses({unit})");
+        let procs = self.manager.get_unit_processes(unit).await.map_err(|e| {
+            crate::fault::Fault::environment(format!("cannot list the processes of {unit} over D-Bus: {e}"))
+        })?;
+        Ok(procs.into_iter().map(|p| p.1).collect())
     }
 
     /// Names of loaded units matching a glob (e.g. `app@*.service`) that are not inactive.

@@ -122,6 +122,14 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         if let Some(key) = guard {
             text = add_boot_guard(cfg, &text, key);
         }
+        if file == "app.socket" && cfg.takeover.is_some() {
+            text = text.replacen(
+                "[Socket]\n",
+                "[Socket]\n# deploy.yml takeover: the socket joins the listening socket of the unit that serves the\n\
+                 # port today, in one reuseport group (README: taking over from your unit).\nReusePort=yes\n",
+                1,
+            );
+        }
         out.push(Rendered {
             name,
             text: format!("{MARKER}\n{text}"),
@@ -481,6 +489,15 @@ mod tests {
                 .contains("ListenStream=127.0.0.1:8080\nListenStream=[::1]:8081\n")
         );
         assert!(units[0].text.contains("Service=shop-hold.service"));
+        assert!(!units[0].text.contains("ReusePort"));
+        let mut taking = cfg("127.0.0.1:8080");
+        taking.takeover = Some("legacy.service".into());
+        let socket = &render(&taking, &dir).unwrap()[0].text;
+        assert!(socket.contains("[Socket]\n# deploy.yml takeover"), "{socket}");
+        assert!(
+            socket.contains("\nReusePort=yes\nListenStream=127.0.0.1:8080\n"),
+            "{socket}"
+        );
         assert!(
             units[2]
                 .text

@@ -40,6 +40,23 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = handoff::config::parse_duration)]
         lock_wait: Duration,
     },
+    /// Stop and remove the service's units and releases; start the unit a takeover stopped.
+    /// The port is closed from the socket's stop until that unit listens: take the host out
+    /// of the load balancer first. The app's own files and directories stay.
+    Uninstall {
+        /// Keep /opt/<service> (releases, state, logs).
+        #[arg(long)]
+        keep_releases: bool,
+        /// Leave the unit that a takeover stopped stopped and disabled.
+        #[arg(long)]
+        no_restore: bool,
+        /// Print the D-Bus operations instead of performing them.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for a deployment step that holds the lock.
+        #[arg(long, default_value = "60s", value_parser = handoff::config::parse_duration)]
+        lock_wait: Duration,
+    },
     /// Write deploy.yml, appspec.yml and units/ into a project folder, for an app command.
     Init {
         /// The command that runs the server: a path in the project (bin/server) or a program
@@ -125,6 +142,23 @@ fn main() -> std::process::ExitCode {
                 force,
                 lock_wait,
             } => handoff::lifecycle::manual_rollback(&args.service, to, dry_run, force, lock_wait).await,
+            Command::Uninstall {
+                keep_releases,
+                no_restore,
+                dry_run,
+                lock_wait,
+            } => {
+                let options = handoff::uninstall::Options {
+                    keep_releases,
+                    restore: !no_restore,
+                    dry_run,
+                    lock_wait,
+                };
+                for line in handoff::uninstall::uninstall(&args.service, &options).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
             Command::Init {
                 command,
                 args: app_args,

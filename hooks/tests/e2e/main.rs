@@ -1,5 +1,6 @@
 //! End-to-end tests against a real systemd (scripts/sandbox). They need root.
 
+mod adopt;
 mod app_config;
 mod beanstalk;
 mod examples;
