@@ -236,6 +236,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     Deployer::new(&cfg, &systemd, &store)?
         .check_ownership(&rendered)
         .await?;
+    crate::takeover::preflight(&cfg, &systemd, &store).await?;
     if let Some(warning) = crate::timeouts::warning_for(&revision, &cfg) {
         tracing::warn!("{warning}");
     }

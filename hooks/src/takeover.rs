@@ -32,6 +32,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -198,10 +199,17 @@ pub fn find_listeners(pids: &[u32], listen: &[String]) -> Result<Vec<Found>> {
             }
             seen.push(inode);
             if !wanted.contains(addr) {
+                let mapped = match addr {
+                    SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some() => {
+                        " (an IPv4 address in IPv6 form: a JVM binds so unless started with \
+                         -Djava.net.preferIPv4Stack=true; add that to the old unit's java command line instead)"
+                    }
+                    _ => "",
+                };
                 bail!(Fault::input(format!(
-                    "takeover: the old server listens on {addr}, and deploy.yml listen has {}: the socket can take \
-                     over only the same address. Set listen: [\"{addr}\"] for the first deployment (a later one can \
-                     move it)",
+                    "takeover: the old server listens on {addr}{mapped}, and deploy.yml listen has {}: the socket can \
+                     take over only the same address. Set listen: [\"{addr}\"] for the first deployment (a later one \
+                     can move it)",
                     listen.join(", ")
                 )));
             }
@@ -277,9 +285,46 @@ fn join(addr: SocketAddr) -> nix::Result<OwnedFd> {
     };
     let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    // As systemd does for every socket unit: without it, the connections the old server has
+    // accepted (bound to the same address) conflict with the bind.
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     socket::listen(&fd, socket::Backlog::new(16)?)?;
     Ok(fd)
+}
+
+/// BeforeInstall's check of a takeover to come: the kernel can do it, and the unit's
+/// listeners are where `listen:` says. Nothing changes.
+pub async fn preflight(
+    cfg: &crate::config::DeployConfig,
+    systemd: &crate::systemd::Systemd,
+    store: &crate::release::ReleaseStore,
+) -> Result<()> {
+    let Some(unit) = &cfg.takeover else {
+        return Ok(());
+    };
+    if store.load_state()?.serving.is_some() || !systemd.status(unit).await?.is_active() {
+        return Ok(());
+    }
+    if !Path::new(MIGRATE_SYSCTL).exists() {
+        bail!(Fault::environment(format!(
+            "takeover: this kernel has no {MIGRATE_SYSCTL} (Linux ≥ 5.14 has it): the queued connections of {unit}              would be reset. Take the host out of the load balancer, stop {unit}, then deploy; or remove takeover:"
+        )));
+    }
+    let found = find_listeners(&systemd.unit_processes(unit).await?, &cfg.listen)?;
+    tracing::info!(
+        "takeover: {unit} listens on {}; the first deployment takes that over",
+        if found.is_empty() {
+            "none of the deploy's addresses".to_string()
+        } else {
+            found
+                .iter()
+                .map(|f| f.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    Ok(())
 }
 
 impl Deployer<'_> {
@@ -388,6 +433,8 @@ impl Deployer<'_> {
             self.systemd.stop(&unit, Duration::from_secs(600)).await
         };
         held.restore_migrate();
+        // A server that exits with 143 on SIGTERM (a JVM) leaves its unit "failed": inactive it is.
+        let _ = self.systemd.reset_failed(&unit).await;
         let disabled = self.systemd.disable(&[&unit]).await;
         let message = match (&stopped, &disabled) {
             (Ok(()), Ok(())) => {

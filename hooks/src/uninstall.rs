@@ -68,9 +68,17 @@ pub async fn uninstall(service: &str, o: &Options) -> Result<Vec<String>> {
     };
     let state = store.load_state().unwrap_or_default();
     let mut done = Vec::new();
+    // Where the socket listens: the app's own unit must answer there again.
+    let addresses: Vec<std::net::SocketAddr> = units::listen_lines(
+        &std::fs::read_to_string(unit_dir.join(format!("{service}.socket"))).unwrap_or_default(),
+    )
+    .iter()
+    .filter_map(|l| l.trim_start_matches("ListenStream=").parse().ok())
+    .collect();
 
-    let mut instances = systemd.list_live(&format!("{service}@*.service")).await?;
-    instances.extend(systemd.list_live(&format!("{service}-front@*.service")).await?);
+    // Fronts first: each drains its clients while the release still answers them.
+    let mut instances = systemd.list_live(&format!("{service}-front@*.service")).await?;
+    instances.extend(systemd.list_live(&format!("{service}@*.service")).await?);
     for unit in &instances {
         if systemd.unit_file_state(unit).await? == "enabled" {
             systemd.disable(&[unit]).await?;
@@ -105,10 +113,19 @@ pub async fn uninstall(service: &str, o: &Options) -> Result<Vec<String>> {
                 "{e:#}; the port stays closed: start {unit} by hand once it is fixed (`systemctl start {unit}`)"
             ))
         })?;
-        done.push(format!(
-            "enabled and started {unit} (taken over by the first deployment): the port was closed for {:.2} s",
-            closed_at.elapsed().as_secs_f64()
-        ));
+        let listening = accepts_again(&addresses, Duration::from_secs(60)).await;
+        done.push(match listening {
+            true => format!(
+                "enabled and started {unit} (taken over by the first deployment): the port was closed for {:.2} s, \
+                 until it accepted connections",
+                closed_at.elapsed().as_secs_f64()
+            ),
+            false => format!(
+                "enabled and started {unit}, but it does not accept connections on {} after 60 s; \
+                 see `journalctl -u {unit}`",
+                addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        });
     } else if let Some(unit) = &state.taken_over {
         done.push(format!(
             "left {unit} stopped and disabled (--no-restore); nothing listens on the port"
@@ -147,6 +164,28 @@ pub async fn uninstall(service: &str, o: &Options) -> Result<Vec<String>> {
         let _ = std::fs::remove_dir_all(&run);
     }
     Ok(done)
+}
+
+/// Waits until every address accepts a connection (a wildcard is tried on loopback).
+async fn accepts_again(addresses: &[std::net::SocketAddr], within: Duration) -> bool {
+    let started = Instant::now();
+    for addr in addresses {
+        let mut target = *addr;
+        if target.ip().is_unspecified() {
+            target.set_ip(if target.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        while tokio::net::TcpStream::connect(target).await.is_err() {
+            if started.elapsed() > within {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    true
 }
 
 fn remove(path: &Path, dry_run: bool, done: &mut Vec<String>) -> Result<()> {
