@@ -386,6 +386,7 @@ impl<'a> Deployer<'a> {
             }
             tracing::info!("undid the interrupted switch to {}: {}", sw.to, undone.message);
         }
+        self.recover_takeover(hook, deployment).await;
         if let Some(serving) = state.serving.as_deref() {
             // Whether the serving release runs behind a front is decided from its release
             // folder (its port), never by parsing its deploy.yml: a config that this version

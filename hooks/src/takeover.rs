@@ -405,7 +405,9 @@ impl Deployer<'_> {
         for id in self.live_fronts().await.unwrap_or_default() {
             self.stop_front(&id).await;
         }
-        for unit in [self.cfg.holder_unit(), self.cfg.socket_unit()] {
+        // The socket before its holder: a socket with connections queued starts its Service=
+        // again as soon as that stops, and a socket whose service runs cannot start later.
+        for unit in [self.cfg.socket_unit(), self.cfg.holder_unit()] {
             if let Err(e) = self.systemd.stop(&unit, Duration::from_secs(30)).await {
                 tracing::warn!(
                     "takeover: could not stop {unit}: {e:#}; {} still serves",
@@ -416,6 +418,50 @@ impl Deployer<'_> {
         held.copies.clear();
         held.restore_migrate();
         tracing::info!("takeover undone: {} serves the port as before", held.unit);
+    }
+
+    /// A takeover that a killed hook left, found by the next step's recovery (after the
+    /// interrupted switch is undone). Before the commit, connections were already steered to
+    /// the socket, where no release serves now: the socket stops, and what queued on it moves
+    /// back to the old unit's listener, the only one left in the group (the program's index is
+    /// then out of range: the kernel picks the old socket). After the commit, the old unit was
+    /// not stopped yet: that is finished.
+    pub(crate) async fn recover_takeover(&self, hook: &str, deployment: &str) {
+        let Some(unit) = &self.cfg.takeover else {
+            return;
+        };
+        let Ok(state) = self.store.load_state() else {
+            return;
+        };
+        if state.taken_over.is_some() || !self.systemd.status(unit).await.is_ok_and(|st| st.is_active()) {
+            return;
+        }
+        if state.serving.is_some() {
+            tracing::warn!(
+                "takeover: the first release serves but {unit} was not stopped (a hook was killed); now"
+            );
+            *self.takeover.lock().unwrap() = Some(Held {
+                unit: unit.clone(),
+                copies: Vec::new(),
+                migrate_before: None,
+            });
+            self.finish_takeover(hook, deployment).await;
+        } else if self
+            .systemd
+            .status(&self.cfg.socket_unit())
+            .await
+            .is_ok_and(|st| st.is_active())
+        {
+            tracing::warn!(
+                "takeover: a first deployment was interrupted before its release served; giving the port back to {unit}"
+            );
+            *self.takeover.lock().unwrap() = Some(Held {
+                unit: unit.clone(),
+                copies: Vec::new(),
+                migrate_before: None,
+            });
+            self.abort_takeover().await;
+        }
     }
 
     /// Step 6, after the commit: stops and disables the old unit. The switch is committed,

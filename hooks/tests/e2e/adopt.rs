@@ -427,3 +427,89 @@ async fn an_express_app_with_node_modules_is_taken_over_from_its_unit_and_switch
 async fn a_java_jar_is_taken_over_from_its_unit_and_switched_under_load() {
     adopt(JAR).await;
 }
+
+/// A takeover whose ApplicationStart is killed after the release started and connections
+/// were steered to the socket, before the commit: the next deployment's ApplicationStart
+/// undoes that switch, gives the port back to the old unit, and takes it over again. Native
+/// mode, under load and WebSockets throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_takeover_killed_before_its_commit_gives_the_port_back_and_the_next_one_takes_it() {
+    let _turn = crate::examples::ONE_AT_A_TIME.lock().await;
+    let mut svc = TestService::new();
+    // The unit that serves today: the sample app binding the port itself (no SO_REUSEPORT).
+    let app = svc.sandbox.test_binary("sample-app");
+    let unit = svc.sandbox.scratch("units/shop-legacy.service");
+    std::fs::write(
+        &unit,
+        format!(
+            "[Service]\nEnvironment=RELEASE=v0\nExecStart={app} --bind 127.0.0.1:{}\n\n[Install]\nWantedBy=multi-user.target\n",
+            svc.port
+        ),
+    )
+    .unwrap();
+    svc.sandbox.install_units(&[&unit]);
+    run_ok(
+        svc.sandbox
+            .command("systemctl")
+            .args(["enable", "--now", "shop-legacy.service"]),
+    );
+    for _ in 0..100 {
+        if http_get(svc.port, "/").is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(svc.answering_release(), "v0");
+    let takeover = "takeover: shop-legacy.service\n";
+    let v1 = svc.revision("v1", &[], takeover);
+
+    let load = Load::start(svc.port, Duration::from_secs(40), 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = svc.hook("before-install", "d-1", &v1);
+    assert!(
+        out.status.success(),
+        "{}",
+        explain(&Command::new("before-install"), &out)
+    );
+    let t0 = crate::load::clock();
+    svc.hook_killed_at("after-start", "application-start", "d-1", &v1);
+    let t1 = crate::load::clock();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until a hook recovers, the started release serves the socket, as after any kill there.
+    assert_eq!(svc.answering_release(), "v1");
+    // The next deployment's ApplicationStart recovers first: the port goes back to the old
+    // unit, then this deployment takes it over again.
+    let v1 = svc.revision("v1", &[], takeover);
+    let t2 = crate::load::clock();
+    let log = svc.deploy_ok("d-2", &v1);
+    let t3 = crate::load::clock();
+    eprintln!("killed at {t0:?}..{t1:?}, recovered and taken over at {t2:?}..{t3:?}");
+    assert!(
+        log.contains("giving the port back to shop-legacy.service"),
+        "{log}"
+    );
+    assert!(
+        log.contains("took the port over from shop-legacy.service"),
+        "{log}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let report = load.finish().await;
+    eprintln!(
+        "killed takeover, given back, taken over\n{}\nprobe failures at {:?}",
+        report.summary(),
+        report.probe_failed_at
+    );
+    assert_no_failures(&report, "a takeover killed before its commit, then the next one");
+    assert_eq!(
+        sequence(&report),
+        ["v0", "v1", "v0", "v1"],
+        "{}",
+        report.summary()
+    );
+    assert_eq!(svc.answering_release(), "v1");
+    assert_eq!(
+        svc.unit_property("shop-legacy.service", "ActiveState"),
+        "inactive"
+    );
+    assert_eq!(svc.is_enabled("shop-legacy.service"), "disabled");
+}

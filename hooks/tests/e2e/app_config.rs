@@ -1,5 +1,5 @@
 //! What the app gets from its host and the step before the switch (deploy.yml `app.`
-//! environment_files, credentials, state_directory, runtime_directory, before_switch), through
+//! environment_files, credentials, state/cache/logs/runtime directories, before_switch), through
 //! real deployments under load.
 
 use std::path::Path;
@@ -16,7 +16,7 @@ fn with_host_config(revision: &Path, env_file: &Path, token: &Path, script: &str
         "  log_to_file: true\n",
         &format!(
             "  log_to_file: true\n  environment_files: [{}, -{}]\n  credentials: {{ token: {} }}\n  \
-             state_directory: shop-data\n  runtime_directory: shop-run\n  before_switch:\n    command: /bin/sh\n    \
+             state_directory: shop-data\n  cache_directory: shop-cache\n  logs_directory: shop-logs\n  runtime_directory: shop-run\n  before_switch:\n    command: /bin/sh\n    \
              args: [\"-c\", '{script}']\n    timeout: 30s\n",
             env_file.display(),
             optional.display(),
@@ -76,6 +76,8 @@ async fn host_secrets_state_and_a_step_before_the_switch_reach_the_release_and_a
         "SHARED=from-host",
         "STATE_DIRECTORY=/var/lib/shop-data",
         "RUNTIME_DIRECTORY=/run/shop-run",
+        "CACHE_DIRECTORY=/var/cache/shop-cache",
+        "LOGS_DIRECTORY=/var/log/shop-logs",
         "INSTANCE=d-2",
     ] {
         assert!(
