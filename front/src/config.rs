@@ -58,12 +58,14 @@ pub struct Config {
     )]
     pub header_read_timeout_ms: u64,
 
-    /// A keep-alive client connection idle this long between requests is closed.
+    /// A keep-alive client connection idle this long between requests is closed. Above a load
+    /// balancer's own idle timeout (the ALB's: 60 s), so the balancer, not the front, closes an
+    /// idle pooled connection: otherwise a request it sends just as the front closes fails.
     #[arg(
         long,
         value_name = "MS",
         env = "HANDOFF_FRONT_IDLE_TIMEOUT_MS",
-        default_value_t = 60_000
+        default_value_t = 75_000
     )]
     pub idle_timeout_ms: u64,
 
@@ -215,7 +217,7 @@ mod tests {
     fn defaults_and_required() {
         let c = Config::try_parse_from(["f", "--routes", "/r", "--control", "/c", "--id", "a"]).unwrap();
         assert_eq!(c.header_read_timeout_ms, 10_000);
-        assert_eq!(c.idle_timeout_ms, 60_000);
+        assert_eq!(c.idle_timeout_ms, 75_000);
         assert_eq!(c.max_header_bytes, 16_384);
         assert_eq!(c.drain_timeout_ms, 30_000);
         assert!(c.bind.is_empty());

@@ -190,6 +190,29 @@ where
     }
 }
 
+/// The service `handoff` works on when `--service` is not given: the one `deploy.yml` in the
+/// working directory names, or the only one installed on this host (a socket unit the hooks
+/// rendered in `unit_dir`). Never a silent default: otherwise the error lists what is there.
+pub fn infer_service(cwd: &Path, unit_dir: &Path) -> Result<String> {
+    if let Ok(cfg) = DeployConfig::load(&cwd.join(config::FILE_NAME)) {
+        return Ok(cfg.service);
+    }
+    let installed = crate::units::installed_services(unit_dir);
+    match installed.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => anyhow::bail!(Fault::input(format!(
+            "no service deployed by handoff on this host (no socket unit of ours in {}), and no deploy.yml here; \
+             name one with --service",
+            unit_dir.display()
+        ))),
+        many => anyhow::bail!(Fault::input(format!(
+            "{} services are deployed here: {}; name one with --service",
+            many.len(),
+            many.join(", ")
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +225,39 @@ mod tests {
         assert_eq!(find_revision(&d.join("hooks/application-start")), Some(d.clone()));
         assert_eq!(find_revision(Path::new("/nonexistent/a/b/c/d")), None);
         std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn the_service_comes_from_deploy_yml_here_or_the_only_one_installed() {
+        let base = std::env::temp_dir().join(format!("handoff-infer-{}", std::process::id()));
+        let (cwd, units) = (base.join("cwd"), base.join("units"));
+        std::fs::create_dir_all(&cwd).unwrap();
+        std::fs::create_dir_all(&units).unwrap();
+        let e = infer_service(&cwd, &units).unwrap_err().to_string();
+        assert!(
+            e.contains("no service deployed by handoff") && e.contains("--service"),
+            "{e}"
+        );
+        std::fs::write(
+            units.join("shop.socket"),
+            format!("{}\n[Socket]\n", crate::units::MARKER),
+        )
+        .unwrap();
+        std::fs::write(units.join("other.socket"), "[Socket]\n").unwrap();
+        assert_eq!(infer_service(&cwd, &units).unwrap(), "shop");
+        std::fs::write(
+            units.join("api.socket"),
+            format!("{}\n[Socket]\n", crate::units::MARKER),
+        )
+        .unwrap();
+        let e = infer_service(&cwd, &units).unwrap_err().to_string();
+        assert!(e.contains("2 services are deployed here: api, shop"), "{e}");
+        std::fs::write(
+            cwd.join("deploy.yml"),
+            "service: web\nlisten: [\"127.0.0.1:8080\"]\napp:\n  command: bin/web\n",
+        )
+        .unwrap();
+        assert_eq!(infer_service(&cwd, &units).unwrap(), "web");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

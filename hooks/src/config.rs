@@ -7,7 +7,7 @@
 //! front:                       # strategy: proxy only; every field optional
 //!   ports: "20000-20999"       # each release gets a free loopback port from here, in $PORT
 //!   header_read_timeout: 10s   # a client's request head must arrive within this
-//!   idle_timeout: 60s          # a keep-alive client connection idle this long is closed
+//!   idle_timeout: 75s          # a keep-alive client connection idle this long is closed (above the ALB's 60 s)
 //!   connect_timeout: 2s        # connecting to the release
 //!   max_connections: 16384     # client connections; more wait in the socket's queue
 //!   max_header_bytes: 16384    # larger request heads get 431
@@ -30,6 +30,8 @@
 //!   instance_header: X-Instance  # the app echoes its INSTANCE (the release id) here; "none": not confirmed
 //!   stable_for: 2s               # validate-service watches the instance this long
 //!   timeout: 2s                  # one probe's wait for its answer (raise it for a lazy first request)
+//!   host: shop.example           # the probes' Host header (default: the address probed)
+//!   expect: [200]                # the statuses that count as healthy
 //! deadlines:
 //!   start: 60s                   # READY=1 within this, or the new release is stopped
 //!   validate: 30s                # health checks retry until this
@@ -86,12 +88,15 @@ pub struct DeployConfig {
     pub takeover: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+/// The same words in deploy.yml and on the command line (`handoff init --strategy`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Start the new release beside the serving one on the same socket, verify it, then drain
     /// the old one. No stall, no failed request.
     #[default]
+    #[serde(alias = "native")]
+    #[value(alias = "native")]
     Handoff,
     /// Stop the serving release, then start the new one; the socket queues connections in
     /// between, so nothing is refused, but clients wait for the drain and the start.
@@ -146,7 +151,7 @@ pub struct App {
 }
 
 /// A relaxation of the instance unit's hardening, for a runtime that cannot work without it.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Need {
     /// A JIT compiler (V8/Node, the JVM, PyPy, .NET, Ruby's YJIT) writes machine code to
@@ -167,11 +172,13 @@ impl Need {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Ready {
+    /// The app sends READY=1 once it serves (`Type=notify`).
     #[default]
     Notify,
+    /// It cannot: it is ready once it answers its health check (`Type=exec`).
     Probe,
 }
 
@@ -211,6 +218,11 @@ pub struct Health {
     /// cache) needs more.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// The Host header of every probe (an app that checks it: Django's ALLOWED_HOSTS, Rails'
+    /// host authorization). Default: the address probed, `127.0.0.1:8080`.
+    pub host: Option<String>,
+    /// The statuses that count as healthy.
+    pub expect: Vec<u16>,
 }
 
 impl Default for Health {
@@ -220,6 +232,8 @@ impl Default for Health {
             instance_header: None,
             stable_for: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
+            host: None,
+            expect: vec![200],
         }
     }
 }
@@ -292,7 +306,9 @@ impl Default for Front {
         Self {
             ports: "20000-20999".into(),
             header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
+            // Above the ALB's 60 s idle timeout: the balancer closes its idle pooled
+            // connections first, never the front under a request on its way (AWS's advice).
+            idle_timeout: Duration::from_secs(75),
             connect_timeout: Duration::from_secs(2),
             max_connections: 16384,
             max_header_bytes: 16384,
@@ -321,23 +337,9 @@ impl Front {
     }
 }
 
-/// "500ms", "2s", "1m", or a bare number of seconds.
+/// A systemd time span ([`crate::span`]): "500ms", "90s", "1min 30s", "1h", or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .with_context(|| format!("'{text}' is not a duration; write e.g. 500ms, 30s or 2m"))?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" | "min" => value * 60.0,
-        other => bail!("'{text}': unknown unit '{other}'; use ms, s or m"),
-    };
-    Ok(Duration::from_secs_f64(secs))
+    crate::span::parse(text)
 }
 
 pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
@@ -486,6 +488,22 @@ impl DeployConfig {
                     d.as_secs_f64()
                 );
             }
+        }
+        if let Some(h) = &self.health.host
+            && (h.is_empty()
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c)))
+        {
+            bail!(
+                "health.host: '{h}' is not a host name, e.g. host: shop.example (the Host header of every probe)"
+            );
+        }
+        if self.health.expect.is_empty() || self.health.expect.iter().any(|s| !(100..=599).contains(s)) {
+            bail!(
+                "health.expect: {:?} must list HTTP statuses from 100 to 599, e.g. expect: [200, 204]",
+                self.health.expect
+            );
         }
         let t = self.health.timeout;
         if t < Duration::from_millis(100) || t > Duration::from_secs(60) {
@@ -680,12 +698,61 @@ mod tests {
     }
 
     #[test]
+    fn the_command_lines_words_are_deploy_ymls() {
+        use clap::ValueEnum;
+        for s in [Strategy::Handoff, Strategy::Restart, Strategy::Proxy] {
+            let word = s.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(word, s.name());
+            let c = DeployConfig::parse(&format!("{GOOD}strategy: {word}\n")).unwrap();
+            assert_eq!(c.strategy, s);
+        }
+        assert_eq!(Strategy::from_str("native", false).unwrap(), Strategy::Handoff);
+        assert_eq!(
+            DeployConfig::parse(&format!("{GOOD}strategy: native\n"))
+                .unwrap()
+                .strategy,
+            Strategy::Handoff
+        );
+        for n in [Need::Jit, Need::Setuid] {
+            assert_eq!(n.to_possible_value().unwrap().get_name(), n.name());
+        }
+        assert_eq!(Ready::Probe.to_possible_value().unwrap().get_name(), "probe");
+        assert_eq!(
+            DeployConfig::parse(&format!("{GOOD}  ready: probe\n"))
+                .unwrap()
+                .app
+                .ready,
+            Ready::Probe
+        );
+    }
+
+    #[test]
+    fn health_host_and_expected_statuses() {
+        let c = DeployConfig::parse(&format!(
+            "{GOOD}health:\n  host: shop.example\n  expect: [200, 204]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.health.host.as_deref(), Some("shop.example"));
+        assert_eq!(c.health.expect, [200, 204]);
+        assert_eq!(DeployConfig::parse(GOOD).unwrap().health.expect, [200]);
+        assert!(
+            err(&format!("{GOOD}health:\n  host: 'a b'\n")).contains("health.host: 'a b' is not a host name")
+        );
+        assert!(err(&format!("{GOOD}health:\n  expect: []\n")).contains("health.expect"));
+        assert!(err(&format!("{GOOD}health:\n  expect: [700]\n")).contains("from 100 to 599"));
+    }
+
+    #[test]
     fn durations_parse_in_every_form() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("2h").is_err());
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1min 30s").unwrap(), Duration::from_secs(90));
+        // The range check's own suggestion parses: deadlines up to 1h.
+        let c = DeployConfig::parse(&format!("{GOOD}deadlines:\n  validate: 1h\n  start: 2min\n")).unwrap();
+        assert_eq!(c.deadlines.validate, Duration::from_secs(3600));
         let c = DeployConfig::parse(&format!(
             "{GOOD}drain:\n  budget: 1500ms\ndeadlines:\n  start: 5\n"
         ))

@@ -37,6 +37,10 @@ pub struct Probe {
     /// Probes through a socket that old and new instances share (native mode): an unanswered
     /// probe may have been accepted by either, so it is no proof against the new release.
     shared_socket: bool,
+    /// `health.host`: the Host header, instead of the address probed.
+    host: Option<String>,
+    /// `health.expect`: the statuses that count as healthy.
+    expect: Vec<u16>,
 }
 
 /// A verdict whose evidence cannot be pinned on the new release: probes through a shared socket
@@ -104,6 +108,8 @@ impl Probe {
                 cfg.app.ready
             },
             shared_socket: !proxy,
+            host: cfg.health.host.clone(),
+            expect: cfg.health.expect.clone(),
         })
     }
 
@@ -128,6 +134,8 @@ impl Probe {
             ask_front: false,
             ready: crate::config::Ready::Probe,
             shared_socket: false,
+            host: cfg.health.host.clone(),
+            expect: cfg.health.expect.clone(),
         })
     }
 
@@ -145,6 +153,9 @@ impl Probe {
         let mut req = self.client.get(&url);
         if self.ask_front {
             req = req.header(FRONT_PROBE_HEADER, "1");
+        }
+        if let Some(host) = &self.host {
+            req = req.header(reqwest::header::HOST, host.as_str());
         }
         let resp = req.send().await?;
         let instance = self
@@ -197,8 +208,8 @@ impl Probe {
                                 other_instances.push(who);
                             }
                         }
-                        Ok(r) if r.status == 200 => healthy = true,
-                        Ok(r) => last_own = Some(format!("HTTP {}", r.status)),
+                        Ok(r) if self.expect.contains(&r.status) => healthy = true,
+                        Ok(r) => last_own = Some(self.unexpected(r.status, *addr)),
                         // Connected and no answer. A connection that did not even complete
                         // (a full accept queue drops the SYN) says nothing about the release.
                         Err(e) if e.is_timeout() && !e.is_connect() => {
@@ -282,6 +293,22 @@ impl Probe {
             }
         }
         Ok(())
+    }
+
+    /// An answer outside `health.expect`, with the setting that fixes the usual causes.
+    fn unexpected(&self, status: u16, addr: SocketAddr) -> String {
+        let host = self.host.clone().unwrap_or_else(|| addr.to_string());
+        match status {
+            400 | 421 if self.host.is_none() => format!(
+                "HTTP {status} to Host {host} (set health.host to a name the app accepts, e.g. its ALLOWED_HOSTS)"
+            ),
+            301 | 302 | 307 | 308 => format!(
+                "HTTP {status} (a redirect: to HTTPS? health.path must answer plain HTTP from the host, or list \
+                 {status} in health.expect)"
+            ),
+            _ if self.expect != [200] => format!("HTTP {status} (health.expect: {:?})", self.expect),
+            _ => format!("HTTP {status}"),
+        }
     }
 
     fn is_from(&self, release: &str, reply: &Reply) -> bool {

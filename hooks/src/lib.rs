@@ -41,6 +41,7 @@ pub mod project;
 pub mod proxy;
 pub mod rehearsal;
 pub mod release;
+pub mod span;
 pub mod systemd;
 pub mod takeover;
 pub mod timeouts;

@@ -59,6 +59,32 @@ fn yaml_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
+/// `handoff init` without `--service`: the project folder's name, as a unit name.
+pub fn service_for(dir: &Path) -> Result<String> {
+    let abs = std::path::absolute(dir)?;
+    let name: String = abs
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = name.trim_matches('-').to_string();
+    if !config::is_safe_name(&name, false) {
+        bail!(Fault::input(format!(
+            "cannot name the service after the folder {}; pass --service NAME (letters, digits, '-', '_')",
+            abs.display()
+        )));
+    }
+    Ok(name)
+}
+
 /// The deploy.yml `handoff init` writes, with a comment on each choice.
 pub fn deploy_yml(o: &InitOptions) -> String {
     let mut y = format!(

@@ -38,6 +38,23 @@ pub fn templates(cfg: &DeployConfig) -> Vec<(&'static str, String)> {
     t
 }
 
+/// Services the hooks deployed on this host: the socket units in `dir` that they rendered.
+pub fn installed_services(dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let service = name.strip_suffix(".socket")?.to_string();
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            text.starts_with(MARKER).then_some(service)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// A unit file ready to install.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {

@@ -11,9 +11,10 @@ use handoff::config::{Need, Ready, Strategy};
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The service (deploy.yml `service:`); its releases live in /opt/<service>.
-    #[arg(long, short, env = "HANDOFF_SERVICE", global = true, default_value = "sample")]
-    service: String,
+    /// The service (deploy.yml `service:`); its releases live in /opt/<service>. Default: the
+    /// one deploy.yml here names, or the only one deployed on this host.
+    #[arg(long, short, env = "HANDOFF_SERVICE", global = true)]
+    service: Option<String>,
     /// More output.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -71,13 +72,13 @@ enum Command {
         listen: String,
         /// handoff: the app serves the inherited socket (native); proxy: any app listening on
         /// 127.0.0.1:$PORT, behind our front; restart: stop, then start.
-        #[arg(long, default_value = "handoff", value_parser = parse_strategy)]
+        #[arg(long, value_enum, default_value_t = Strategy::Handoff)]
         strategy: Strategy,
         /// notify: the app sends READY=1; probe: it cannot, it is ready once it answers.
-        #[arg(long, default_value = "notify", value_parser = parse_ready)]
+        #[arg(long, value_enum, default_value_t = Ready::Notify)]
         ready: Ready,
         /// Hardening the runtime needs: jit (Node, JVM, PyPy), setuid (gunicorn). Comma-separated.
-        #[arg(long, value_delimiter = ',', value_parser = parse_need)]
+        #[arg(long, value_enum, value_delimiter = ',')]
         needs: Vec<Need>,
         /// The header in which the app names its instance (native mode), or "none".
         #[arg(long)]
@@ -88,6 +89,11 @@ enum Command {
         /// The project folder.
         #[arg(default_value = ".")]
         dir: PathBuf,
+    },
+    /// Print a shell completion script: handoff completions bash > /etc/bash_completion.d/handoff
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Pack an app folder (with deploy.yml) and the hook executables into a revision zip.
     Bundle {
@@ -103,37 +109,20 @@ enum Command {
     },
 }
 
-fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    match s {
-        "handoff" | "native" => Ok(Strategy::Handoff),
-        "proxy" => Ok(Strategy::Proxy),
-        "restart" => Ok(Strategy::Restart),
-        _ => Err("use handoff, proxy or restart".into()),
-    }
-}
-
-fn parse_ready(s: &str) -> Result<Ready, String> {
-    match s {
-        "notify" => Ok(Ready::Notify),
-        "probe" => Ok(Ready::Probe),
-        _ => Err("use notify or probe".into()),
-    }
-}
-
-fn parse_need(s: &str) -> Result<Need, String> {
-    match s {
-        "jit" => Ok(Need::Jit),
-        "setuid" => Ok(Need::Setuid),
-        _ => Err("use jit or setuid".into()),
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     handoff::cli::run("handoff", args.verbose, async move {
+        let given = args.service.clone();
+        let service = move || match &given {
+            Some(s) => Ok(s.clone()),
+            None => handoff::cli::infer_service(
+                &std::env::current_dir()?,
+                std::path::Path::new(handoff::units::UNIT_DIR),
+            ),
+        };
         match args.command {
             Command::Status => {
-                print!("{}", handoff::lifecycle::status(&args.service).await?);
+                print!("{}", handoff::lifecycle::status(&service()?).await?);
                 Ok(())
             }
             Command::Rollback {
@@ -141,7 +130,12 @@ fn main() -> std::process::ExitCode {
                 dry_run,
                 force,
                 lock_wait,
-            } => handoff::lifecycle::manual_rollback(&args.service, to, dry_run, force, lock_wait).await,
+            } => handoff::lifecycle::manual_rollback(&service()?, to, dry_run, force, lock_wait).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(shell, &mut Args::command(), "handoff", &mut std::io::stdout());
+                Ok(())
+            }
             Command::Uninstall {
                 keep_releases,
                 no_restore,
@@ -154,7 +148,7 @@ fn main() -> std::process::ExitCode {
                     dry_run,
                     lock_wait,
                 };
-                for line in handoff::uninstall::uninstall(&args.service, &options).await? {
+                for line in handoff::uninstall::uninstall(&service()?, &options).await? {
                     println!("{line}");
                 }
                 Ok(())
@@ -171,7 +165,10 @@ fn main() -> std::process::ExitCode {
                 dir,
             } => {
                 let options = handoff::project::InitOptions {
-                    service: args.service.clone(),
+                    service: match &args.service {
+                        Some(s) => s.clone(),
+                        None => handoff::project::service_for(&dir)?,
+                    },
                     command,
                     args: app_args,
                     listen,

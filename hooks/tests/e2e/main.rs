@@ -9,6 +9,7 @@ mod fleet;
 mod hooks;
 mod integrity;
 mod load;
+mod operator;
 mod proxy;
 mod readiness;
 mod recovery;
