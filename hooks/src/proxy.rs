@@ -236,28 +236,22 @@ fn can_bind(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Addresses listening on `port` in this network namespace.
+/// Addresses listening on `port` in this network namespace (`/proc/net/tcp{,6}`).
 pub fn listeners_on(port: u16) -> Vec<SocketAddr> {
-    listening_sockets()
-        .into_values()
-        .filter(|a| a.port() == port)
-        .collect()
-}
-
-/// Listening TCP sockets of this network namespace (`/proc/net/tcp{,6}`): inode → address.
-pub(crate) fn listening_sockets() -> std::collections::HashMap<u64, SocketAddr> {
-    let mut found = std::collections::HashMap::new();
+    let mut found = Vec::new();
     for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
         };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() < 10 || cols[3] != "0A" {
+            if cols.len() < 4 || cols[3] != "0A" {
                 continue;
             }
-            if let (Some(addr), Ok(inode)) = (parse_proc_addr(cols[1], v6), cols[9].parse()) {
-                found.insert(inode, addr);
+            if let Some(addr) = parse_proc_addr(cols[1], v6)
+                && addr.port() == port
+            {
+                found.push(addr);
             }
         }
     }
@@ -265,7 +259,7 @@ pub(crate) fn listening_sockets() -> std::collections::HashMap<u64, SocketAddr> 
 }
 
 /// `0100007F:1F90` (IPv4, little-endian words) or the 32-digit IPv6 form.
-fn parse_proc_addr(text: &str, v6: bool) -> Option<SocketAddr> {
+pub(crate) fn parse_proc_addr(text: &str, v6: bool) -> Option<SocketAddr> {
     let (ip, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     if !v6 {

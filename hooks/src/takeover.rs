@@ -29,6 +29,7 @@
 //! unit: what queued on it moves back to the old server, which never stopped serving.
 //! Later deployments ignore the field (the state records a serving release).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -61,16 +62,6 @@ pub struct Held {
 }
 
 impl Held {
-    /// A takeover a killed hook left: its copies closed with it, and the sysctl's earlier value
-    /// is unknown (it stays 1).
-    fn left_by_a_killed_hook(unit: &str) -> Self {
-        Self {
-            unit: unit.to_string(),
-            copies: Vec::new(),
-            migrate_before: None,
-        }
-    }
-
     fn steer(&self, to_socket: bool) -> Result<()> {
         for c in &self.copies {
             steer(&c.fd, if to_socket { c.socket_index } else { 0 })
@@ -142,6 +133,26 @@ fn copy_fd(pid: u32, fd: i32) -> std::io::Result<OwnedFd> {
     }
 }
 
+/// Listening TCP sockets of this network namespace: inode → address.
+fn listening_inodes() -> HashMap<u64, SocketAddr> {
+    let mut found = HashMap::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || cols[3] != "0A" {
+                continue;
+            }
+            if let (Some(addr), Ok(inode)) = (crate::proxy::parse_proc_addr(cols[1], v6), cols[9].parse()) {
+                found.insert(inode, addr);
+            }
+        }
+    }
+    found
+}
+
 /// Socket file descriptors of `pid`: (fd, inode).
 fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -175,7 +186,7 @@ pub struct Found {
 /// the `listen:` that would.
 pub fn find_listeners(pids: &[u32], listen: &[String]) -> Result<Vec<Found>> {
     let wanted: Vec<SocketAddr> = listen.iter().filter_map(|a| a.parse().ok()).collect();
-    let listening = crate::proxy::listening_sockets();
+    let listening = listening_inodes();
     let mut seen = Vec::new();
     let mut found = Vec::new();
     for &pid in pids {
@@ -429,7 +440,11 @@ impl Deployer<'_> {
             tracing::warn!(
                 "takeover: the first release serves but {unit} was not stopped (a hook was killed); now"
             );
-            *self.takeover.lock().unwrap() = Some(Held::left_by_a_killed_hook(unit));
+            *self.takeover.lock().unwrap() = Some(Held {
+                unit: unit.clone(),
+                copies: Vec::new(),
+                migrate_before: None,
+            });
             self.finish_takeover(hook, deployment).await;
         } else if self
             .systemd
@@ -440,7 +455,11 @@ impl Deployer<'_> {
             tracing::warn!(
                 "takeover: a first deployment was interrupted before its release served; giving the port back to {unit}"
             );
-            *self.takeover.lock().unwrap() = Some(Held::left_by_a_killed_hook(unit));
+            *self.takeover.lock().unwrap() = Some(Held {
+                unit: unit.clone(),
+                copies: Vec::new(),
+                migrate_before: None,
+            });
             self.abort_takeover().await;
         }
     }
