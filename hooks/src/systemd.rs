@@ -172,20 +172,6 @@ pub struct Systemd {
     dry_run: bool,
 }
 
-/// The result of `job` ("done", "failed", …) from its JobRemoved signal on `removed`, which was
-/// subscribed to before the job was queued.
-async fn job_result(removed: &mut JobRemovedStream, job: &OwnedObjectPath, unit: &str) -> Result<String> {
-    while let Some(signal) = removed.next().await {
-        let args = signal.args()?;
-        if args.job.as_str() == job.as_str() {
-            return Ok(args.result.to_string());
-        }
-    }
-    Err(anyhow!(
-        "the system bus connection closed while waiting for {unit}"
-    ))
-}
-
 /// The next step an operator can take for a unit that misbehaves.
 pub fn journal_hint(unit: &str) -> String {
     format!("see `journalctl -u {unit} -n 50` and `systemctl status {unit}`")
@@ -436,7 +422,17 @@ impl Systemd {
         }
         .map_err(|e| denied_or(e, &format!("{method} {unit}")))?;
 
-        let wait_for_removal = job_result(&mut removed, &job, unit);
+        let wait_for_removal = async {
+            while let Some(signal) = removed.next().await {
+                let args = signal.args()?;
+                if args.job.as_str() == job.as_str() {
+                    return Ok::<String, anyhow::Error>(args.result.to_string());
+                }
+            }
+            Err(anyhow!(
+                "the system bus connection closed while waiting for {unit}"
+            ))
+        };
         let watch = async {
             if !watch_crash {
                 return std::future::pending::<Result<UnitStatus>>().await;
@@ -531,7 +527,17 @@ impl Systemd {
                 }
                 _ => denied_or(e, &format!("start the transient unit {unit}")),
             })?;
-        let wait_for_removal = job_result(&mut removed, &job, unit);
+        let wait_for_removal = async {
+            while let Some(signal) = removed.next().await {
+                let args = signal.args()?;
+                if args.job.as_str() == job.as_str() {
+                    return Ok::<String, anyhow::Error>(args.result.to_string());
+                }
+            }
+            Err(anyhow!(
+                "the system bus connection closed while waiting for {unit}"
+            ))
+        };
         let outcome = tokio::select! {
             r = wait_for_removal => Some(r?),
             _ = tokio::time::sleep(deadline) => None,
