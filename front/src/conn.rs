@@ -250,7 +250,15 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit:
     ));
     let svc = {
         let (shared, info) = (shared.clone(), info.clone());
-        service_fn(move |req| proxy::handle(req, shared.clone(), info.clone()))
+        service_fn(move |req| {
+            let busy = shared.busy.enter();
+            let handled = proxy::handle(req, shared.clone(), info.clone());
+            async move {
+                let resp = handled.await;
+                drop(busy);
+                resp
+            }
+        })
     };
     let conn = http1::Builder::new()
         // Flattened writes (head and small bodies copied into one buffer, one

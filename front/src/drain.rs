@@ -20,7 +20,11 @@
 //!    connection is held until `--idle-hold-ms` after SIGTERM, so that it ends
 //!    with its client's next request (answered with `Connection: close`) or the
 //!    client's close instead of a close that races with a load balancer's next
-//!    request on it.
+//!    request on it. The hooks set the hold to deploy.yml `drain.idle_hold`
+//!    (the balancer's idle timeout); it may outlast the drain timeout, which
+//!    bounds busy work only. Once only idle connections are left, `STATUS=`
+//!    says `idle hold: …` (sample-app's [`IDLE_HOLD_STATUS`]): the hooks stop
+//!    waiting for the stop, and systemd finishes it.
 //! 6. **WebSockets**: 1012 to the client, 1001 to the upstream, up to
 //!    `--ws-close-timeout-ms` for the handshakes.
 //! 7. **Exit** once nothing is open: [`Outcome::Drained`] (exit 0); at
@@ -32,6 +36,8 @@
 //! drain; its file is never removed (the successor has bound its own there).
 //!
 //! Exit codes are decided in [`exit_code`] alone.
+//!
+//! [`IDLE_HOLD_STATUS`]: sample_app::IDLE_HOLD_STATUS
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,7 +46,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sample_app::Open;
-use sample_app::state::Phase;
+use sample_app::state::{Phase, idle_hold_status};
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
@@ -194,6 +200,8 @@ pub async fn run_on(
     // (1) Stop accepting.
     let t0 = Instant::now();
     let deadline = t0 + config.drain_timeout();
+    // Busy work ends by the drain deadline; idle connections may be held past it.
+    let final_deadline = deadline.max(t0 + config.idle_hold() + Duration::from_secs(1));
     let open_at_shutdown = shared.open();
     shared.set_phase(Phase::LameDuck);
     while accept_loops.join_next().await.is_some() {}
@@ -226,22 +234,35 @@ pub async fn run_on(
         t0,
         config.first_request_grace(),
         config.idle_hold(),
-        deadline,
+        final_deadline,
     ));
     // (7)
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported = open_at_shutdown;
+    let mut reported = String::new();
+    let busy = |o: Open| o.ws > 0 || shared.busy.get() > 0;
+    let mut past_deadline = false;
     let timed_out = loop {
         tokio::select! {
             _ = open_rx.wait_for(|o| o.total() == 0) => break false,
-            () = sleep_until(deadline) => break true,
+            () = sleep_until(deadline), if !past_deadline => {
+                past_deadline = true;
+                if busy(shared.open()) {
+                    break true;
+                }
+            }
+            () = sleep_until(final_deadline) => break true,
             _ = tick.tick() => {
                 let now = shared.open();
-                if now != reported {
-                    reported = now;
-                    notifier.send(&[NotifyState::Status(&draining(now))]);
-                    debug!(connections = now.http, websockets = now.ws, "draining");
+                let status = if busy(now) {
+                    draining(now)
+                } else {
+                    idle_hold_status(now.http, config.idle_hold())
+                };
+                if status != reported {
+                    notifier.send(&[NotifyState::Status(&status)]);
+                    debug!(connections = now.http, websockets = now.ws, "{status}");
+                    reported = status;
                 }
             }
         }

@@ -46,6 +46,8 @@ pub struct Shared {
     pub ws_pacing: sample_app::state::WsPacing,
     /// `--connect-timeout-ms`.
     pub connect_timeout: Duration,
+    /// Requests being handled (the drain announces its idle hold when none is).
+    pub busy: sample_app::state::BusyCounter,
 }
 
 impl Shared {
@@ -72,6 +74,7 @@ impl Shared {
             ws_close_rate: config.ws_close_rate,
             ws_pacing: Default::default(),
             connect_timeout: config.connect_timeout(),
+            busy: Default::default(),
         })
     }
 

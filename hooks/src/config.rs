@@ -37,6 +37,7 @@
 //!   validate: 30s                # health checks retry until this
 //! drain:
 //!   budget: 30s                  # the unit's TimeoutStopSec=; keep above the app's own deadline
+//!   idle_hold: 60s               # idle keep-alive connections kept for the balancer (its idle timeout)
 //! releases:
 //!   keep: 3
 //! takeover: myapp.service      # the unit that serves the port today: the first deployment takes
@@ -261,13 +262,29 @@ impl Default for Deadlines {
 pub struct Drain {
     #[serde(deserialize_with = "duration")]
     pub budget: Duration,
+    /// How long a draining instance (native) or front keeps an idle keep-alive connection
+    /// for the load balancer that pooled it: until the balancer sends on it (answered with
+    /// `Connection: close`) or closes it. The balancer's idle timeout (the ALB's default:
+    /// 60 s). The hooks do not wait for it: the process says when only idle connections
+    /// are left, and systemd finishes the stop.
+    #[serde(deserialize_with = "duration")]
+    pub idle_hold: Duration,
 }
 
 impl Default for Drain {
     fn default() -> Self {
         Self {
             budget: Duration::from_secs(30),
+            idle_hold: Duration::from_secs(60),
         }
+    }
+}
+
+impl Drain {
+    /// The units' `TimeoutStopSec=`: the drain budget, and at least 5 s past the idle hold
+    /// (which may outlast the budget: it holds idle connections only).
+    pub fn stop_timeout(&self) -> Duration {
+        self.budget.max(self.idle_hold + Duration::from_secs(5))
     }
 }
 
@@ -488,6 +505,13 @@ impl DeployConfig {
                     d.as_secs_f64()
                 );
             }
+        }
+        if self.drain.idle_hold > Duration::from_secs(3600) {
+            bail!(
+                "drain.idle_hold: {} s is out of range; use the load balancer's idle timeout (the ALB's: 60s), \
+                 at most 1h, or 0s when nothing pools connections to the port",
+                self.drain.idle_hold.as_secs_f64()
+            );
         }
         if let Some(h) = &self.health.host
             && (h.is_empty()

@@ -53,7 +53,7 @@ use crate::config::{self, DeployConfig, Strategy};
 use crate::fault::{self, Fault};
 use crate::health::Probe;
 use crate::release::{ReleaseStore, State, Switching};
-use crate::systemd::Systemd;
+use crate::systemd::{Stopped, Systemd};
 use crate::timing::{self, Wait};
 use crate::units;
 
@@ -725,6 +725,7 @@ impl<'a> Deployer<'a> {
             }
         }
 
+        self.finish_idle_hold(&unit).await?;
         self.systemd.reset_failed(&unit).await?;
         self.mark_starting(units::GuardKey::Serving, release)?;
         tracing::info!(
@@ -825,9 +826,22 @@ impl<'a> Deployer<'a> {
             if self.cfg.strategy != Strategy::Restart {
                 let _drain = timing::waiting(Wait::App);
                 tracing::info!("stopping {other_unit}: it drains while {release} serves");
-                if let Err(e) = self.systemd.stop(&other_unit, self.stop_deadline()).await {
+                match self
+                    .systemd
+                    .stop_draining(&other_unit, self.stop_deadline())
+                    .await
+                {
+                    Ok(Stopped::Exited) => {}
+                    // Idle keep-alive connections only, held for the balancer: systemd ends
+                    // the stop after the hook (drain.idle_hold).
+                    Ok(Stopped::HoldingIdle(status)) => {
+                        tracing::info!(
+                            "{other_unit} has nothing in flight ({status}); systemd ends it after the hold"
+                        );
+                        continue;
+                    }
                     // The new release serves; a slow drain does not undo the switch.
-                    tracing::warn!("{e:#}");
+                    Err(e) => tracing::warn!("{e:#}"),
                 }
             }
             if let Err(e) = self.systemd.reset_failed(&other_unit).await {
@@ -980,6 +994,18 @@ impl<'a> Deployer<'a> {
     /// drains), and leaves it inactive rather than failed. Failures are logged; says whether
     /// the unit ended up inactive and not enabled.
     pub(crate) async fn stop_and_disable(&self, unit: &str, why: &str) -> bool {
+        self.disable_and_stop(unit, why, false).await
+    }
+
+    /// [`Deployer::stop_and_disable`] for a process that no longer serves (a retired release
+    /// or front): the wait ends once its `STATUS=` says that only idle keep-alive
+    /// connections are left, held for the balancer (`drain.idle_hold`); systemd finishes the
+    /// stop after the hook.
+    pub(crate) async fn retire_unit(&self, unit: &str, why: &str) -> bool {
+        self.disable_and_stop(unit, why, true).await
+    }
+
+    async fn disable_and_stop(&self, unit: &str, why: &str, idle_hold: bool) -> bool {
         let mut done = true;
         if self
             .systemd
@@ -994,13 +1020,46 @@ impl<'a> Deployer<'a> {
         if !matches!(self.systemd.status(unit).await, Ok(st) if st.active_state == "inactive") {
             tracing::info!("stopping {unit}{why}");
             let _drain = timing::waiting(Wait::App);
-            if let Err(e) = self.systemd.stop(unit, self.stop_deadline()).await {
-                tracing::warn!("could not stop {unit}: {e:#}");
-                done = false;
+            let stopped = if idle_hold {
+                self.systemd.stop_draining(unit, self.stop_deadline()).await
+            } else {
+                self.systemd
+                    .stop(unit, self.stop_deadline())
+                    .await
+                    .map(|()| Stopped::Exited)
+            };
+            match stopped {
+                Ok(Stopped::Exited) => {}
+                Ok(Stopped::HoldingIdle(status)) => {
+                    tracing::info!("{unit} has nothing in flight ({status}); systemd ends it after the hold");
+                    return done;
+                }
+                Err(e) => {
+                    tracing::warn!("could not stop {unit}: {e:#}");
+                    done = false;
+                }
             }
         }
         let _ = self.systemd.reset_failed(unit).await;
         done || self.systemd.dry_run()
+    }
+
+    /// Waits for what a previous deployment left: `unit` retired then, and still holds
+    /// idle keep-alive connections for the balancer (`drain.idle_hold`). A unit is started
+    /// again only once that stop has finished.
+    pub(crate) async fn finish_idle_hold(&self, unit: &str) -> Result<()> {
+        let st = self.systemd.status(unit).await?;
+        if st.active_state != "deactivating" {
+            return Ok(());
+        }
+        tracing::info!(
+            "{unit} is still draining from an earlier switch ({}); waiting for it before starting it again",
+            st.status_text
+        );
+        let _drain = timing::waiting(Wait::App);
+        self.systemd
+            .stop(unit, self.cfg.drain.stop_timeout() + Duration::from_secs(10))
+            .await
     }
 
     /// Lets `id`'s boot guard pass before the state records it ([`units::mark_starting`]).

@@ -104,13 +104,15 @@ pub fn front_env(cfg: &DeployConfig) -> String {
          HANDOFF_FRONT_CONNECT_TIMEOUT_MS={}\n\
          HANDOFF_FRONT_MAX_CONNECTIONS={}\n\
          HANDOFF_FRONT_MAX_HEADER_BYTES={}\n\
-         HANDOFF_FRONT_DRAIN_TIMEOUT_MS={}\n",
+         HANDOFF_FRONT_DRAIN_TIMEOUT_MS={}\n\
+         HANDOFF_FRONT_IDLE_HOLD_MS={}\n",
         f.header_read_timeout.as_millis(),
         f.idle_timeout.as_millis(),
         f.connect_timeout.as_millis(),
         f.max_connections,
         f.max_header_bytes,
-        drain.as_millis()
+        drain.as_millis(),
+        cfg.drain.idle_hold.as_millis()
     )
 }
 
@@ -525,6 +527,7 @@ impl Deployer<'_> {
     async fn replace_front(&self, build: &FrontBuild, old: &[String]) -> Result<()> {
         install_front(self.cfg, build)?;
         let unit = self.cfg.front_unit(&build.id);
+        self.finish_idle_hold(&unit).await?;
         self.systemd.reset_failed(&unit).await?;
         self.mark_starting(crate::units::GuardKey::Front, &build.id)?;
         tracing::info!(
@@ -665,7 +668,8 @@ impl Deployer<'_> {
         let keep = keep.or_else(|| (proxied && live.len() == 1).then(|| live[0].clone()));
         let mut ok = true;
         for id in live.iter().filter(|id| Some(*id) != keep.as_ref()) {
-            ok &= self.stop_front(id).await;
+            crate::units::unmark_starting(self.cfg, crate::units::GuardKey::Front, id);
+            ok &= self.retire_unit(&self.cfg.front_unit(id), ": it drains").await;
         }
         ok
     }

@@ -521,12 +521,21 @@ fn copy_error(src: &Path, dst: &Path, e: std::io::Error) -> anyhow::Error {
     }
 }
 
+/// The variable that gives a native release deploy.yml `drain.idle_hold`, in milliseconds.
+pub const IDLE_HOLD_ENV: &str = "HANDOFF_IDLE_HOLD_MS";
+
 /// The app's environment as a systemd EnvironmentFile (one KEY=value a line, values quoted).
 fn write_env_file(path: &Path, cfg: &DeployConfig) -> Result<()> {
     let mut text = String::from("# written by the deploy hooks from deploy.yml app.environment\n");
     for (k, v) in &cfg.app.environment {
         let escaped = v.replace('\\', "\\\\").replace('"', "\\\"");
         text.push_str(&format!("{k}=\"{escaped}\"\n"));
+    }
+    // drain.idle_hold, for an app that holds idle keep-alive connections for the balancer
+    // (sample-app/README.md, "The idle hold"). Behind our front the front is that balancer,
+    // and it stops sending to a retired release by itself: no hold there.
+    if !cfg.is_proxy() && !cfg.app.environment.contains_key(IDLE_HOLD_ENV) {
+        text.push_str(&format!("{IDLE_HOLD_ENV}={}\n", cfg.drain.idle_hold.as_millis()));
     }
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -574,6 +583,8 @@ mod tests {
         assert_eq!(mode, 0o755, "group/other write bits are dropped");
         let env = std::fs::read_to_string(store.dir("d-1").join("app.env")).unwrap();
         assert!(env.contains("GREETING=\"say \\\"hi\\\"\""), "{env}");
+        // A native release learns drain.idle_hold (default: the ALB's 60 s idle timeout).
+        assert!(env.contains("\nHANDOFF_IDLE_HOLD_MS=60000\n"), "{env}");
         assert_eq!(store.list().unwrap(), vec!["d-1"]);
         let meta = store.meta("d-1").unwrap();
         assert_eq!(
@@ -581,6 +592,29 @@ mod tests {
             (HOOKS_VERSION, "d-1")
         );
         std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn the_idle_hold_reaches_native_releases_only() {
+        let dir = temp("idle-hold");
+        std::fs::create_dir_all(&dir).unwrap();
+        let parse = |extra: &str| {
+            DeployConfig::parse(&format!(
+                "service: t\nlisten: [\"127.0.0.1:1\"]\napp:\n  command: bin/app\n{extra}"
+            ))
+            .unwrap()
+        };
+        let native = parse("drain:\n  budget: 10s\n  idle_hold: 1min 30s\n");
+        assert_eq!(native.drain.stop_timeout(), std::time::Duration::from_secs(95));
+        write_env_file(&dir.join("native.env"), &native).unwrap();
+        let env = std::fs::read_to_string(dir.join("native.env")).unwrap();
+        assert!(env.ends_with("HANDOFF_IDLE_HOLD_MS=90000\n"), "{env}");
+        // Behind our front, the front stops sending to a retired release by itself.
+        let proxied = parse("strategy: proxy\n");
+        write_env_file(&dir.join("proxied.env"), &proxied).unwrap();
+        let env = std::fs::read_to_string(dir.join("proxied.env")).unwrap();
+        assert!(!env.contains(IDLE_HOLD_ENV), "{env}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

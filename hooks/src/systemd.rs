@@ -236,12 +236,24 @@ impl Systemd {
     /// Starts a unit and waits (up to `deadline`) for its start job: for a `Type=notify`
     /// service, until it sent READY=1.
     pub async fn start(&self, unit: &str, deadline: Duration) -> Result<()> {
-        self.run_job("StartUnit", unit, deadline, true).await
+        self.run_job("StartUnit", unit, deadline, Watch::Crash)
+            .await
+            .map(drop)
     }
 
     /// Stops a unit and waits for its stop job: for a service, until it has drained and exited.
     pub async fn stop(&self, unit: &str, deadline: Duration) -> Result<()> {
-        self.run_job("StopUnit", unit, deadline, false).await
+        self.run_job("StopUnit", unit, deadline, Watch::Nothing)
+            .await
+            .map(drop)
+    }
+
+    /// Stops a draining service and waits until it has exited, or until its `STATUS=` line
+    /// says that only idle keep-alive connections are left ([`IDLE_HOLD_STATUS`]): those
+    /// are held for the load balancer (deploy.yml `drain.idle_hold`), and systemd finishes
+    /// the stop job after the hook.
+    pub async fn stop_draining(&self, unit: &str, deadline: Duration) -> Result<Stopped> {
+        self.run_job("StopUnit", unit, deadline, Watch::IdleHold).await
     }
 
     pub async fn reset_failed(&self, unit: &str) -> Result<()> {
@@ -402,14 +414,15 @@ impl Systemd {
     }
 
     /// Queues a start or stop job and waits for it to be removed, with its result.
-    async fn run_job(&self, method: &str, unit: &str, deadline: Duration, watch_crash: bool) -> Result<()> {
+    async fn run_job(&self, method: &str, unit: &str, deadline: Duration, watch: Watch) -> Result<Stopped> {
         let _waiting = timing::waiting(Wait::Systemd);
         if self.dry_run {
             self.planned(&format!(
                 "Manager.{method}({unit}, \"replace\") and wait for JobRemoved"
             ));
-            return Ok(());
+            return Ok(Stopped::Exited);
         }
+        let watch_crash = watch == Watch::Crash;
         let started = Instant::now();
         // Subscribe before queueing the job, so its JobRemoved cannot slip past.
         let mut removed = self.manager.receive_job_removed().await?;
@@ -434,27 +447,34 @@ impl Systemd {
             ))
         };
         let watch = async {
-            if !watch_crash {
-                return std::future::pending::<Result<UnitStatus>>().await;
+            if watch == Watch::Nothing {
+                return std::future::pending::<Result<JobOutcome>>().await;
             }
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let st = self.read_status(unit).await?;
-                if st.has_crashed() {
-                    return Ok(st);
+                if watch == Watch::Crash && st.has_crashed() {
+                    return Ok(JobOutcome::Crashed(st));
+                }
+                if watch == Watch::IdleHold && st.status_text.starts_with(IDLE_HOLD_STATUS) {
+                    return Ok(JobOutcome::IdleHold(st.status_text));
                 }
             }
         };
         let outcome = tokio::select! {
             r = wait_for_removal => JobOutcome::Removed(r?),
-            st = watch => JobOutcome::Crashed(st?),
+            o = watch => o?,
             _ = tokio::time::sleep(deadline) => JobOutcome::TimedOut,
         };
         let took = started.elapsed();
         match outcome {
             JobOutcome::Removed(result) if result == "done" => {
                 tracing::debug!("{method} {unit}: done in {:.1} ms", took.as_secs_f64() * 1e3);
-                Ok(())
+                Ok(Stopped::Exited)
+            }
+            JobOutcome::IdleHold(status) => {
+                tracing::debug!("{method} {unit}: {status} ({:.1} ms)", took.as_secs_f64() * 1e3);
+                Ok(Stopped::HoldingIdle(status))
             }
             JobOutcome::Removed(result) => {
                 let st = self.status(unit).await.unwrap_or_default();
@@ -691,7 +711,32 @@ impl Directive {
 enum JobOutcome {
     Removed(String),
     Crashed(UnitStatus),
+    IdleHold(String),
     TimedOut,
+}
+
+/// What a job's wait watches besides its JobRemoved signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Nothing,
+    /// A start: the unit crashing (a restart loop never removes the job).
+    Crash,
+    /// A drain: the `STATUS=` line announcing the idle hold.
+    IdleHold,
+}
+
+/// The prefix of the `STATUS=` line of a draining process that holds only idle keep-alive
+/// connections (the contract in sample-app/README.md, "The idle hold").
+pub const IDLE_HOLD_STATUS: &str = "idle hold:";
+
+/// How [`Systemd::stop_draining`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// The process exited: the unit is inactive (or failed).
+    Exited,
+    /// The process holds only idle keep-alive connections (its `STATUS=` line); systemd
+    /// finishes the stop when the balancer has reused or closed them.
+    HoldingIdle(String),
 }
 
 /// Turns an access-denied error into one that says what rights are missing.

@@ -88,7 +88,10 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         ("args", args),
         ("listen_streams", listen.join("\n")),
         ("start_timeout", format!("{}ms", cfg.deadlines.start.as_millis())),
-        ("stop_timeout", format!("{}ms", cfg.drain.budget.as_millis())),
+        (
+            "stop_timeout",
+            format!("{}ms", cfg.drain.stop_timeout().as_millis()),
+        ),
         ("output", output),
         (
             "type",
@@ -550,7 +553,8 @@ mod tests {
         std::fs::write(&template, fixed).unwrap();
         let err = format!("{:#}", render(&probe, &dir).unwrap_err());
         assert!(err.contains("write `Type={{type}}` in the template"), "{err}");
-        assert!(units[2].text.contains("TimeoutStopSec=20000ms"));
+        // drain.budget 20s, but the default idle hold (60 s) may outlast it: 5 s past the hold.
+        assert!(units[2].text.contains("TimeoutStopSec=65000ms"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -26,19 +26,27 @@
 //! 5. **Close HTTP connections** ([`Phase::Closing`], after the lame duck, or
 //!    as soon as nothing is open): in-flight requests finish and their
 //!    connection closes after the response. An idle keep-alive connection is
-//!    held for `--idle-hold-ms` from SIGTERM, so that it ends with its client's
-//!    next request (answered with `Connection: close`) or the client's own
-//!    close; only then does `graceful_shutdown()` close it. A load balancer
-//!    pools its connections to this instance and sends on an idle one at any
-//!    moment: closed at the end of a 500 ms lame duck, 3 requests of 950,000
-//!    through HAProxy failed in one `make fleet` run.
+//!    held for `--idle-hold-ms` from SIGTERM (`HANDOFF_IDLE_HOLD_MS` from the
+//!    hooks: deploy.yml `drain.idle_hold`, the balancer's idle timeout), so
+//!    that it ends with its client's next request (answered with
+//!    `Connection: close`) or the client's own close; only then does
+//!    `graceful_shutdown()` close it. A load balancer pools its connections to
+//!    this instance and sends on an idle one at any moment: closed at the end
+//!    of a 500 ms lame duck, 3 requests of 950,000 through HAProxy failed in
+//!    one `make fleet` run. The hold may outlast the drain timeout, which
+//!    bounds busy work only. Once nothing but idle connections is left, the
+//!    `STATUS=` line says so ([`IDLE_HOLD_STATUS`]): the hooks stop waiting
+//!    for the stop, and systemd finishes it.
+//!
+//! [`IDLE_HOLD_STATUS`]: crate::state::IDLE_HOLD_STATUS
 //! 6. **Close WebSockets** (same moment): a close frame with code 1012
 //!    (service restart), then up to `--ws-close-timeout-ms` for the client's
 //!    close frame. The closes are spread at `--ws-close-rate` per second (within
 //!    the drain timeout), so the reconnects reach the successor at a rate its
 //!    accept queue holds instead of all in one millisecond.
 //! 7. **Exit** once nothing is open. Exit code 0 if that happened within
-//!    `--drain-timeout-ms` of SIGTERM; otherwise whatever is left is dropped
+//!    `--drain-timeout-ms` of SIGTERM (or, with only idle connections left then,
+//!    within the idle hold); otherwise whatever is left is dropped
 //!    ([`Phase::Abort`]) and the outcome is [`Outcome::DrainTimedOut`]
 //!    (exit 1). The binary also arms [`arm_hard_deadline`] at SIGTERM: a plain
 //!    thread that exits(1) at `--hard-deadline-ms` whatever the runtime is
@@ -63,7 +71,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::http;
-use crate::state::{Open, Phase, Shared, Stats, close_window};
+use crate::state::{Open, Phase, Shared, Stats, close_window, idle_hold_status};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +231,8 @@ pub async fn run(
     // (1) Stop accepting: accept loops end and drop (close) their listeners.
     let t0 = Instant::now();
     let drain_deadline = t0 + config.drain_timeout();
+    // Busy work ends by the drain deadline; idle connections may be held past it.
+    let final_deadline = drain_deadline.max(t0 + config.idle_hold() + Duration::from_secs(1));
     let open_at_shutdown = shared.tracker.open();
     shared.phase.send_replace(Phase::LameDuck);
     while accept_loops.join_next().await.is_some() {}
@@ -268,7 +278,7 @@ pub async fn run(
         t0,
         config.first_request_grace(),
         config.idle_hold(),
-        drain_deadline,
+        final_deadline,
     ));
     let turns = shared.clone();
     tokio::spawn(async move { turns.ws_turns.hand_out(ws_open, ws_window).await });
@@ -278,17 +288,30 @@ pub async fn run(
     let mut open_rx = shared.tracker.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported = open_at_shutdown;
+    let mut reported = String::new();
+    let busy = |o: Open| o.ws > 0 || shared.tracker.busy() > 0;
+    let mut past_drain_deadline = false;
     let timed_out = loop {
         tokio::select! {
             _ = open_rx.wait_for(|o| o.total() == 0) => break false,
-            () = sleep_until(drain_deadline) => break true,
+            () = sleep_until(drain_deadline), if !past_drain_deadline => {
+                past_drain_deadline = true;
+                if busy(shared.tracker.open()) {
+                    break true;
+                }
+            }
+            () = sleep_until(final_deadline) => break true,
             _ = tick.tick() => {
                 let now = shared.tracker.open();
-                if now != reported {
-                    reported = now;
-                    notifier.status(&draining(now));
-                    debug!(connections = now.http, websockets = now.ws, "draining");
+                let status = if busy(now) {
+                    draining(now)
+                } else {
+                    idle_hold_status(now.http, config.idle_hold())
+                };
+                if status != reported {
+                    notifier.status(&status);
+                    debug!(connections = now.http, websockets = now.ws, "{status}");
+                    reported = status;
                 }
             }
         }

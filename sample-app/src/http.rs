@@ -178,6 +178,7 @@ fn finished(peer: SocketAddr, res: hyper::Result<()>) {
 
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Body>, Infallible> {
     Stats::inc(&shared.stats.requests);
+    let _busy = shared.tracker.request();
     let mut resp = route(req, &shared).await;
     let upgrading = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let id = &shared.identity;

@@ -23,4 +23,4 @@ pub mod ws;
 
 pub use config::Config;
 pub use drain::{DrainReport, Outcome, arm_hard_deadline, run};
-pub use state::{BODY_LEN, Open, fixed_body};
+pub use state::{BODY_LEN, IDLE_HOLD_STATUS, Open, fixed_body};

@@ -6,7 +6,8 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use sample_app::listen::{self, Listener};
 use sample_app::{Config, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
@@ -14,8 +15,22 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let matches = Config::command().get_matches();
+    let config = match Config::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     init_tracing(config.verbose);
+    // The hooks' hold (deploy.yml drain.idle_hold) unless the app was given its own.
+    let own_hold = matches.value_source("idle_hold_ms") != Some(ValueSource::DefaultValue);
+    let host_hold = std::env::var("HANDOFF_IDLE_HOLD_MS").ok();
+    let config = match config.with_host_idle_hold(own_hold, host_hold.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     for w in config.warnings() {
         warn!("{w}");
     }

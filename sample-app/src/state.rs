@@ -3,7 +3,7 @@
 //! counters for the final report.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -160,10 +160,56 @@ impl Open {
     }
 }
 
-/// Counts open connections; the drain waits on it.
+/// Counts open connections (the drain waits on it) and requests being handled (so the
+/// drain knows when only idle keep-alive connections are left: [`idle_hold_status`]).
 #[derive(Debug)]
 pub struct Tracker {
     open: watch::Sender<Open>,
+    busy: BusyCounter,
+}
+
+/// Keeps a request counted as being handled until dropped.
+#[derive(Debug)]
+pub struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts requests being handled, without a lock (the front counts its own with it).
+#[derive(Debug, Default, Clone)]
+pub struct BusyCounter(Arc<AtomicUsize>);
+
+impl BusyCounter {
+    /// Counts one request until the guard drops.
+    pub fn enter(&self) -> Busy {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Busy(self.0.clone())
+    }
+
+    /// Requests being handled now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The prefix of the `STATUS=` line a draining process sends once only idle keep-alive
+/// connections are left (no request being handled, no WebSocket): the deploy hooks stop
+/// waiting for its stop then, and systemd finishes it after the hold (sample-app/README.md,
+/// "The idle hold").
+pub const IDLE_HOLD_STATUS: &str = "idle hold:";
+
+/// The `STATUS=` line of a drain in which only `idle` keep-alive connections are left, held
+/// until `hold` after the signal.
+pub fn idle_hold_status(idle: usize, hold: Duration) -> String {
+    format!(
+        "{IDLE_HOLD_STATUS} {idle} idle keep-alive connection{}, held until the client reuses or closes {} (at most {} s after the signal)",
+        if idle == 1 { "" } else { "s" },
+        if idle == 1 { "it" } else { "them" },
+        hold.as_secs()
+    )
 }
 
 /// Keeps a connection counted as open until dropped.
@@ -185,7 +231,18 @@ impl Tracker {
     fn new() -> Self {
         Self {
             open: watch::Sender::new(Open::default()),
+            busy: BusyCounter::default(),
         }
+    }
+
+    /// Counts a request being handled until the guard drops.
+    pub fn request(&self) -> Busy {
+        self.busy.enter()
+    }
+
+    /// Requests being handled now.
+    pub fn busy(&self) -> usize {
+        self.busy.get()
     }
 
     /// Counts an HTTP connection.

@@ -237,3 +237,57 @@ async fn hard_deadline_exits_1_regardless() {
     let err = app.stderr_all().await;
     assert!(err.contains("hard deadline"), "{err}");
 }
+
+/// The hooks' idle hold (`HANDOFF_IDLE_HOLD_MS`, deploy.yml `drain.idle_hold`) outlasts the
+/// drain timeout, which bounds busy work only: once nothing but an idle keep-alive connection
+/// is left, `STATUS=idle hold: …` says so (the hooks stop waiting then); the connection is
+/// still served past the drain timeout, with `Connection: close`, and the drain ends clean.
+#[tokio::test]
+async fn an_idle_connection_is_held_past_the_drain_timeout_and_announced() {
+    let (l, addr) = listener();
+    let mut notify = Notify::new();
+    let mut app = App::on_socket(
+        &l,
+        &notify,
+        &[
+            ("HANDOFF_IDLE_HOLD_MS", "4000"),
+            ("SAMPLE_DRAIN_TIMEOUT_MS", "1000"),
+            ("SAMPLE_HARD_DEADLINE_MS", "1500"),
+            ("SAMPLE_LAME_DUCK_MS", "100"),
+        ],
+    );
+    notify.wait_for("READY=1", LONG).await.expect("no READY=1");
+    let mut idle = common::HttpConn::connect(addr).await.unwrap();
+    assert_eq!(idle.get("/").await.unwrap().status, 200);
+    let term = Instant::now();
+    app.signal(Signal::SIGTERM);
+    let announced = loop {
+        let line = notify
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with("STATUS=idle hold: 1 idle keep-alive connection,"));
+        if let Some(line) = line {
+            break line;
+        }
+        assert!(
+            term.elapsed() < Duration::from_secs(2),
+            "no idle hold status: {:?}",
+            notify.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(announced.contains("at most 4 s"), "{announced}");
+    // Past the drain timeout (1 s) and the app's own hard deadline (1.5 s, raised to the hold + 2 s).
+    tokio::time::sleep_until(term + Duration::from_millis(2500)).await;
+    let resp = idle.get("/").await.expect("the held connection was closed");
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.closes(),
+        "a request during the hold must be answered with Connection: close"
+    );
+    assert_eq!(app.wait(LONG).await, Some(0), "{}", app.stderr_text());
+    assert!(
+        term.elapsed() < Duration::from_secs(4),
+        "the drain waited for the hold although the connection closed"
+    );
+}

@@ -2,6 +2,7 @@
 
 mod adopt;
 mod app_config;
+mod balancer;
 mod beanstalk;
 mod examples;
 mod faults;
