@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
+use crate::cidr::Cidr;
+
 /// A reverse proxy on the systemd-owned listening socket.
 ///
 /// It forwards HTTP and WebSockets to the current release of the app on a
@@ -160,6 +162,18 @@ pub struct Config {
     )]
     pub ws_close_rate: u64,
 
+    /// Peers whose forwarded headers are believed: CIDR blocks or addresses, comma-separated
+    /// (e.g. the load balancer's subnets: 10.0.0.0/24,10.0.1.0/24). From them the front keeps
+    /// X-Forwarded-Proto/-Host/-Port and Forwarded and appends the peer to X-Forwarded-For;
+    /// from any other peer it replaces them all. Empty: no peer is trusted.
+    #[arg(
+        long,
+        value_name = "CIDRS",
+        env = "HANDOFF_FRONT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+
     /// More logging (-v debug, -vv trace). RUST_LOG, if set, wins.
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -221,6 +235,27 @@ mod tests {
         assert_eq!(c.max_header_bytes, 16_384);
         assert_eq!(c.drain_timeout_ms, 30_000);
         assert!(c.bind.is_empty());
+        assert!(c.trusted_proxies.is_empty());
         assert!(Config::try_parse_from(["f", "--routes", "/r", "--id", "a"]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        let base = ["f", "--routes", "/r", "--control", "/c", "--id", "a"];
+        let c = Config::try_parse_from(
+            base.iter()
+                .chain(&["--trusted-proxies", "10.0.0.0/24,10.0.1.7, ::1"]),
+        )
+        .unwrap();
+        let shown: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/24", "10.0.1.7/32", "::1/128"]);
+        let e = Config::try_parse_from(
+            base.iter()
+                .chain(&["--trusted-proxies", "10.0.0.0/24,10.0.0.300"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("'10.0.0.300' is not an IPv4 or IPv6 address"), "{e}");
+        assert!(e.contains("--trusted-proxies"), "{e}");
     }
 }

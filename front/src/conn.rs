@@ -52,6 +52,10 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Its IP as an `X-Forwarded-For` value.
     pub xff: HeaderValue,
+    /// Whether the peer is in `--trusted-proxies` (decided once, at accept).
+    pub trusted: bool,
+    /// The port it connected to, as an `X-Forwarded-Port` value.
+    pub port: HeaderValue,
     /// Request timing, for the timeouts.
     pub activity: Activity,
     /// `--max-connections` slot: held while anything (the HTTP connection or
@@ -193,6 +197,7 @@ pub async fn accept_loop(
     started: oneshot::Sender<()>,
 ) {
     let addr = listener.local_addr().ok();
+    let port = HeaderValue::from(addr.map_or(0, |a| a.port()));
     let _ = started.send(());
     loop {
         let permit = tokio::select! {
@@ -207,7 +212,7 @@ pub async fn accept_loop(
             biased;
             _ = shared.wait_phase(|p| !p.is_serving()) => break,
             res = listener.accept() => match res {
-                Ok((stream, peer)) => spawn_connection(stream, peer, shared.clone(), permit),
+                Ok((stream, peer)) => spawn_connection(stream, peer, port.clone(), shared.clone(), permit),
                 Err(e) => {
                     warn!("accept on {addr:?} failed: {e}");
                     sleep(Duration::from_millis(50)).await;
@@ -219,24 +224,38 @@ pub async fn accept_loop(
     debug!(?addr, "listener closed");
 }
 
-fn spawn_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: HeaderValue,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
     let guard = shared.open_guard(false);
     shared.count_connection();
     let _ = stream.set_nodelay(true);
     tokio::spawn(async move {
         let _guard = guard;
         tokio::select! {
-            () = serve(stream, peer, shared.clone(), permit) => {}
+            () = serve(stream, peer, port, shared.clone(), permit) => {}
             _ = shared.wait_phase(Phase::is_abort) => debug!(%peer, "drain timeout: dropping connection"),
         }
     });
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: HeaderValue,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
     let info = Arc::new(ConnInfo {
         peer,
         xff: HeaderValue::from_str(&peer.ip().to_canonical().to_string())
             .expect("an IP is a valid header value"),
+        trusted: shared.is_trusted(peer.ip()),
+        port,
         activity: Activity::new(),
         _permit: permit,
     });

@@ -4,6 +4,8 @@
 //! * [`route`]: the routes file, the current upstream, per-upstream client
 //!   pools and in-flight/WebSocket counters; draining a previous release.
 //! * [`proxy`]: request forwarding: headers, streaming, the one retry, errors.
+//! * [`forwarded`]: `X-Forwarded-*` and `Forwarded`, kept from trusted proxies only;
+//!   [`cidr`]: `--trusted-proxies` and the match of a peer against them.
 //! * [`ws`]: the WebSocket relay and its close codes.
 //! * [`control`]: the unix control socket (`route`, `status`).
 //! * [`conn`]: accepting client connections, their timeouts and their part of
@@ -16,10 +18,12 @@
 //! The binary only parses the configuration, obtains the sockets, installs
 //! signal handlers and maps the result to an exit code.
 
+pub mod cidr;
 pub mod config;
 pub mod conn;
 pub mod control;
 pub mod drain;
+pub mod forwarded;
 pub mod listen;
 pub mod proxy;
 pub mod route;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
                 id = %config.id,
                 pid = std::process::id(),
                 sockets = %listeners.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                trusted_proxies = %config.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
                 "starting"
             );
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));

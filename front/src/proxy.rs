@@ -9,8 +9,9 @@
 //! * Hop-by-hop headers (`Connection` and every header it names,
 //!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`,
 //!   `Upgrade`) are removed both ways, except that a WebSocket upgrade keeps
-//!   `Connection: upgrade` + `Upgrade`. `X-Forwarded-For` (client IP
-//!   appended), `X-Forwarded-Proto: http` and `X-Forwarded-Host` are set.
+//!   `Connection: upgrade` + `Upgrade`. `X-Forwarded-For`, `-Proto`, `-Host`,
+//!   `-Port` and `Forwarded`: see [`crate::forwarded`] (kept and appended to
+//!   from a `--trusted-proxies` peer, replaced from any other).
 //!   Client-sent `X-Handoff-*` headers never reach the upstream (nor
 //!   upstream-sent ones the client); `X-Handoff-Probe` makes the response
 //!   carry `X-Handoff-Front: <id>` and `X-Handoff-Release: <release>`.
@@ -31,7 +32,7 @@
 //!   client connection, with upstream connections of that thread's pool; only
 //!   a retryable request keeps a copy of its head; header rewriting allocates
 //!   nothing in the usual case (no hop-by-hop or `X-Handoff-*` header, no
-//!   prior `X-Forwarded-For`).
+//!   prior `X-Forwarded-For` from a trusted proxy).
 //! * Errors: `502` with a short body and a `warn!` naming release, address and
 //!   cause; no route yet: `503 no release is routed yet`.
 
@@ -51,7 +52,7 @@ use tracing::{debug, info, warn};
 use crate::conn::{ConnInfo, RequestGuard};
 use crate::route::{self, InFlight, Pool, ProxyBody, Sender, Upstream, UpstreamError};
 use crate::state::Shared;
-use crate::ws;
+use crate::{forwarded, ws};
 
 /// `X-Handoff-Front`.
 pub const H_FRONT: &str = "x-handoff-front";
@@ -59,11 +60,6 @@ pub const H_FRONT: &str = "x-handoff-front";
 pub const H_RELEASE: &str = "x-handoff-release";
 /// `X-Handoff-Probe`.
 pub const H_PROBE: &str = "x-handoff-probe";
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const HTTP: HeaderValue = HeaderValue::from_static("http");
 
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -233,7 +229,7 @@ async fn route(
     if websocket {
         headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
-    forwarded(&mut headers, conn);
+    forwarded::rewrite(&mut headers, conn.trusted, &conn.xff, &conn.port);
     if !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, acq.pool.host.clone());
     }
@@ -393,32 +389,6 @@ fn empty() -> ProxyBody {
     http_body_util::Empty::new()
         .map_err(|n| match n {})
         .boxed_unsync()
-}
-
-fn forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
-    if headers.contains_key(&X_FORWARDED_FOR) {
-        let prior: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let ip = conn.xff.to_str().unwrap_or_default();
-        let xff = if prior.is_empty() {
-            ip.to_owned()
-        } else {
-            format!("{}, {ip}", prior.join(", "))
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-    } else {
-        headers.insert(X_FORWARDED_FOR, conn.xff.clone());
-    }
-    headers.insert(X_FORWARDED_PROTO, HTTP);
-    match headers.get(header::HOST).cloned() {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
 }
 
 /// Why a request to an upstream failed.

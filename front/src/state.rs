@@ -2,6 +2,7 @@
 //! and the control channel: identity, drain phase (sample-app's
 //! [`Phase`]), open connections, the router.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use sample_app::Open;
 use sample_app::state::Phase;
 use tokio::sync::watch;
 
+use crate::cidr::{self, Cidr};
 use crate::config::Config;
 use crate::route::{Route, Router};
 
@@ -48,6 +50,8 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Requests being handled (the drain announces its idle hold when none is).
     pub busy: sample_app::state::BusyCounter,
+    /// `--trusted-proxies`.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Shared {
@@ -75,7 +79,13 @@ impl Shared {
             ws_pacing: Default::default(),
             connect_timeout: config.connect_timeout(),
             busy: Default::default(),
+            trusted_proxies: config.trusted_proxies.clone(),
         })
+    }
+
+    /// Whether a client at `ip` is a trusted proxy (`--trusted-proxies`).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        cidr::any_contains(&self.trusted_proxies, ip)
     }
 
     /// Moves to the next drain phase.

@@ -61,7 +61,8 @@ async fn forwarded_and_hop_by_hop_headers() {
     let h = r.headers().clone();
     let seen = text(r).await;
     let has = |l: &str| seen.lines().any(|x| x == l);
-    assert!(has("x-forwarded-for: 10.0.0.1, 127.0.0.1"), "{seen}");
+    // No --trusted-proxies: what the client claims is replaced.
+    assert!(has("x-forwarded-for: 127.0.0.1"), "{seen}");
     assert!(has("x-forwarded-proto: http"), "{seen}");
     assert!(has("x-forwarded-host: example.test"), "{seen}");
     assert!(has("host: example.test"), "{seen}");
@@ -86,6 +87,101 @@ async fn forwarded_and_hop_by_hop_headers() {
     );
     assert_eq!(h["x-app"], "kept");
     assert_eq!(h["x-handoff-release"], "v1");
+}
+
+/// The headers the upstream received for `req`, sent on a connection from `from` (a loopback
+/// address), one `name: value` line each.
+async fn seen_from(from: &str, front: &Front, req: Request<UpBody>) -> Vec<String> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let s = soon(sock.connect(front.addr)).await.unwrap();
+    let (mut c, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = soon(c.send_request(req)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    text(r).await.lines().map(str::to_owned).collect()
+}
+
+fn claiming_https() -> Request<UpBody> {
+    Request::builder()
+        .uri("/headers")
+        .header("host", "shop.example")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-port", "443")
+        .header("x-forwarded-host", "www.shop.example")
+        .header("forwarded", "for=203.0.113.7;proto=https")
+        .body(full(""))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn forwarded_headers_kept_from_trusted_proxies_only() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &["--trusted-proxies", "127.0.0.1/32"]).await;
+    let port = front.addr.port();
+
+    // From 127.0.0.1 (trusted, like an HTTPS load balancer): kept, and the peer appended.
+    let seen = seen_from("127.0.0.1", &front, claiming_https()).await;
+    for line in [
+        "x-forwarded-proto: https",
+        "x-forwarded-for: 203.0.113.7, 127.0.0.1",
+        "x-forwarded-port: 443",
+        "x-forwarded-host: www.shop.example",
+        "forwarded: for=203.0.113.7;proto=https",
+    ] {
+        assert!(seen.iter().any(|l| l == line), "{line} not seen: {seen:?}");
+    }
+    // Several X-Forwarded-For lines become one list, the peer last.
+    let mut req = claiming_https();
+    req.headers_mut()
+        .append("x-forwarded-for", "198.51.100.2, 192.0.2.1".parse().unwrap());
+    let seen = seen_from("127.0.0.1", &front, req).await;
+    let xff: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.starts_with("x-forwarded-for:"))
+        .collect();
+    assert_eq!(
+        xff,
+        ["x-forwarded-for: 203.0.113.7, 198.51.100.2, 192.0.2.1, 127.0.0.1"],
+        "{seen:?}"
+    );
+
+    // From 127.0.0.2 (not trusted): every claim replaced, Forwarded removed.
+    let seen = seen_from("127.0.0.2", &front, claiming_https()).await;
+    let fwd: Vec<&String> = seen.iter().filter(|l| l.contains("forwarded")).collect();
+    let port_line = format!("x-forwarded-port: {port}");
+    let mut want = vec![
+        "x-forwarded-for: 127.0.0.2",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: shop.example",
+        port_line.as_str(),
+    ];
+    want.sort_unstable();
+    let mut fwd: Vec<&str> = fwd.iter().map(|s| s.as_str()).collect();
+    fwd.sort_unstable();
+    assert_eq!(fwd, want, "{seen:?}");
+}
+
+/// An ALB keeps its idle connections to a target open up to its own idle timeout (60 s): the
+/// front's (75 s by default) must not close one first, nor must its upstream pool's expiry
+/// (30 s) fail the request that comes after.
+#[tokio::test]
+async fn keep_alive_connection_idle_62_s_is_still_served() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let mut c = client(front.addr).await;
+    let r = soon(c.send_request(get("/"))).await.unwrap();
+    assert_eq!(text(r).await, "v1 body=0");
+    tokio::time::sleep(Duration::from_secs(62)).await;
+    assert!(!c.is_closed(), "the front closed the idle connection");
+    let r = soon(c.send_request(get("/"))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(text(r).await, "v1 body=0");
+    // The same client connection; the upstream one was renewed after the pool's expiry.
+    assert_eq!(up.conns.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 //!   connect_timeout: 2s        # connecting to the release
 //!   max_connections: 16384     # client connections; more wait in the socket's queue
 //!   max_header_bytes: 16384    # larger request heads get 431
+//!   trusted_proxies: []        # e.g. [10.0.0.0/24, 10.0.1.0/24]: the ALB's subnets; their X-Forwarded-* count
 //! app:
 //!   command: bin/sample-app    # relative to the release directory, or a host program: /usr/bin/gunicorn
 //!   args: ["-v"]
@@ -54,6 +55,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Deserializer};
+
+mod front;
+pub use front::Front;
 
 /// The name of the deploy config in a revision bundle and in every release directory.
 pub const FILE_NAME: &str = "deploy.yml";
@@ -301,59 +305,6 @@ impl Default for Releases {
     }
 }
 
-/// The front of `strategy: proxy` (its settings become its environment: a change of them
-/// replaces the front with the same handoff as a new front binary).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Front {
-    /// Private loopback ports for releases, "FIRST-LAST".
-    pub ports: String,
-    #[serde(deserialize_with = "duration")]
-    pub header_read_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
-    pub idle_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
-    pub connect_timeout: Duration,
-    pub max_connections: u32,
-    pub max_header_bytes: u32,
-}
-
-impl Default for Front {
-    fn default() -> Self {
-        Self {
-            ports: "20000-20999".into(),
-            header_read_timeout: Duration::from_secs(10),
-            // Above the ALB's 60 s idle timeout: the balancer closes its idle pooled
-            // connections first, never the front under a request on its way (AWS's advice).
-            idle_timeout: Duration::from_secs(75),
-            connect_timeout: Duration::from_secs(2),
-            max_connections: 16384,
-            max_header_bytes: 16384,
-        }
-    }
-}
-
-impl Front {
-    /// The port range, validated.
-    pub fn port_range(&self) -> Result<std::ops::RangeInclusive<u16>> {
-        let bad = || {
-            anyhow::anyhow!(
-                "front.ports: '{}' is not a port range; write FIRST-LAST with 1024 <= FIRST <= LAST, e.g. \"20000-20999\"",
-                self.ports
-            )
-        };
-        let (a, b) = self.ports.split_once('-').ok_or_else(bad)?;
-        let (a, b): (u16, u16) = (
-            a.trim().parse().map_err(|_| bad())?,
-            b.trim().parse().map_err(|_| bad())?,
-        );
-        if a < 1024 || a > b {
-            return Err(bad());
-        }
-        Ok(a..=b)
-    }
-}
-
 /// A systemd time span ([`crate::span`]): "500ms", "90s", "1min 30s", "1h", or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration> {
     crate::span::parse(text)
@@ -537,31 +488,7 @@ impl DeployConfig {
             );
         }
         if self.strategy == Strategy::Proxy {
-            self.front.port_range()?;
-            for (field, d) in [
-                ("front.header_read_timeout", self.front.header_read_timeout),
-                ("front.idle_timeout", self.front.idle_timeout),
-                ("front.connect_timeout", self.front.connect_timeout),
-            ] {
-                if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-                    bail!(
-                        "{field}: {} s is out of range; use between 100ms and 1h",
-                        d.as_secs_f64()
-                    );
-                }
-            }
-            if !(16..=1_000_000).contains(&self.front.max_connections) {
-                bail!(
-                    "front.max_connections: {} is out of range; use 16 to 1000000",
-                    self.front.max_connections
-                );
-            }
-            if !(8192..=1_048_576).contains(&self.front.max_header_bytes) {
-                bail!(
-                    "front.max_header_bytes: {} is out of range; use 8192 to 1048576",
-                    self.front.max_header_bytes
-                );
-            }
+            self.front.validate()?;
             if self.app.environment.contains_key("PORT") {
                 bail!(
                     "app.environment.PORT: with strategy: proxy the hooks choose the port (front.ports); remove it"

@@ -27,6 +27,8 @@ pub mod appspec_merge;
 pub mod beanstalk;
 pub mod before_switch;
 pub mod bundle_files;
+#[path = "../../front/src/cidr.rs"]
+pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod deploy;

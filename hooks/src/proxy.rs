@@ -89,7 +89,7 @@ pub struct Drained {
 }
 
 /// The front's settings from `deploy.yml` (`HANDOFF_FRONT_*`, its environment file).
-pub fn front_env(cfg: &DeployConfig) -> String {
+pub fn front_env(cfg: &DeployConfig) -> Result<String> {
     let f = &cfg.front;
     // The front's own drain ends before systemd's TimeoutStopSec= (drain.budget) would kill it.
     let drain = cfg
@@ -97,7 +97,7 @@ pub fn front_env(cfg: &DeployConfig) -> String {
         .budget
         .saturating_sub(Duration::from_secs(2))
         .max(Duration::from_secs(1));
-    format!(
+    let mut env = format!(
         "# written by the deploy hooks from deploy.yml front:\n\
          HANDOFF_FRONT_HEADER_READ_TIMEOUT_MS={}\n\
          HANDOFF_FRONT_IDLE_TIMEOUT_MS={}\n\
@@ -113,7 +113,13 @@ pub fn front_env(cfg: &DeployConfig) -> String {
         f.max_header_bytes,
         drain.as_millis(),
         cfg.drain.idle_hold.as_millis()
-    )
+    );
+    // Only when set: the settings of a front without trusted proxies keep their id.
+    let trusted = f.trusted_proxies_env()?;
+    if !trusted.is_empty() {
+        env.push_str(&format!("HANDOFF_FRONT_TRUSTED_PROXIES={trusted}\n"));
+    }
+    Ok(env)
 }
 
 /// The front build a release ships, with its id: the first 12 hex digits of the SHA-256 of
@@ -127,7 +133,7 @@ pub fn front_build(cfg: &DeployConfig, release_dir: &Path) -> Result<FrontBuild>
             binary.display()
         ))
     })?;
-    let env = front_env(cfg);
+    let env = front_env(cfg)?;
     let mut hash = Sha256::new();
     hash.update(&bytes);
     hash.update(env.as_bytes());

@@ -183,7 +183,7 @@ impl Drop for Front {
 
 pub type UpBody = BoxBody<Bytes, Infallible>;
 
-fn full(s: impl Into<Bytes>) -> UpBody {
+pub fn full(s: impl Into<Bytes>) -> UpBody {
     Full::new(s.into()).boxed()
 }
 

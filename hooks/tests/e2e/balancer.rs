@@ -132,7 +132,11 @@ fn behind_an_alb_the_app_sees_https_and_the_client_but_a_forger_is_not_believed(
         "  command: bin/sample-app\n  args: [\"--bind\", \"127.0.0.1:${PORT}\"]\n",
         "  command: /usr/bin/node\n  args: [server.js]\n  needs: [jit]\n",
     );
-    crate::service::edit_deploy_yml(&dir, "  instance_header: X-Instance\n", "  instance_header: none\n");
+    crate::service::edit_deploy_yml(
+        &dir,
+        "  instance_header: X-Instance\n",
+        "  instance_header: none\n",
+    );
     svc.deploy_ok("d-1", &dir);
 
     let lb = crate::support::free_port();
