@@ -1,0 +1,763 @@
+//! `handoff status`: what serves a service and whether it serves healthy.
+//!
+//! [`gather`] reads the state, systemd's view and one health probe into a typed [`Report`];
+//! [`Report::text`] renders it for a terminal, [`Report::json`] for tools (the schema is in the
+//! README, next to `handoff status`), and [`Report::verdict`] turns it into the exit code
+//! (through [`crate::fault`]): 0 only when the recorded release serves healthy.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use crate::config::DeployConfig;
+use crate::fault::{self, Fault, FaultKind};
+use crate::release::{Event, ReleaseStore, State, Switching, Validating};
+use crate::systemd::{Systemd, UnitStatus};
+
+/// Everything `handoff status` shows; its JSON field names are stable.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub service: String,
+    /// `/opt/<service>`.
+    pub root: String,
+    /// The version of the `handoff` that wrote this report.
+    pub hooks_version: String,
+    /// Why `state.json` could not be read (then the rest is systemd's view).
+    pub state_error: Option<String>,
+    /// The release the state records as serving.
+    pub serving: Option<String>,
+    /// The release that served before it (the default rollback target).
+    pub previous: Option<String>,
+    /// `handoff` (native) or `proxy`, from the serving (else the newest) release's deploy.yml.
+    pub strategy: Option<String>,
+    /// Why systemd could not be asked (exit 3).
+    pub systemd_error: Option<String>,
+    pub socket: Option<UnitReport>,
+    /// The socket's addresses (deploy.yml `listen:`).
+    pub listen: Vec<String>,
+    pub holder: Option<UnitReport>,
+    /// strategy: proxy: the fronts systemd runs.
+    pub fronts: Vec<FrontReport>,
+    /// The instances systemd runs (active, starting, stopping or failed).
+    pub instances: Vec<InstanceReport>,
+    /// strategy: proxy: where the fronts send requests (None: no route written yet).
+    pub route: Option<RouteReport>,
+    /// A switch that began and was neither committed nor undone.
+    pub switching: Option<Switching>,
+    /// A deployment that ApplicationStart switched and ValidateService has not judged yet.
+    pub awaiting_validation: Option<Validating>,
+    /// Listen addresses written to the socket unit, not applied yet.
+    pub socket_pending: Option<String>,
+    /// Kept releases, oldest first.
+    pub releases: Vec<ReleaseReport>,
+    pub last_deployment: Option<LastDeployment>,
+    /// The last events of `events.log`, oldest first.
+    pub recent_events: Vec<Event>,
+    /// The health probe of the serving release (None when none was sent).
+    pub probe: Option<ProbeReport>,
+    /// The recorded release serves healthy: `problems` is empty.
+    pub healthy: bool,
+    /// Why it does not, one sentence each.
+    pub problems: Vec<String>,
+}
+
+/// A unit as systemd sees it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UnitReport {
+    pub unit: String,
+    pub active_state: String,
+    pub sub_state: String,
+    /// Whether the unit file changed on disk since systemd loaded it.
+    pub need_daemon_reload: bool,
+    /// The one-line description the text output shows.
+    pub summary: String,
+}
+
+impl UnitReport {
+    fn from(st: &UnitStatus) -> Self {
+        Self {
+            unit: st.name.clone(),
+            active_state: st.active_state.clone(),
+            sub_state: st.sub_state.clone(),
+            need_daemon_reload: st.need_daemon_reload,
+            summary: st.describe(),
+        }
+    }
+    fn is_active(&self) -> bool {
+        self.active_state == "active"
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InstanceReport {
+    #[serde(flatten)]
+    pub unit: UnitReport,
+    pub release: String,
+    /// The unit file state: "enabled" (it comes back at boot), "disabled", …
+    pub enabled: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FrontReport {
+    #[serde(flatten)]
+    pub unit: UnitReport,
+    pub id: String,
+    pub enabled: String,
+    /// The front the state records as holding the socket (others are stopped by the next hook).
+    pub recorded: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouteReport {
+    pub release: String,
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReleaseReport {
+    pub release: String,
+    /// "serving", "failed", "previous" (the rollback target) or "kept".
+    pub mark: String,
+    /// The hooks version that staged it ("unknown" for older hooks).
+    pub hooks_version: String,
+    /// Its instance's unit file state ("?" when systemd is unreachable).
+    pub enabled: String,
+}
+
+/// The newest deployment in the event log and how it ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LastDeployment {
+    pub deployment: String,
+    /// "succeeded" (validated), "switched" (ApplicationStart done, no ValidateService recorded),
+    /// "awaiting_validation", "failed", "unfinished" (a switch neither committed nor undone),
+    /// "in_progress" (begun, not switched yet) or "unknown".
+    pub outcome: String,
+    /// Its last event: when (Unix seconds), which hook, what.
+    pub at: u64,
+    pub hook: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProbeReport {
+    /// `GET http://<first listen address><health.path>`.
+    pub url: String,
+    pub healthy: bool,
+    /// The HTTP status, when one came back.
+    pub status: Option<u16>,
+    /// The instance (native) or routed release (proxy) the answer named, if any.
+    pub instance: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Reads what `handoff status` shows; fails only on what stops it from looking (systemd's
+/// answers, an unreadable folder). A damaged `state.json` is reported, not fatal.
+pub async fn gather(service: &str) -> Result<Report> {
+    if !crate::config::is_safe_name(service, false) {
+        bail!(Fault::input(format!("'{service}' is not a service name")));
+    }
+    let store = ReleaseStore::new(Path::new("/opt").join(service));
+    let unit_dir = Path::new(crate::units::UNIT_DIR);
+    if !store.root().exists() && !unit_dir.join(format!("{service}.socket")).exists() {
+        bail!(Fault::input(format!(
+            "no service {service} on this host (neither {} nor {}); deployed here: {}",
+            store.root().display(),
+            unit_dir.join(format!("{service}.socket")).display(),
+            match crate::units::installed_services(unit_dir).join(", ") {
+                s if s.is_empty() => "none".into(),
+                s => s,
+            }
+        )));
+    }
+    let mut r = Report {
+        service: service.into(),
+        root: store.root().display().to_string(),
+        hooks_version: crate::release::HOOKS_VERSION.into(),
+        ..Report::default()
+    };
+    let state = match store.load_state() {
+        Ok(s) => s,
+        Err(e) if fault::kind_of(&e) == Some(FaultKind::Environment) => return Err(e),
+        Err(e) => {
+            r.state_error = Some(format!("{e:#}"));
+            State::default()
+        }
+    };
+    r.serving = state.serving.clone();
+    r.previous = state.previous.clone();
+    r.switching = state.switching.clone();
+    r.awaiting_validation = state.validating.clone();
+    r.socket_pending = state.socket_pending.clone();
+    let releases = store.list()?;
+    let cfg = state
+        .serving
+        .iter()
+        .chain(releases.iter().rev())
+        .find_map(|r| DeployConfig::load(&store.dir(r).join(crate::config::FILE_NAME)).ok());
+    r.strategy = cfg
+        .as_ref()
+        .map(|c| if c.is_proxy() { "proxy" } else { "handoff" }.into());
+    r.listen = cfg.as_ref().map(|c| c.listen.clone()).unwrap_or_default();
+    let systemd = match Systemd::connect(false).await {
+        Ok(systemd) => Some(systemd),
+        Err(e) => {
+            r.systemd_error = Some(format!("{e:#}"));
+            None
+        }
+    };
+    if let Some(systemd) = &systemd {
+        r.socket = Some(UnitReport::from(
+            &systemd.status(&format!("{service}.socket")).await?,
+        ));
+        r.holder = Some(UnitReport::from(
+            &systemd.status(&format!("{service}-hold.service")).await?,
+        ));
+        for unit in systemd.list_live(&format!("{service}-front@*.service")).await? {
+            let st = systemd.status(&unit).await?;
+            let id = between(&unit, "@", ".service");
+            r.fronts.push(FrontReport {
+                enabled: systemd.unit_file_state(&unit).await.unwrap_or_default(),
+                recorded: state.front.as_deref() == Some(id.as_str()),
+                id,
+                unit: UnitReport::from(&st),
+            });
+        }
+        for unit in systemd.list_live(&format!("{service}@*.service")).await? {
+            let st = systemd.status(&unit).await?;
+            r.instances.push(InstanceReport {
+                release: between(&unit, "@", ".service"),
+                enabled: systemd.unit_file_state(&unit).await.unwrap_or_default(),
+                unit: UnitReport::from(&st),
+            });
+        }
+    }
+    if let Some(cfg) = cfg.as_ref().filter(|c| c.is_proxy()) {
+        r.route = crate::proxy::read_route(cfg).map(|route| RouteReport {
+            release: route.release,
+            upstream: route.upstream,
+        });
+    }
+    for name in &releases {
+        let mark = if state.serving.as_deref() == Some(name) {
+            "serving"
+        } else if state.is_failed(name) {
+            "failed"
+        } else if state.previous.as_deref() == Some(name) {
+            "previous"
+        } else {
+            "kept"
+        };
+        let enabled = match &systemd {
+            Some(systemd) => systemd
+                .unit_file_state(&format!("{service}@{name}.service"))
+                .await
+                .unwrap_or_default(),
+            None => "?".into(),
+        };
+        r.releases.push(ReleaseReport {
+            release: name.clone(),
+            mark: mark.into(),
+            hooks_version: store
+                .meta(name)
+                .map(|m| m.hooks_version)
+                .unwrap_or_else(|| "unknown".into()),
+            enabled,
+        });
+    }
+    let events = store.recent_events(50);
+    r.last_deployment = last_deployment(&events, &state);
+    r.recent_events = events[events.len().saturating_sub(5)..].to_vec();
+    // The probe uses the serving release's own deploy.yml: its health settings, its port.
+    let serving_cfg = state
+        .serving
+        .as_ref()
+        .and_then(|s| DeployConfig::load(&store.dir(s).join(crate::config::FILE_NAME)).ok());
+    if let (Some(cfg), Some(_)) = (&serving_cfg, &systemd) {
+        r.probe = Some(probe(cfg).await);
+    }
+    r.problems = problems(&r, &state, serving_cfg.is_some());
+    r.healthy = r.problems.is_empty();
+    Ok(r)
+}
+
+fn between(unit: &str, start: &str, end: &str) -> String {
+    let rest = unit.split_once(start).map_or(unit, |(_, r)| r);
+    rest.strip_suffix(end).unwrap_or(rest).to_string()
+}
+
+async fn probe(cfg: &DeployConfig) -> ProbeReport {
+    let url = match cfg.probe_addrs().first() {
+        Some(addr) => format!("http://{addr}{}", cfg.health.path),
+        None => String::new(),
+    };
+    let outcome = match crate::health::Probe::new(cfg) {
+        Ok(p) => p.once().await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(reply) => ProbeReport {
+            url,
+            healthy: true,
+            status: Some(reply.status),
+            instance: reply.instance,
+            error: None,
+        },
+        Err(e) => ProbeReport {
+            url,
+            healthy: false,
+            status: None,
+            instance: None,
+            error: Some(format!("{e:#}")),
+        },
+    }
+}
+
+/// The newest deployment named in `events` (oldest first) and its outcome.
+fn last_deployment(events: &[Event], state: &State) -> Option<LastDeployment> {
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| !e.deployment.is_empty() && e.deployment != "-")?;
+    let id = &last.deployment;
+    let mine: Vec<&Event> = events.iter().filter(|e| &e.deployment == id).collect();
+    let said = |f: &dyn Fn(&Event) -> bool| mine.iter().any(|e| f(e));
+    let outcome = if state.switching.as_ref().is_some_and(|s| &s.deployment == id) {
+        "unfinished"
+    } else if said(&|e| e.message.contains("failed validation") || e.message.contains("did not take over")) {
+        "failed"
+    } else if said(&|e| e.hook == "validate-service" && e.message.ends_with(" validated")) {
+        "succeeded"
+    } else if state.validating.as_ref().is_some_and(|v| &v.deployment == id) {
+        "awaiting_validation"
+    } else if said(&|e| e.message.ends_with(" serves") && e.message.split(' ').count() == 2) {
+        "switched"
+    } else if said(&|e| e.message.contains(" begins") || e.message.starts_with("switching to ")) {
+        "in_progress"
+    } else {
+        "unknown"
+    };
+    Some(LastDeployment {
+        deployment: id.clone(),
+        outcome: outcome.into(),
+        at: last.at,
+        hook: last.hook.clone(),
+        message: last.message.clone(),
+    })
+}
+
+/// Why the recorded release does not serve healthy (empty: it does).
+fn problems(r: &Report, state: &State, has_config: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(e) = &r.state_error {
+        out.push(format!("state.json cannot be read: {e}"));
+    }
+    if let Some(e) = &r.systemd_error {
+        out.push(format!("systemd is unreachable: {e}"));
+    }
+    let Some(serving) = &r.serving else {
+        if r.state_error.is_none() {
+            out.push("no release is recorded as serving".into());
+        }
+        return out;
+    };
+    if !has_config {
+        out.push(format!(
+            "the serving release {serving} has no readable deploy.yml in {}/releases/{serving}",
+            r.root
+        ));
+    }
+    if let Some(sw) = &r.switching {
+        out.push(format!(
+            "a switch to {} ({} of deployment {}) is unfinished",
+            sw.to, sw.hook, sw.deployment
+        ));
+    }
+    if r.systemd_error.is_none() {
+        if let Some(socket) = r.socket.as_ref().filter(|s| !s.is_active()) {
+            out.push(format!("the socket is not active: {}", socket.summary));
+        }
+        let instance_active = |release: &str| {
+            r.instances
+                .iter()
+                .any(|i| i.release == release && i.unit.is_active())
+        };
+        let describe = |release: &str| {
+            r.instances
+                .iter()
+                .find(|i| i.release == release)
+                .map_or_else(|| "it does not run".to_string(), |i| i.unit.summary.clone())
+        };
+        if r.strategy.as_deref() == Some("proxy") {
+            match &state.front {
+                None => out.push("no front is recorded as holding the socket".into()),
+                Some(id) if !r.fronts.iter().any(|f| &f.id == id && f.unit.is_active()) => {
+                    out.push(format!("the recorded front {id} is not active"))
+                }
+                Some(_) => {}
+            }
+            match &r.route {
+                None => out.push("no route is written for the front".into()),
+                Some(route) if &route.release != serving => out.push(format!(
+                    "the front routes to {}, but the state records {serving} as serving",
+                    route.release
+                )),
+                Some(route) if !instance_active(&route.release) => out.push(format!(
+                    "the routed instance of {} is not active: {}",
+                    route.release,
+                    describe(&route.release)
+                )),
+                Some(_) => {}
+            }
+        } else if !instance_active(serving) {
+            out.push(format!(
+                "the serving release's instance is not active: {}",
+                describe(serving)
+            ));
+        }
+    }
+    if let Some(p) = r.probe.as_ref().filter(|p| !p.healthy) {
+        out.push(format!(
+            "the health probe failed: {}",
+            p.error.as_deref().unwrap_or("no answer")
+        ));
+    }
+    out
+}
+
+impl Report {
+    /// The report as one JSON object (pretty, with a final newline).
+    pub fn json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)? + "\n")
+    }
+
+    /// The exit code's cause: systemd unreachable is a host fault (exit 3); a release that does
+    /// not serve healthy exits 1; otherwise Ok (exit 0). See [`crate::fault`].
+    pub fn verdict(&self) -> Result<()> {
+        if let Some(e) = &self.systemd_error {
+            bail!(Fault::environment(format!(
+                "{} cannot be checked: {e}",
+                self.service
+            )));
+        }
+        if !self.healthy {
+            bail!(Fault::new(
+                FaultKind::Unhealthy,
+                format!(
+                    "{} does not serve healthy: {}",
+                    self.service,
+                    self.problems.join("; ")
+                )
+            ));
+        }
+        Ok(())
+    }
+
+    /// The report for a terminal.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        self.write_text(&mut out).expect("writing to a String");
+        out
+    }
+
+    fn write_text(&self, out: &mut String) -> std::fmt::Result {
+        let stale = |u: &UnitReport| {
+            if u.need_daemon_reload {
+                " [unit file changed on disk since systemd loaded it: NeedDaemonReload]"
+            } else {
+                ""
+            }
+        };
+        writeln!(
+            out,
+            "service {} ({}), hooks {}",
+            self.service, self.root, self.hooks_version
+        )?;
+        if let Some(e) = &self.state_error {
+            writeln!(
+                out,
+                "state     DAMAGED: {e}. What follows is systemd's view; the next deployment treats the running \
+                 instance as serving"
+            )?;
+        }
+        if let Some(e) = &self.systemd_error {
+            writeln!(out, "systemd   unreachable: {e}")?;
+        }
+        if let Some(socket) = &self.socket {
+            writeln!(
+                out,
+                "socket    {} on {}{}",
+                socket.summary,
+                self.listen.join(", "),
+                stale(socket)
+            )?;
+        }
+        if let Some(holder) = &self.holder {
+            writeln!(out, "holder    {}{}", holder.summary, stale(holder))?;
+        }
+        for f in &self.fronts {
+            let recorded = if f.recorded {
+                ""
+            } else {
+                " (not the recorded front: the next hook stops it)"
+            };
+            writeln!(
+                out,
+                "front     {}, {}{recorded}{}",
+                f.unit.summary,
+                f.enabled,
+                stale(&f.unit)
+            )?;
+        }
+        for i in &self.instances {
+            writeln!(
+                out,
+                "instance  {}, {}{}",
+                i.unit.summary,
+                i.enabled,
+                stale(&i.unit)
+            )?;
+        }
+        if self.strategy.as_deref() == Some("proxy") {
+            match &self.route {
+                Some(route) => writeln!(
+                    out,
+                    "route     strategy proxy: the front sends requests to {} at {}",
+                    route.release, route.upstream
+                )?,
+                None => writeln!(out, "route     strategy proxy: no route written yet")?,
+            }
+        }
+        if let Some(sw) = &self.switching {
+            writeln!(
+                out,
+                "UNFINISHED switch to {} ({} of deployment {}): the next hook or `handoff rollback` undoes it",
+                sw.to, sw.hook, sw.deployment
+            )?;
+        }
+        if let Some(v) = &self.awaiting_validation {
+            writeln!(
+                out,
+                "awaiting  ValidateService of deployment {} (release {})",
+                v.deployment, v.release
+            )?;
+        }
+        if let Some(r) = &self.socket_pending {
+            writeln!(out, "UNFINISHED socket move for {r}: the next hook applies it")?;
+        }
+        writeln!(out, "releases (oldest first):")?;
+        for r in &self.releases {
+            let mark = match r.mark.as_str() {
+                "previous" => "previous (rollback target)",
+                m => m,
+            };
+            writeln!(
+                out,
+                "  {:<28} {mark:<28} hooks {:<8} {}",
+                r.release, r.hooks_version, r.enabled
+            )?;
+        }
+        if !self.recent_events.is_empty() {
+            writeln!(out, "recent events:")?;
+            for e in &self.recent_events {
+                writeln!(out, "  {} {:<18} {} {}", e.at, e.hook, e.deployment, e.message)?;
+            }
+        }
+        if let Some(d) = &self.last_deployment {
+            writeln!(
+                out,
+                "last      deployment {}: {}",
+                d.deployment,
+                d.outcome.replace('_', " ")
+            )?;
+        }
+        if let Some(p) = &self.probe {
+            match (&p.status, &p.error) {
+                (Some(status), _) => writeln!(out, "probe     GET {}: {status}", p.url)?,
+                (None, Some(e)) => writeln!(out, "probe     {e}")?,
+                (None, None) => {}
+            }
+        }
+        if self.healthy {
+            writeln!(out, "healthy   {} serves", self.serving.as_deref().unwrap_or("?"))?;
+        } else {
+            writeln!(out, "NOT HEALTHY:")?;
+            for p in &self.problems {
+                writeln!(out, "  - {p}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(hook: &str, deployment: &str, message: &str) -> Event {
+        Event {
+            at: 1,
+            hook: hook.into(),
+            deployment: deployment.into(),
+            message: message.into(),
+        }
+    }
+
+    fn healthy_native() -> Report {
+        let unit = |name: &str| UnitReport {
+            unit: name.into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            need_daemon_reload: false,
+            summary: format!("{name} is active (running)"),
+        };
+        Report {
+            service: "shop".into(),
+            root: "/opt/shop".into(),
+            serving: Some("d-2".into()),
+            strategy: Some("handoff".into()),
+            socket: Some(unit("shop.socket")),
+            instances: vec![InstanceReport {
+                unit: unit("shop@d-2.service"),
+                release: "d-2".into(),
+                enabled: "enabled".into(),
+            }],
+            probe: Some(ProbeReport {
+                url: "http://127.0.0.1:8080/healthz".into(),
+                healthy: true,
+                status: Some(200),
+                ..ProbeReport::default()
+            }),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn the_last_deployment_and_its_outcome_come_from_the_events() {
+        let state = State::default();
+        let ok = [
+            event("application-stop", "d-2", "deployment d-2 begins; serving d-1"),
+            event("application-start", "d-2", "switching to d-2"),
+            event("application-start", "d-2", "d-2 serves"),
+            event("validate-service", "d-2", "d-2 validated"),
+            event("rollback", "-", "d-1 serves"),
+        ];
+        let d = last_deployment(&ok, &state).unwrap();
+        assert_eq!((d.deployment.as_str(), d.outcome.as_str()), ("d-2", "succeeded"));
+        let failed = [
+            event("application-start", "d-3", "switching to d-3"),
+            event("application-start", "d-3", "d-3 did not take over: it crashed"),
+        ];
+        assert_eq!(last_deployment(&failed, &state).unwrap().outcome, "failed");
+        let switched = &ok[..3];
+        assert_eq!(last_deployment(switched, &state).unwrap().outcome, "switched");
+        let waiting = State {
+            validating: Some(Validating {
+                deployment: "d-2".into(),
+                release: "d-2".into(),
+            }),
+            ..State::default()
+        };
+        assert_eq!(
+            last_deployment(switched, &waiting).unwrap().outcome,
+            "awaiting_validation"
+        );
+        assert_eq!(last_deployment(&ok[..2], &state).unwrap().outcome, "in_progress");
+        assert!(last_deployment(&ok[4..], &state).is_none());
+    }
+
+    #[test]
+    fn healthy_only_when_the_recorded_release_serves_and_answers() {
+        let r = healthy_native();
+        let state = State {
+            serving: Some("d-2".into()),
+            ..State::default()
+        };
+        assert_eq!(problems(&r, &state, true), Vec::<String>::new());
+
+        let mut stopped = healthy_native();
+        stopped.instances[0].unit.active_state = "inactive".into();
+        stopped.instances[0].unit.summary = "shop@d-2.service is inactive (dead)".into();
+        let p = problems(&stopped, &state, true);
+        assert!(
+            p.iter()
+                .any(|p| p.contains("instance is not active: shop@d-2.service is inactive")),
+            "{p:?}"
+        );
+
+        let mut unfinished = healthy_native();
+        unfinished.switching = Some(Switching {
+            to: "d-3".into(),
+            from: Some("d-2".into()),
+            hook: "application-start".into(),
+            deployment: "d-3".into(),
+        });
+        unfinished.probe.as_mut().unwrap().healthy = false;
+        unfinished.probe.as_mut().unwrap().error = Some("GET …: connection refused".into());
+        let p = problems(&unfinished, &state, true);
+        assert!(p.iter().any(|p| p.contains("switch to d-3")), "{p:?}");
+        assert!(p.iter().any(|p| p.contains("health probe failed")), "{p:?}");
+
+        let mut nothing = healthy_native();
+        nothing.serving = None;
+        assert_eq!(
+            problems(&nothing, &State::default(), false),
+            ["no release is recorded as serving"]
+        );
+    }
+
+    #[test]
+    fn proxy_mode_needs_the_recorded_front_and_the_routed_instance() {
+        let mut r = healthy_native();
+        r.strategy = Some("proxy".into());
+        r.route = Some(RouteReport {
+            release: "d-2".into(),
+            upstream: "127.0.0.1:20001".into(),
+        });
+        let state = State {
+            serving: Some("d-2".into()),
+            front: Some("abc".into()),
+            ..State::default()
+        };
+        let p = problems(&r, &state, true);
+        assert_eq!(p, ["the recorded front abc is not active"]);
+        r.fronts.push(FrontReport {
+            unit: r.instances[0].unit.clone(),
+            id: "abc".into(),
+            enabled: "enabled".into(),
+            recorded: true,
+        });
+        assert!(problems(&r, &state, true).is_empty());
+        r.route.as_mut().unwrap().release = "d-1".into();
+        let p = problems(&r, &state, true);
+        assert!(p[0].contains("the front routes to d-1"), "{p:?}");
+    }
+
+    #[test]
+    fn verdict_and_renderings() {
+        let mut r = healthy_native();
+        r.healthy = true;
+        assert!(r.verdict().is_ok());
+        let text = r.text();
+        assert!(text.starts_with("service shop (/opt/shop), hooks "), "{text}");
+        assert!(
+            text.contains("instance  shop@d-2.service is active (running), enabled\n"),
+            "{text}"
+        );
+        assert!(text.contains("healthy   d-2 serves"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&r.json().unwrap()).unwrap();
+        assert_eq!(json["serving"], "d-2");
+        assert_eq!(json["instances"][0]["unit"], "shop@d-2.service");
+        assert_eq!(json["instances"][0]["release"], "d-2");
+        assert_eq!(json["instances"][0]["enabled"], "enabled");
+        assert_eq!(json["healthy"], true);
+
+        r.healthy = false;
+        r.problems = vec!["the socket is not active: shop.socket is failed (failed)".into()];
+        assert_eq!(fault::exit_code(&r.verdict().unwrap_err()), 1);
+        assert!(r.text().contains("NOT HEALTHY:\n  - the socket is not active"));
+        r.systemd_error = Some("cannot reach systemd".into());
+        assert_eq!(fault::exit_code(&r.verdict().unwrap_err()), 3);
+    }
+}
