@@ -287,8 +287,8 @@ fn check_disk_space(revision: &Path, root: &Path) -> Result<()> {
 /// Runs a step that changes the service so that SIGTERM (the agent's hook timeout) ends it at
 /// a consistent point: the step stops at its next await, then, under the lock again, the
 /// recovery that a killed hook would leave to the next one runs now (an uncommitted switch is
-/// undone, a committed one finishes its retire), and the hook fails with a message that says
-/// what serves.
+/// undone, a committed one finishes its retire), and [`crate::cli::after_sigterm`] decides:
+/// success when the release this hook deploys serves, else a failure that says what serves.
 async fn settle_on_sigterm(
     args: &HookArgs,
     hook: &str,
@@ -300,14 +300,13 @@ async fn settle_on_sigterm(
         r = step => r,
         _ = term.recv() => {
             tracing::warn!("{hook}: SIGTERM (the agent's hook timeout?): stopping this step and settling the service first");
-            let settled = settle(args, hook).await;
-            bail!(Fault::deployment(match settled {
-                Ok(what) => format!("interrupted by SIGTERM (the agent's hook timeout?) and settled: {what}. Deploy again"),
-                Err(e) => format!(
+            match settle(args, hook).await {
+                Ok(what) => crate::cli::after_sigterm(Some(&what)),
+                Err(e) => bail!(Fault::deployment(format!(
                     "interrupted by SIGTERM (the agent's hook timeout?); settling failed: {e:#}. The next deployment \
                      step finishes it (every hook converges from where this one stopped); see `handoff status`"
-                ),
-            }))
+                ))),
+            }
         }
     }
 }
@@ -368,6 +367,9 @@ async fn application_start_step(args: &HookArgs) -> Result<()> {
     } = &session;
     let release = release.clone();
     let deployer = Deployer::new(cfg, systemd, store)?;
+    if !args.dry_run {
+        crate::cli::deploying(store.root(), &release);
+    }
 
     if args.dry_run {
         println!(
@@ -451,6 +453,9 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
 
 async fn validate_service_step(args: &HookArgs) -> Result<()> {
     let t0 = Instant::now();
+    // ValidateService judges the release: a SIGTERM here never counts as its success (after
+    // Beanstalk's postdeploy ran ApplicationStart in this same process).
+    crate::cli::not_deploying();
     let session = Session::open(args, "validate-service").await?;
     let Session {
         release,
@@ -697,6 +702,9 @@ pub async fn manual_rollback(
         Deployer::new(&cfg, &systemd, &store)?
             .recover("rollback", "-")
             .await?;
+    }
+    if !dry_run {
+        crate::cli::deploying(store.root(), &target);
     }
     rollback_to(&systemd, &store, &target, None, "rollback", "-").await?;
     tracing::info!("{target} serves {service}");

@@ -329,8 +329,16 @@ impl TestService {
     }
 
     /// A hook sent SIGTERM (the agent's hook timeout) at `step` (`HANDOFF_KILL_AT` with
-    /// `HANDOFF_KILL_SIGNAL=TERM`): it must settle the service and fail with exit 1, saying so.
-    pub fn hook_termed_at(&self, step: &str, hook: &str, deployment: &str, revision: &Path) -> Output {
+    /// `HANDOFF_KILL_SIGNAL=TERM`): it must settle the service and say so, exiting `code`: 0 when
+    /// the release it deploys serves (SIGTERM after the commit), 1 when it does not.
+    pub fn hook_termed_at(
+        &self,
+        step: &str,
+        hook: &str,
+        deployment: &str,
+        revision: &Path,
+        code: i32,
+    ) -> Output {
         let mut cmd = self.hook_command(hook, deployment, revision);
         cmd.env("HANDOFF_KILL_AT", step)
             .env("HANDOFF_KILL_SIGNAL", "TERM");
@@ -340,10 +348,10 @@ impl TestService {
         };
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(
-            out.status.code() == Some(1)
+            out.status.code() == Some(code)
                 && text.contains(&format!("HANDOFF_KILL_AT={step}"))
                 && text.contains("interrupted by SIGTERM (the agent's hook timeout?) and settled"),
-            "{hook} did not settle after SIGTERM at {step}:\n{}",
+            "{hook} did not settle after SIGTERM at {step} (expected exit {code}):\n{}",
             explain(&cmd, &out)
         );
         out
