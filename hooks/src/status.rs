@@ -239,6 +239,23 @@ pub async fn gather(service: &str) -> Result<Report> {
             upstream: route.upstream,
         });
     }
+    if let Some(systemd) = &systemd {
+        // The instance that must serve is shown even when systemd no longer runs it.
+        let wanted = match &r.route {
+            Some(route) => Some(route.release.clone()),
+            None => state.serving.clone(),
+        };
+        let missing = wanted.filter(|w| !r.instances.iter().any(|i| &i.release == w));
+        if let Some(release) = missing {
+            let unit = format!("{service}@{release}.service");
+            let st = systemd.status(&unit).await?;
+            r.instances.push(InstanceReport {
+                release: release.clone(),
+                enabled: systemd.unit_file_state(&unit).await.unwrap_or_default(),
+                unit: UnitReport::from(&st),
+            });
+        }
+    }
     for name in &releases {
         let mark = if state.serving.as_deref() == Some(name) {
             "serving"
