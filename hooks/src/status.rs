@@ -30,7 +30,8 @@ pub struct Report {
     pub serving: Option<String>,
     /// The release that served before it (the default rollback target).
     pub previous: Option<String>,
-    /// `handoff` (native) or `proxy`, from the serving (else the newest) release's deploy.yml.
+    /// `handoff` (native), `restart` or `proxy`, from the serving (else the newest) release's
+    /// deploy.yml.
     pub strategy: Option<String>,
     /// Why systemd could not be asked (exit 3).
     pub systemd_error: Option<String>,
@@ -196,9 +197,14 @@ pub async fn gather(service: &str) -> Result<Report> {
         .iter()
         .chain(releases.iter().rev())
         .find_map(|r| DeployConfig::load(&store.dir(r).join(crate::config::FILE_NAME)).ok());
-    r.strategy = cfg
-        .as_ref()
-        .map(|c| if c.is_proxy() { "proxy" } else { "handoff" }.into());
+    r.strategy = cfg.as_ref().map(|c| {
+        match c.strategy {
+            crate::config::Strategy::Handoff => "handoff",
+            crate::config::Strategy::Restart => "restart",
+            crate::config::Strategy::Proxy => "proxy",
+        }
+        .into()
+    });
     r.listen = cfg.as_ref().map(|c| c.listen.clone()).unwrap_or_default();
     let systemd = match Systemd::connect(false).await {
         Ok(systemd) => Some(systemd),
