@@ -163,6 +163,14 @@ pub fn not_deploying() {
     *DEPLOYING.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
+static TERMINATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a SIGTERM ended a step of this process ([`after_sigterm`]): a process that runs
+/// several steps (Beanstalk's postdeploy) runs no more after one.
+pub fn sigterm_received() -> bool {
+    TERMINATED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The outcome of a hook that SIGTERM (the agent's hook timeout) ended, decided from the state
 /// on disk, in one place: when the release this process deploys ([`deploying`]) serves (its
 /// switch was committed: `state.serving`, and no `switching`), the hook succeeded (exit 0) and
@@ -170,6 +178,7 @@ pub fn not_deploying() {
 /// says what serves. `settled` is what [`crate::lifecycle`]'s settling did, if it ran.
 pub fn after_sigterm(settled: Option<&str>) -> Result<()> {
     const INTERRUPTED: &str = "interrupted by SIGTERM (the agent's hook timeout?)";
+    TERMINATED.store(true, std::sync::atomic::Ordering::SeqCst);
     let target = DEPLOYING.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let state = target
         .as_ref()
