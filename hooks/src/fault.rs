@@ -69,8 +69,13 @@ pub fn kind_of(err: &anyhow::Error) -> Option<FaultKind> {
         return Some(f.kind);
     }
     err.chain()
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(is_host_io)
+        .any(|e| {
+            e.downcast_ref::<std::io::Error>().is_some_and(is_host_io)
+                // nix's errors, as the io error they are.
+                || e
+                    .downcast_ref::<nix::errno::Errno>()
+                    .is_some_and(|n| is_host_io(&std::io::Error::from(*n)))
+        })
         .then_some(FaultKind::Environment)
 }
 
@@ -157,6 +162,18 @@ mod tests {
             let e = anyhow::Error::new(std::io::Error::new(kind, "x")).context("outer");
             assert_eq!(exit_code(&e), 3, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn nix_errors_are_classified_as_the_io_errors_they_are() {
+        let e = Err::<(), _>(nix::errno::Errno::EROFS)
+            .context("cannot lock")
+            .unwrap_err();
+        assert_eq!(exit_code(&e), 3);
+        let e = Err::<(), _>(nix::errno::Errno::ESRCH)
+            .context("cannot signal")
+            .unwrap_err();
+        assert_eq!(exit_code(&e), 1);
     }
 
     #[test]
