@@ -337,30 +337,48 @@ async fn probe(cfg: &DeployConfig) -> ProbeReport {
     }
 }
 
-/// The newest deployment named in `events` (oldest first) and its outcome.
+/// The newest deployment named in `events` (oldest first) and its outcome: its events in
+/// order, then what the state still says (a failed release, an unfinished switch, a
+/// deployment awaiting its ValidateService).
 fn last_deployment(events: &[Event], state: &State) -> Option<LastDeployment> {
     let last = events
         .iter()
         .rev()
         .find(|e| !e.deployment.is_empty() && e.deployment != "-")?;
     let id = &last.deployment;
-    let mine: Vec<&Event> = events.iter().filter(|e| &e.deployment == id).collect();
-    let said = |f: &dyn Fn(&Event) -> bool| mine.iter().any(|e| f(e));
-    let outcome = if state.switching.as_ref().is_some_and(|s| &s.deployment == id) {
-        "unfinished"
-    } else if said(&|e| e.message.contains("failed validation") || e.message.contains("did not take over")) {
-        "failed"
-    } else if said(&|e| e.hook == "validate-service" && e.message.ends_with(" validated")) {
-        "succeeded"
-    } else if state.validating.as_ref().is_some_and(|v| &v.deployment == id) {
-        "awaiting_validation"
-    } else if said(&|e| e.message.ends_with(" serves") && e.message.split(' ').count() == 2) {
-        "switched"
-    } else if said(&|e| e.message.contains(" begins") || e.message.starts_with("switching to ")) {
-        "in_progress"
-    } else {
-        "unknown"
-    };
+    // "d-2 serves": the commit of a switch.
+    let serves = |m: &str| m.strip_suffix(" serves").is_some_and(|r| !r.contains(' '));
+    let mut outcome = "unknown";
+    let mut release = None;
+    for e in events.iter().filter(|e| &e.deployment == id) {
+        let m = e.message.as_str();
+        let validate = e.hook == "validate-service";
+        if !validate && release.is_none() {
+            release = m.strip_prefix("switching to ");
+        }
+        outcome = if m.contains("failed validation") || m.contains("did not take over") {
+            "failed"
+        } else if validate && (m.starts_with("switching to ") || serves(m)) {
+            // ValidateService rolling back: its release was rejected.
+            "failed"
+        } else if validate && m.ends_with(" validated") {
+            "succeeded"
+        } else if serves(m) {
+            "switched"
+        } else if m.starts_with("switching to ") || m.contains(" begins") {
+            "in_progress"
+        } else {
+            outcome
+        };
+    }
+    if release.is_some_and(|r| state.is_failed(r)) {
+        outcome = "failed";
+    }
+    if state.switching.as_ref().is_some_and(|s| &s.deployment == id) {
+        outcome = "unfinished";
+    } else if outcome == "switched" && state.validating.as_ref().is_some_and(|v| &v.deployment == id) {
+        outcome = "awaiting_validation";
+    }
     Some(LastDeployment {
         deployment: id.clone(),
         outcome: outcome.into(),
@@ -615,172 +633,4 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(hook: &str, deployment: &str, message: &str) -> Event {
-        Event {
-            at: 1,
-            hook: hook.into(),
-            deployment: deployment.into(),
-            message: message.into(),
-        }
-    }
-
-    fn healthy_native() -> Report {
-        let unit = |name: &str| UnitReport {
-            unit: name.into(),
-            active_state: "active".into(),
-            sub_state: "running".into(),
-            need_daemon_reload: false,
-            summary: format!("{name} is active (running)"),
-        };
-        Report {
-            service: "shop".into(),
-            root: "/opt/shop".into(),
-            serving: Some("d-2".into()),
-            strategy: Some("handoff".into()),
-            socket: Some(unit("shop.socket")),
-            instances: vec![InstanceReport {
-                unit: unit("shop@d-2.service"),
-                release: "d-2".into(),
-                enabled: "enabled".into(),
-            }],
-            probe: Some(ProbeReport {
-                url: "http://127.0.0.1:8080/healthz".into(),
-                healthy: true,
-                status: Some(200),
-                ..ProbeReport::default()
-            }),
-            ..Report::default()
-        }
-    }
-
-    #[test]
-    fn the_last_deployment_and_its_outcome_come_from_the_events() {
-        let state = State::default();
-        let ok = [
-            event("application-stop", "d-2", "deployment d-2 begins; serving d-1"),
-            event("application-start", "d-2", "switching to d-2"),
-            event("application-start", "d-2", "d-2 serves"),
-            event("validate-service", "d-2", "d-2 validated"),
-            event("rollback", "-", "d-1 serves"),
-        ];
-        let d = last_deployment(&ok, &state).unwrap();
-        assert_eq!((d.deployment.as_str(), d.outcome.as_str()), ("d-2", "succeeded"));
-        let failed = [
-            event("application-start", "d-3", "switching to d-3"),
-            event("application-start", "d-3", "d-3 did not take over: it crashed"),
-        ];
-        assert_eq!(last_deployment(&failed, &state).unwrap().outcome, "failed");
-        let switched = &ok[..3];
-        assert_eq!(last_deployment(switched, &state).unwrap().outcome, "switched");
-        let waiting = State {
-            validating: Some(Validating {
-                deployment: "d-2".into(),
-                release: "d-2".into(),
-            }),
-            ..State::default()
-        };
-        assert_eq!(
-            last_deployment(switched, &waiting).unwrap().outcome,
-            "awaiting_validation"
-        );
-        assert_eq!(last_deployment(&ok[..2], &state).unwrap().outcome, "in_progress");
-        assert!(last_deployment(&ok[4..], &state).is_none());
-    }
-
-    #[test]
-    fn healthy_only_when_the_recorded_release_serves_and_answers() {
-        let r = healthy_native();
-        let state = State {
-            serving: Some("d-2".into()),
-            ..State::default()
-        };
-        assert_eq!(problems(&r, &state, true), Vec::<String>::new());
-
-        let mut stopped = healthy_native();
-        stopped.instances[0].unit.active_state = "inactive".into();
-        stopped.instances[0].unit.summary = "shop@d-2.service is inactive (dead)".into();
-        let p = problems(&stopped, &state, true);
-        assert!(
-            p.iter()
-                .any(|p| p.contains("instance is not active: shop@d-2.service is inactive")),
-            "{p:?}"
-        );
-
-        let mut unfinished = healthy_native();
-        unfinished.switching = Some(Switching {
-            to: "d-3".into(),
-            from: Some("d-2".into()),
-            hook: "application-start".into(),
-            deployment: "d-3".into(),
-        });
-        unfinished.probe.as_mut().unwrap().healthy = false;
-        unfinished.probe.as_mut().unwrap().error = Some("GET …: connection refused".into());
-        let p = problems(&unfinished, &state, true);
-        assert!(p.iter().any(|p| p.contains("switch to d-3")), "{p:?}");
-        assert!(p.iter().any(|p| p.contains("health probe failed")), "{p:?}");
-
-        let mut nothing = healthy_native();
-        nothing.serving = None;
-        assert_eq!(
-            problems(&nothing, &State::default(), false),
-            ["no release is recorded as serving"]
-        );
-    }
-
-    #[test]
-    fn proxy_mode_needs_the_recorded_front_and_the_routed_instance() {
-        let mut r = healthy_native();
-        r.strategy = Some("proxy".into());
-        r.route = Some(RouteReport {
-            release: "d-2".into(),
-            upstream: "127.0.0.1:20001".into(),
-        });
-        let state = State {
-            serving: Some("d-2".into()),
-            front: Some("abc".into()),
-            ..State::default()
-        };
-        let p = problems(&r, &state, true);
-        assert_eq!(p, ["the recorded front abc is not active"]);
-        r.fronts.push(FrontReport {
-            unit: r.instances[0].unit.clone(),
-            id: "abc".into(),
-            enabled: "enabled".into(),
-            recorded: true,
-        });
-        assert!(problems(&r, &state, true).is_empty());
-        r.route.as_mut().unwrap().release = "d-1".into();
-        let p = problems(&r, &state, true);
-        assert!(p[0].contains("the front routes to d-1"), "{p:?}");
-    }
-
-    #[test]
-    fn verdict_and_renderings() {
-        let mut r = healthy_native();
-        r.healthy = true;
-        assert!(r.verdict().is_ok());
-        let text = r.text();
-        assert!(text.starts_with("service shop (/opt/shop), hooks "), "{text}");
-        assert!(
-            text.contains("instance  shop@d-2.service is active (running), enabled\n"),
-            "{text}"
-        );
-        assert!(text.contains("healthy   d-2 serves"), "{text}");
-        let json: serde_json::Value = serde_json::from_str(&r.json().unwrap()).unwrap();
-        assert_eq!(json["serving"], "d-2");
-        assert_eq!(json["instances"][0]["unit"], "shop@d-2.service");
-        assert_eq!(json["instances"][0]["release"], "d-2");
-        assert_eq!(json["instances"][0]["enabled"], "enabled");
-        assert_eq!(json["healthy"], true);
-
-        r.healthy = false;
-        r.problems = vec!["the socket is not active: shop.socket is failed (failed)".into()];
-        assert_eq!(fault::exit_code(&r.verdict().unwrap_err()), 1);
-        assert!(r.text().contains("NOT HEALTHY:\n  - the socket is not active"));
-        r.systemd_error = Some("cannot reach systemd".into());
-        assert_eq!(fault::exit_code(&r.verdict().unwrap_err()), 3);
-    }
-}
+mod tests;
