@@ -58,6 +58,14 @@ pub async fn postdeploy(args: &HookArgs) -> Result<()> {
         args.revision_dir()?.display()
     );
     lifecycle::application_start(&args).await?;
+    if crate::cli::sigterm_received() {
+        // Its release serves (ApplicationStart succeeded), but SIGTERM stops the rest.
+        bail!(Fault::deployment(format!(
+            "interrupted by SIGTERM before ValidateService: {} serves, not validated; check it with \
+             `handoff status`, or deploy again",
+            args.deployment()
+        )));
+    }
     lifecycle::validate_service(&args).await
 }
 

@@ -147,10 +147,87 @@ pub fn settles_on_sigterm() {
     SETTLES_ON_SIGTERM.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// The release this process deploys and its service's folder (`/opt/<service>`), once known:
+/// what SIGTERM's message and exit code are decided from ([`after_sigterm`]).
+static DEPLOYING: std::sync::Mutex<Option<(PathBuf, String)>> = std::sync::Mutex::new(None);
+
+/// Says that this process deploys `release` of the service whose folder is `root`: after its
+/// commit (`state.serving` in `root/state.json`), a SIGTERM ends the hook with success.
+pub fn deploying(root: &Path, release: &str) {
+    *DEPLOYING.lock().unwrap_or_else(|e| e.into_inner()) = Some((root.to_path_buf(), release.to_string()));
+}
+
+/// Says that this process deploys nothing (anymore): ValidateService judges a release, and a
+/// SIGTERM there never counts as success.
+pub fn not_deploying() {
+    *DEPLOYING.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+static TERMINATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a SIGTERM ended a step of this process ([`after_sigterm`]): a process that runs
+/// several steps (Beanstalk's postdeploy) runs no more after one.
+pub fn sigterm_received() -> bool {
+    TERMINATED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The outcome of a hook that SIGTERM (the agent's hook timeout) ended, decided from the state
+/// on disk, in one place: when the release this process deploys ([`deploying`]) serves (its
+/// switch was committed: `state.serving`, and no `switching`), the hook succeeded (exit 0) and
+/// the old release's drain goes on in systemd; otherwise it failed (exit 1) and the message
+/// says what serves. `settled` is what [`crate::lifecycle`]'s settling did, if it ran.
+pub fn after_sigterm(settled: Option<&str>) -> Result<()> {
+    const INTERRUPTED: &str = "interrupted by SIGTERM (the agent's hook timeout?)";
+    TERMINATED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let target = DEPLOYING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let state = target
+        .as_ref()
+        .and_then(|(root, _)| crate::release::ReleaseStore::new(root).load_state().ok());
+    let serves = |release: &str| {
+        state
+            .as_ref()
+            .is_some_and(|s| s.serving.as_deref() == Some(release) && s.switching.is_none())
+    };
+    match (&target, settled) {
+        (Some((_, release)), Some(what)) if serves(release) => {
+            tracing::warn!(
+                "{INTERRUPTED} and settled: {what}. {release} serves: its switch was committed before SIGTERM, \
+                 so this step succeeded"
+            );
+            Ok(())
+        }
+        (Some((_, release)), None) if serves(release) => {
+            tracing::warn!(
+                "{INTERRUPTED} after {release}'s switch was committed: {release} serves. The old release's drain \
+                 goes on in systemd, and the next hook (or deployment) retires whatever is left"
+            );
+            Ok(())
+        }
+        (_, Some(what)) => Err(Fault::deployment(format!("{INTERRUPTED} and settled: {what}. Deploy again")).into()),
+        (Some((_, release)), None) => {
+            let serving = match state.as_ref().and_then(|s| s.serving.clone()) {
+                Some(s) => format!("{s} (the previous release) serves"),
+                None => "no release is recorded as serving".into(),
+            };
+            Err(Fault::deployment(format!(
+                "{INTERRUPTED} before {release}'s switch was committed: {release} does not serve; {serving}. \
+                 systemd finishes the jobs already queued, and the next hook undoes what is left. Run the hook \
+                 again or redeploy: every hook converges from where this one stopped"
+            ))
+            .into())
+        }
+        (None, None) => Err(Fault::deployment(format!(
+            "{INTERRUPTED}; systemd finishes the jobs already queued. Run the hook again or redeploy: every hook \
+             converges from where this one stopped"
+        ))
+        .into()),
+    }
+}
+
 /// Runs a command to completion and decides its exit code. SIGTERM (the agent's timeout) ends
-/// it with a message saying what to do, unless the hook settles the service itself
-/// ([`settles_on_sigterm`]); jobs already queued in systemd go on, and running the hook again
-/// converges.
+/// it with [`after_sigterm`]'s verdict (success when the release it deploys already serves),
+/// unless the hook settles the service itself ([`settles_on_sigterm`]); jobs already queued in
+/// systemd go on, and running the hook again converges.
 pub fn run<F>(name: &str, verbose: u8, hook: F) -> ExitCode
 where
     F: Future<Output = Result<()>>,
@@ -173,10 +250,7 @@ where
                     if SETTLES_ON_SIGTERM.load(std::sync::atomic::Ordering::SeqCst) {
                         continue;
                     }
-                    break Err(anyhow::anyhow!(
-                        "interrupted by SIGTERM (the agent's hook timeout?); systemd finishes the jobs already \
-                         queued. Run the hook again or redeploy: every hook converges from where this one stopped"
-                    ));
+                    break after_sigterm(None);
                 }
             }
         }
@@ -216,6 +290,71 @@ pub fn infer_service(cwd: &Path, unit_dir: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The only test that touches the DEPLOYING global (tests run in parallel).
+    #[test]
+    fn sigterm_succeeds_only_once_the_release_this_process_deploys_serves() {
+        let root = std::env::temp_dir().join(format!("handoff-sigterm-{}", std::process::id()));
+        let store = crate::release::ReleaseStore::new(&root);
+        let save = |serving: &str, switching: Option<&str>| {
+            store
+                .save_state(&crate::release::State {
+                    serving: Some(serving.into()),
+                    switching: switching.map(|to| crate::release::Switching {
+                        to: to.into(),
+                        from: Some(serving.into()),
+                        hook: "application-start".into(),
+                        deployment: to.into(),
+                    }),
+                    ..Default::default()
+                })
+                .unwrap()
+        };
+        let code = |r: Result<()>| {
+            r.map_or_else(
+                |e| (fault::exit_code(&e), format!("{e:#}")),
+                |()| (0, String::new()),
+            )
+        };
+
+        not_deploying();
+        let (c, e) = code(after_sigterm(None));
+        assert_eq!(c, 1);
+        assert!(e.contains("interrupted by SIGTERM"), "{e}");
+
+        deploying(&root, "d-2");
+        // Before the commit: the intent is recorded, d-1 serves.
+        save("d-1", Some("d-2"));
+        let (c, e) = code(after_sigterm(None));
+        assert_eq!(c, 1);
+        assert!(
+            e.contains("before d-2's switch was committed")
+                && e.contains("d-1 (the previous release) serves"),
+            "{e}"
+        );
+        let (c, e) = code(after_sigterm(Some(
+            "the uncommitted switch to d-2 was undone; d-1 serves",
+        )));
+        assert_eq!(c, 1);
+        assert!(
+            e.contains("and settled: the uncommitted switch to d-2 was undone"),
+            "{e}"
+        );
+        // After the commit: d-2 serves, the old release's drain goes on.
+        save("d-2", None);
+        assert_eq!(code(after_sigterm(None)).0, 0);
+        assert_eq!(
+            code(after_sigterm(Some("d-2 serves (its switch was committed)"))).0,
+            0
+        );
+        // ValidateService (or a rollback it makes) never succeeds by a SIGTERM.
+        not_deploying();
+        assert_eq!(
+            code(after_sigterm(Some("d-2 serves (its switch was committed)"))).0,
+            1
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn revision_is_found_above_the_hook() {

@@ -170,6 +170,31 @@ impl Probe {
         })
     }
 
+    /// One probe of the first address, the cheapest check that the service answers (`handoff
+    /// status`): the answer when its status is in `health.expect`, else an error saying what
+    /// came back.
+    pub async fn once(&self) -> Result<Reply> {
+        let addr = *self
+            .addrs
+            .first()
+            .ok_or_else(|| anyhow!("no address to probe: deploy.yml `listen:` names none"))?;
+        let _waiting = crate::timing::waiting(crate::timing::Wait::App);
+        match self.fetch(addr).await {
+            Ok(r) if self.expect.contains(&r.status) => Ok(r),
+            Ok(r) => bail!(
+                "GET http://{addr}{} answered {}",
+                self.path,
+                self.unexpected(r.status, addr)
+            ),
+            Err(e) if e.is_timeout() && !e.is_connect() => bail!(
+                "GET http://{addr}{}: no answer within {:.1} s (health.timeout)",
+                self.path,
+                self.timeout.as_secs_f64()
+            ),
+            Err(e) => bail!("GET http://{addr}{}: {e}", self.path),
+        }
+    }
+
     /// Retries until every address answers 200 from `release` (when the app names its
     /// instance) or the deadline passes. Returns what the probes saw on timeout.
     ///

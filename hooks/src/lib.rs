@@ -4,7 +4,9 @@
 //! The folder layout is the architecture:
 //!
 //! - [`lifecycle`] — the four hooks (ApplicationStop, BeforeInstall, ApplicationStart,
-//!   ValidateService) and the operator's status and rollback;
+//!   ValidateService) and the operator's rollback;
+//! - [`status`] — `handoff status`: a typed report (text or JSON) and whether the recorded
+//!   release serves healthy;
 //! - [`deploy`] — the release switch itself: start beside, confirm, drain the old;
 //! - [`proxy`] — the switch of `strategy: proxy`: private ports, the front's route and drain;
 //! - [`release`] — release folders under `/opt/<service>/releases`, and which one serves;
@@ -44,6 +46,7 @@ pub mod proxy;
 pub mod rehearsal;
 pub mod release;
 pub mod span;
+pub mod status;
 pub mod systemd;
 pub mod takeover;
 pub mod timeouts;

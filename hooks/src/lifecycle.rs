@@ -1,4 +1,4 @@
-//! The four CodeDeploy lifecycle hooks, and the operator's status and rollback.
+//! The four CodeDeploy lifecycle hooks, and the operator's rollback (status: [`crate::status`]).
 //!
 //! | hook | runs from | does |
 //! |---|---|---|
@@ -287,8 +287,8 @@ fn check_disk_space(revision: &Path, root: &Path) -> Result<()> {
 /// Runs a step that changes the service so that SIGTERM (the agent's hook timeout) ends it at
 /// a consistent point: the step stops at its next await, then, under the lock again, the
 /// recovery that a killed hook would leave to the next one runs now (an uncommitted switch is
-/// undone, a committed one finishes its retire), and the hook fails with a message that says
-/// what serves.
+/// undone, a committed one finishes its retire), and [`crate::cli::after_sigterm`] decides:
+/// success when the release this hook deploys serves, else a failure that says what serves.
 async fn settle_on_sigterm(
     args: &HookArgs,
     hook: &str,
@@ -300,14 +300,13 @@ async fn settle_on_sigterm(
         r = step => r,
         _ = term.recv() => {
             tracing::warn!("{hook}: SIGTERM (the agent's hook timeout?): stopping this step and settling the service first");
-            let settled = settle(args, hook).await;
-            bail!(Fault::deployment(match settled {
-                Ok(what) => format!("interrupted by SIGTERM (the agent's hook timeout?) and settled: {what}. Deploy again"),
-                Err(e) => format!(
+            match settle(args, hook).await {
+                Ok(what) => crate::cli::after_sigterm(Some(&what)),
+                Err(e) => bail!(Fault::deployment(format!(
                     "interrupted by SIGTERM (the agent's hook timeout?); settling failed: {e:#}. The next deployment \
                      step finishes it (every hook converges from where this one stopped); see `handoff status`"
-                ),
-            }))
+                ))),
+            }
         }
     }
 }
@@ -368,6 +367,9 @@ async fn application_start_step(args: &HookArgs) -> Result<()> {
     } = &session;
     let release = release.clone();
     let deployer = Deployer::new(cfg, systemd, store)?;
+    if !args.dry_run {
+        crate::cli::deploying(store.root(), &release);
+    }
 
     if args.dry_run {
         println!(
@@ -451,6 +453,9 @@ pub async fn validate_service(args: &HookArgs) -> Result<()> {
 
 async fn validate_service_step(args: &HookArgs) -> Result<()> {
     let t0 = Instant::now();
+    // ValidateService judges the release: a SIGTERM here never counts as its success (after
+    // Beanstalk's postdeploy ran ApplicationStart in this same process).
+    crate::cli::not_deploying();
     let session = Session::open(args, "validate-service").await?;
     let Session {
         release,
@@ -698,144 +703,10 @@ pub async fn manual_rollback(
             .recover("rollback", "-")
             .await?;
     }
+    if !dry_run {
+        crate::cli::deploying(store.root(), &target);
+    }
     rollback_to(&systemd, &store, &target, None, "rollback", "-").await?;
     tracing::info!("{target} serves {service}");
     Ok(())
-}
-
-/// `handoff status`: the socket, the instances, the releases and which one serves; what is
-/// under way; whether systemd runs the unit files on disk. It reports a damaged `state.json`
-/// rather than failing on it.
-pub async fn status(service: &str) -> Result<String> {
-    use std::fmt::Write;
-    let store = ReleaseStore::new(Path::new("/opt").join(service));
-    let mut out = String::new();
-    writeln!(
-        out,
-        "service {service} ({}), hooks {}",
-        store.root().display(),
-        crate::release::HOOKS_VERSION
-    )?;
-    let state = match store.load_state() {
-        Ok(s) => s,
-        Err(e) => {
-            writeln!(
-                out,
-                "state     DAMAGED: {e:#}. What follows is systemd's view; the next deployment treats the running \
-                 instance as serving"
-            )?;
-            State::default()
-        }
-    };
-    let releases = store.list()?;
-    let cfg = state
-        .serving
-        .iter()
-        .chain(releases.iter().rev())
-        .find_map(|r| DeployConfig::load(&store.dir(r).join(crate::config::FILE_NAME)).ok());
-    let systemd = match Systemd::connect(false).await {
-        Ok(systemd) => Some(systemd),
-        Err(e) => {
-            writeln!(out, "systemd   unreachable: {e:#}")?;
-            None
-        }
-    };
-    let stale = |st: &crate::systemd::UnitStatus| {
-        if st.need_daemon_reload {
-            " [unit file changed on disk since systemd loaded it: NeedDaemonReload]"
-        } else {
-            ""
-        }
-    };
-    if let Some(systemd) = &systemd {
-        let socket = format!("{service}.socket");
-        let st = systemd.status(&socket).await?;
-        let addrs = cfg.as_ref().map(|c| c.listen.join(", ")).unwrap_or_default();
-        writeln!(out, "socket    {} on {addrs}{}", st.describe(), stale(&st))?;
-        let holder = systemd.status(&format!("{service}-hold.service")).await?;
-        writeln!(out, "holder    {}{}", holder.describe(), stale(&holder))?;
-        for unit in systemd.list_live(&format!("{service}-front@*.service")).await? {
-            let st = systemd.status(&unit).await?;
-            let enabled = systemd.unit_file_state(&unit).await.unwrap_or_default();
-            let recorded = if state
-                .front
-                .as_deref()
-                .is_some_and(|f| unit.contains(&format!("@{f}.")))
-            {
-                ""
-            } else {
-                " (not the recorded front: the next hook stops it)"
-            };
-            writeln!(
-                out,
-                "front     {}, {enabled}{recorded}{}",
-                st.describe(),
-                stale(&st)
-            )?;
-        }
-        for unit in systemd.list_live(&format!("{service}@*.service")).await? {
-            let st = systemd.status(&unit).await?;
-            let enabled = systemd.unit_file_state(&unit).await.unwrap_or_default();
-            writeln!(out, "instance  {}, {enabled}{}", st.describe(), stale(&st))?;
-        }
-    }
-    if let Some(cfg) = cfg.as_ref().filter(|c| c.is_proxy()) {
-        match crate::proxy::read_route(cfg) {
-            Some(route) => writeln!(
-                out,
-                "route     strategy proxy: the front sends requests to {} at {}",
-                route.release, route.upstream
-            )?,
-            None => writeln!(out, "route     strategy proxy: no route written yet")?,
-        }
-    }
-    if let Some(sw) = &state.switching {
-        writeln!(
-            out,
-            "UNFINISHED switch to {} ({} of deployment {}): the next hook or `handoff rollback` undoes it",
-            sw.to, sw.hook, sw.deployment
-        )?;
-    }
-    if let Some(v) = &state.validating {
-        writeln!(
-            out,
-            "awaiting  ValidateService of deployment {} (release {})",
-            v.deployment, v.release
-        )?;
-    }
-    if let Some(r) = &state.socket_pending {
-        writeln!(out, "UNFINISHED socket move for {r}: the next hook applies it")?;
-    }
-    writeln!(out, "releases (oldest first):")?;
-    for r in &releases {
-        let mark = if state.serving.as_deref() == Some(r) {
-            "serving"
-        } else if state.is_failed(r) {
-            "failed"
-        } else if state.previous.as_deref() == Some(r) {
-            "previous (rollback target)"
-        } else {
-            "kept"
-        };
-        let hooks = store
-            .meta(r)
-            .map(|m| m.hooks_version)
-            .unwrap_or_else(|| "unknown".into());
-        let boot = match &systemd {
-            Some(systemd) => systemd
-                .unit_file_state(&format!("{service}@{r}.service"))
-                .await
-                .unwrap_or_default(),
-            None => "?".into(),
-        };
-        writeln!(out, "  {r:<28} {mark:<28} hooks {hooks:<8} {boot}")?;
-    }
-    let events = store.recent_events(5);
-    if !events.is_empty() {
-        writeln!(out, "recent events:")?;
-        for e in events {
-            writeln!(out, "  {} {:<18} {} {}", e.at, e.hook, e.deployment, e.message)?;
-        }
-    }
-    Ok(out)
 }

@@ -510,14 +510,15 @@ fn copy_tree(top: &Path, from: &Path, to: &Path) -> Result<()> {
 }
 
 fn copy_error(src: &Path, dst: &Path, e: std::io::Error) -> anyhow::Error {
-    if e.raw_os_error() == Some(nix::libc::ENOSPC) {
+    if matches!(e.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT)) {
         anyhow::Error::new(Fault::environment(format!(
             "no space left to copy {} to {}; free disk space (old releases: lower releases.keep) and retry",
             src.display(),
             dst.display()
         )))
     } else {
-        anyhow::anyhow!("cannot copy {} to {}: {e}", src.display(), dst.display())
+        // The io error stays in the chain: one only the host can fix (EROFS, EACCES, …) exits 3.
+        anyhow::Error::new(e).context(format!("cannot copy {} to {}", src.display(), dst.display()))
     }
 }
 
@@ -668,6 +669,28 @@ mod tests {
         );
         assert_eq!(store.list().unwrap(), vec!["d-1"]);
         std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn copy_errors_keep_the_io_error_so_host_faults_exit_3() {
+        let (a, b) = (Path::new("/r/a"), Path::new("/opt/shop/releases/d-1/a"));
+        let code =
+            |errno| crate::fault::exit_code(&copy_error(a, b, std::io::Error::from_raw_os_error(errno)));
+        for errno in [
+            nix::libc::ENOSPC,
+            nix::libc::EDQUOT,
+            nix::libc::EROFS,
+            nix::libc::EACCES,
+        ] {
+            assert_eq!(code(errno), 3, "errno {errno}");
+        }
+        assert_eq!(code(nix::libc::EIO), 1);
+        let e = copy_error(a, b, std::io::Error::from_raw_os_error(nix::libc::EROFS));
+        assert!(
+            format!("{e:#}")
+                .starts_with("cannot copy /r/a to /opt/shop/releases/d-1/a: Read-only file system"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -363,11 +363,10 @@ impl Systemd {
     }
 
     async fn read_status(&self, unit: &str) -> Result<UnitStatus> {
-        let path = self
-            .manager
-            .load_unit(unit)
-            .await
-            .map_err(|e| anyhow!("systemd cannot load unit {unit}: {e}"))?;
+        let path =
+            self.manager.load_unit(unit).await.map_err(|e| {
+                crate::fault::Fault::environment(format!("systemd cannot load unit {unit}: {e}"))
+            })?;
         let props = self.properties(&path, "org.freedesktop.systemd1.Unit").await?;
         let mut st = UnitStatus {
             name: unit.to_string(),
@@ -407,10 +406,11 @@ impl Systemd {
             .build()
             .await?;
         let iface = zbus::names::InterfaceName::try_from(iface)?;
-        props
-            .get_all(iface)
-            .await
-            .with_context(|| format!("cannot read properties of {}", path.as_str()))
+        // A bus that does not answer is the host's fault (exit 3), never the release's.
+        props.get_all(iface).await.map_err(|e| {
+            crate::fault::Fault::environment(format!("cannot read properties of {}: {e}", path.as_str()))
+                .into()
+        })
     }
 
     /// Queues a start or stop job and waits for it to be removed, with its result.

@@ -24,8 +24,13 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the socket, the running instances, the kept releases and which one serves.
-    Status,
+    /// Show the socket, the running instances, the kept releases and which one serves. Exits 0
+    /// only when the recorded release serves healthy (1 otherwise, 3 when systemd is unreachable).
+    Status {
+        /// One JSON object instead of text (its fields: README, "handoff status").
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve a kept release again, with zero downtime (default: the previous one).
     Rollback {
         /// The release to serve (a folder name under /opt/<service>/releases).
@@ -121,9 +126,10 @@ fn main() -> std::process::ExitCode {
             ),
         };
         match args.command {
-            Command::Status => {
-                print!("{}", handoff::lifecycle::status(&service()?).await?);
-                Ok(())
+            Command::Status { json } => {
+                let report = handoff::status::gather(&service()?).await?;
+                print!("{}", if json { report.json()? } else { report.text() });
+                report.verdict()
             }
             Command::Rollback {
                 to,

@@ -200,7 +200,7 @@ async fn a_deployment_interrupted_as_the_old_instance_drains_and_rapid_deploymen
     // ApplicationStart for d-2 is stopped by the agent's timeout as d-1's drain begins (after
     // the commit): the hook settles first, joining d-1's drain (its slow requests finish).
     let v2 = svc.revision("v2", &[], "");
-    let out = svc.hook_termed_at("retiring", "application-start", "d-2", &v2);
+    let out = svc.hook_termed_at("retiring", "application-start", "d-2", &v2, 0);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("d-2 serves (its switch was committed)"),
         "{}",

@@ -331,7 +331,7 @@ async fn hooks_killed_mid_switch_converge_when_run_again() {
     svc.hook_killed_at("after-start", "application-start", "d-2", &v2);
     // The agent's SIGTERM once d-2 answers, before the commit: the hook stops there and
     // undoes the switch itself before it exits.
-    let out = svc.hook_termed_at("after-start", "application-start", "d-2", &v2);
+    let out = svc.hook_termed_at("after-start", "application-start", "d-2", &v2, 1);
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(
         text.contains("the uncommitted switch to d-2 was undone; d-1 serves"),

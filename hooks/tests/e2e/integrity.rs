@@ -420,7 +420,7 @@ async fn rollbacks_never_pick_a_rejected_release_and_never_cut_into_a_deployment
         stderr(&out)
     );
     assert_eq!(svc.state()["previous"].as_str(), Some("d-1"), "{}", svc.state());
-    let status = svc.status();
+    let status = svc.status_healthy();
     assert!(
         status.lines().any(|l| l.contains("d-3") && l.contains("failed")),
         "{status}"
@@ -497,7 +497,7 @@ fn status_survives_a_damaged_state_file_and_units_of_others_are_never_touched() 
     let mut svc = TestService::new();
     let v1 = svc.revision("v1", &[], "");
     svc.deploy_ok("d-1", &v1);
-    let status = svc.status();
+    let status = svc.status_healthy();
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         status.lines().any(|l| l.contains("d-1")
@@ -513,7 +513,9 @@ fn status_survives_a_damaged_state_file_and_units_of_others_are_never_touched() 
     std::fs::write(&state, "{\"serving\": \"d-1\", trunc").unwrap();
     let status = svc.status();
     assert!(
-        status.contains("state     DAMAGED") && status.contains("shop@d-1.service is active"),
+        status.contains("state     DAMAGED")
+            && status.contains("shop@d-1.service is active")
+            && status.contains("NOT HEALTHY"),
         "{status}"
     );
     std::fs::write(&state, saved).unwrap();

@@ -2,6 +2,7 @@
 //! written as systemd writes them, and the `handoff` CLI without `--service`.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::service::{TestService, edit_deploy_yml};
 use crate::support::*;
@@ -80,5 +81,83 @@ fn an_app_that_checks_the_host_deploys_with_health_host_and_systemd_durations() 
         String::from_utf8_lossy(&out.stdout).contains("uninstall"),
         "{}",
         explain(&completions, &out)
+    );
+}
+
+/// `handoff status` as an operator's check: without `--service` on a host with one service, exit
+/// 0 while the recorded release serves healthy; `--json` for tools; a stopped instance makes it
+/// exit 1 and name the problem, with the report still printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_exits_0_only_while_the_recorded_release_serves_healthy() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_ok("d-1", &v1);
+
+    // The CLI finds the one service on this host by itself; it serves healthy.
+    let mut status = svc.sandbox.command(svc.sandbox.test_binary("handoff"));
+    status.arg("status").current_dir("/");
+    let out = tokio::task::block_in_place(|| run(&mut status));
+    let text = explain(&status, &out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("service shop") && text.contains("healthy   d-1 serves"),
+        "{text}"
+    );
+
+    let (json, code) = tokio::task::block_in_place(|| svc.status_json());
+    assert_eq!(code, 0, "{json:#}");
+    assert_eq!(json["service"], "shop", "{json:#}");
+    assert_eq!(json["serving"], "d-1", "{json:#}");
+    assert_eq!(json["healthy"], true, "{json:#}");
+    assert_eq!(json["problems"].as_array().map(Vec::len), Some(0), "{json:#}");
+    assert_eq!(json["socket"]["active_state"], "active", "{json:#}");
+    let instance = &json["instances"][0];
+    assert_eq!(
+        (
+            instance["unit"].as_str(),
+            instance["release"].as_str(),
+            instance["active_state"].as_str(),
+            instance["enabled"].as_str()
+        ),
+        (
+            Some("shop@d-1.service"),
+            Some("d-1"),
+            Some("active"),
+            Some("enabled")
+        ),
+        "{json:#}"
+    );
+    assert_eq!(json["releases"][0]["mark"], "serving", "{json:#}");
+    assert_eq!(json["probe"]["status"], 200, "{json:#}");
+    assert_eq!(json["last_deployment"]["deployment"], "d-1", "{json:#}");
+    assert_eq!(json["last_deployment"]["outcome"], "succeeded", "{json:#}");
+
+    // The serving instance stopped by hand: the socket still accepts, nothing answers.
+    svc.sandbox
+        .systemd()
+        .await
+        .stop("shop@d-1.service", Duration::from_secs(30))
+        .await
+        .expect("stop shop@d-1.service");
+    let out = tokio::task::block_in_place(|| svc.handoff(&["status"]));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("NOT HEALTHY")
+            && text.contains("the serving release's instance is not active: shop@d-1.service is "),
+        "{text}"
+    );
+    let (json, code) = tokio::task::block_in_place(|| svc.status_json());
+    assert_eq!(code, 1, "{json:#}");
+    assert_eq!(json["healthy"], false, "{json:#}");
+    assert!(
+        json["problems"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("shop@d-1.service")))),
+        "{json:#}"
     );
 }

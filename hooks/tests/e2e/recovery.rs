@@ -359,7 +359,8 @@ async fn an_interrupted_socket_move_that_fails_goes_back_to_the_recorded_address
 }
 
 /// The agent's SIGTERM after the commit, while the old release drains: the hook finishes the
-/// retire before it exits, and says that the new release serves.
+/// retire before it exits, says that the new release serves, and succeeds (exit 0): the release
+/// it deployed serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_after_the_commit_finishes_the_retire_before_the_hook_exits() {
     let mut svc = TestService::new();
@@ -368,10 +369,11 @@ async fn sigterm_after_the_commit_finishes_the_retire_before_the_hook_exits() {
     let v2 = svc.revision("v2", &[], "");
     let load = Load::start(svc.port, Duration::from_secs(6), 2).await;
     tokio::task::block_in_place(|| svc.hook("before-install", "d-2", &v2));
-    let out = svc.hook_termed_at("retiring", "application-start", "d-2", &v2);
+    let out = svc.hook_termed_at("retiring", "application-start", "d-2", &v2, 0);
     let report = load.finish().await;
     assert!(
-        stderr(&out).contains("d-2 serves (its switch was committed)"),
+        stderr(&out).contains("d-2 serves (its switch was committed)")
+            && stderr(&out).contains("d-2 serves: its switch was committed before SIGTERM"),
         "{}",
         stderr(&out)
     );

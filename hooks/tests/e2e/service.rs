@@ -329,8 +329,16 @@ impl TestService {
     }
 
     /// A hook sent SIGTERM (the agent's hook timeout) at `step` (`HANDOFF_KILL_AT` with
-    /// `HANDOFF_KILL_SIGNAL=TERM`): it must settle the service and fail with exit 1, saying so.
-    pub fn hook_termed_at(&self, step: &str, hook: &str, deployment: &str, revision: &Path) -> Output {
+    /// `HANDOFF_KILL_SIGNAL=TERM`): it must settle the service and say so, exiting `code`: 0 when
+    /// the release it deploys serves (SIGTERM after the commit), 1 when it does not.
+    pub fn hook_termed_at(
+        &self,
+        step: &str,
+        hook: &str,
+        deployment: &str,
+        revision: &Path,
+        code: i32,
+    ) -> Output {
         let mut cmd = self.hook_command(hook, deployment, revision);
         cmd.env("HANDOFF_KILL_AT", step)
             .env("HANDOFF_KILL_SIGNAL", "TERM");
@@ -340,10 +348,10 @@ impl TestService {
         };
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(
-            out.status.code() == Some(1)
+            out.status.code() == Some(code)
                 && text.contains(&format!("HANDOFF_KILL_AT={step}"))
                 && text.contains("interrupted by SIGTERM (the agent's hook timeout?) and settled"),
-            "{hook} did not settle after SIGTERM at {step}:\n{}",
+            "{hook} did not settle after SIGTERM at {step} (expected exit {code}):\n{}",
             explain(&cmd, &out)
         );
         out
@@ -402,16 +410,47 @@ impl TestService {
         panic!("{unit} did not come back after a crash");
     }
 
-    /// `handoff status` output (it must succeed).
+    /// `handoff status` output, whether or not the service serves healthy (exit 0 or 1: the
+    /// report was printed either way); for a service legitimately not healthy (an unfinished
+    /// switch, a crashed or stopped instance, a damaged state file).
     pub fn status(&self) -> String {
         let out = self.handoff(&["status"]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
-            out.status.success(),
-            "{text}{}",
+            matches!(out.status.code(), Some(0 | 1)),
+            "handoff status printed no report ({}):\n{text}{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
         text
+    }
+
+    /// `handoff status` output; it must exit 0: the recorded release serves healthy.
+    pub fn status_healthy(&self) -> String {
+        let out = self.handoff(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "handoff status says the service does not serve healthy ({}):\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// `handoff status --json`, parsed, and its exit code (0 healthy, 1 not).
+    pub fn status_json(&self) -> (serde_json::Value, i32) {
+        let out = self.handoff(&["status", "--json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            matches!(code, 0 | 1),
+            "handoff status --json printed no report ({}):\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"));
+        (json, code)
     }
 
     /// The app's own log of one release (units append it to /opt/<service>/logs).
