@@ -17,6 +17,12 @@
 //!   pools connections (HAProxy, ALB) then fails that request.
 //! * at [`Phase::Abort`]: the task is dropped, and the socket with it.
 //!
+//! An idle keep-alive connection is kept for [`KEEP_ALIVE_IDLE`] (75 s), longer than a
+//! balancer keeps its own idle pooled connections (the ALB: 60 s), so that the balancer
+//! is always the one to close it. hyper's `header_read_timeout` (30 s by default) also
+//! runs while a kept-alive connection waits for its next request, so it is that timeout
+//! that we set: it then bounds both an idle connection and a slow request head.
+//!
 //! [`Phase::Serving`]: crate::state::Phase::Serving
 //! [`Phase::LameDuck`]: crate::state::Phase::LameDuck
 //! [`Phase::Closing`]: crate::state::Phase::Closing
@@ -123,6 +129,10 @@ pub(crate) fn spawn_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<
     });
 }
 
+/// How long an idle keep-alive connection is kept: past a balancer's idle timeout (the
+/// ALB's is 60 s), so that a request the balancer sends on it never meets our close.
+pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
+
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let (first_tx, mut first_rx) = oneshot::channel();
     let io = TokioIo::new(FirstRead::new(stream, first_tx));
@@ -132,6 +142,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        .header_read_timeout(KEEP_ALIVE_IDLE)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);

@@ -33,7 +33,8 @@ fn request(conn: &mut BufReader<TcpStream>) -> (String, String) {
     (status, headers.to_ascii_lowercase())
 }
 
-/// A balancer's pooled connection to v1, idle for 62 s in all, across the switch to v2:
+/// A balancer's pooled connection to v1, idle for 55 s across the switch to v2 (past the
+/// drain budget, 10 s, and the app's hard deadline, 8 s; within the ALB's 60 s):
 /// ApplicationStart does not wait for it, v1 keeps it (its status says so), serves the
 /// balancer's next request on it with `Connection: close`, and only then exits.
 #[test]
@@ -65,21 +66,32 @@ fn an_idle_pooled_connection_outlives_the_switch_without_holding_the_hook() {
     );
     // v1 still runs, says why, and is no longer enabled.
     assert_eq!(
-        svc.unit_property("shop@v1.service", "ActiveState"),
-        "deactivating"
+        svc.unit_property("shop@d-1.service", "ActiveState"),
+        "deactivating",
+        "v1 did not hold its idle connection; its log:\n{}",
+        svc.app_log("d-1")
     );
-    let status_text = svc.unit_property("shop@v1.service", "StatusText");
+    let status_text = svc.unit_property("shop@d-1.service", "StatusText");
     assert!(
         status_text.starts_with("idle hold: 1 idle keep-alive connection"),
         "{status_text}"
     );
-    assert_ne!(svc.is_enabled("shop@v1.service"), "enabled");
+    assert_ne!(svc.is_enabled("shop@d-1.service"), "enabled");
 
-    // The balancer sends on its pooled connection 62 s after the last answer on it.
-    let at = idle_since + Duration::from_secs(62);
+    // The balancer sends on its pooled connection 55 s after the hooks began (so at most
+    // 55 s after v1's SIGTERM, and still within its own 60 s idle timeout).
+    let at = hooks_started + Duration::from_secs(55);
+    assert!(
+        at - idle_since < Duration::from_secs(60),
+        "the balancer would have closed it"
+    );
     std::thread::sleep(at.saturating_duration_since(Instant::now()));
     let (status, headers) = request(&mut pooled);
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "the held connection was not served ({status:?}); v1's log:\n{}",
+        svc.app_log("d-1")
+    );
     assert!(headers.contains("x-release: v1"), "{headers}");
     assert!(
         headers.contains("connection: close"),
@@ -87,15 +99,15 @@ fn an_idle_pooled_connection_outlives_the_switch_without_holding_the_hook() {
     );
     // Then v1 exits (cleanly: its drain ended with nothing dropped).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while svc.unit_property("shop@v1.service", "ActiveState") != "inactive" {
+    while svc.unit_property("shop@d-1.service", "ActiveState") != "inactive" {
         assert!(
             Instant::now() < deadline,
             "v1 did not exit after its last connection closed"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(svc.unit_property("shop@v1.service", "Result"), "success");
-    assert_eq!(svc.live_instances(), ["shop@v2.service"]);
+    assert_eq!(svc.unit_property("shop@d-1.service", "Result"), "success");
+    assert_eq!(svc.live_instances(), ["shop@d-2.service"]);
 }
 
 /// An app that answers with what it was told about the client.
