@@ -15,16 +15,21 @@ TARGET  := x86_64-unknown-linux-musl
 CARGO   ?= cargo
 export RELEASE
 
-.PHONY: setup build static test demo demo-beanstalk fleet bench bench-scale bundle bundle-beanstalk fmt lint clean
+.PHONY: setup setup-build build static test demo demo-beanstalk fleet bench bench-scale bundle bundle-beanstalk fmt lint clean
 
+# Everything the tests, demos and benchmarks run (real servers, HAProxy, nginx, load tools).
 setup:
-	scripts/setup
+	scripts/setup test
+
+# Only what building the hooks and the bundle needs (the musl target, a C toolchain, zip).
+setup-build:
+	scripts/setup build
 
 build: setup
 	$(CARGO) build --workspace --all-targets
 
 # Static binaries for the bundle (RELEASE stamps the sample app's release id).
-static: setup
+static: setup-build
 	$(CARGO) build --release --target $(TARGET) --workspace --bins
 
 # The end-to-end tests deploy the static binaries the bundle ships (`static`).
