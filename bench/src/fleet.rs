@@ -152,6 +152,11 @@ pub fn parse_events(text: &str) -> Result<Vec<Event>> {
     Ok(out)
 }
 
+/// A host's lifecycle stays under this: half the idle hold that a retired instance keeps the
+/// balancer's pooled connections for after the hooks (deploy.yml `drain.idle_hold`, 60 s).
+/// Measured: 4–7 s per host.
+pub const LIFECYCLE_BOUND_MS: i64 = 30_000;
+
 /// One host in one wave.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostWave {
@@ -499,6 +504,28 @@ impl Fleet {
                         String::new()
                     } else {
                         format!(": {}", unexpected.join("; "))
+                    }
+                ),
+            ));
+            // A retired instance keeps the balancer's idle pooled connections for the idle
+            // hold (drain.idle_hold, 60 s by default) after the hooks are done: a lifecycle
+            // anywhere near the hold means a hook waited for it.
+            let slow: Vec<String> = w
+                .hosts
+                .iter()
+                .filter(|h| h.deploy_ms >= LIFECYCLE_BOUND_MS)
+                .map(|h| format!("h{}: {}", h.host, secs(h.deploy_ms)))
+                .collect();
+            v.push((
+                slow.is_empty(),
+                format!(
+                    "{}: no host's lifecycle waited for the idle hold (each under {}){}",
+                    w.id,
+                    secs(LIFECYCLE_BOUND_MS),
+                    if slow.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", slow.join(", "))
                     }
                 ),
             ));

@@ -53,7 +53,7 @@ use crate::config::{self, DeployConfig, Strategy};
 use crate::fault::{self, Fault};
 use crate::health::Probe;
 use crate::release::{ReleaseStore, State, Switching};
-use crate::systemd::{Stopped, Systemd};
+use crate::systemd::{IDLE_HOLD_STATUS, Stopped, Systemd};
 use crate::timing::{self, Wait};
 use crate::units;
 
@@ -435,11 +435,21 @@ impl<'a> Deployer<'a> {
                 .unit_file_state(&unit)
                 .await
                 .is_ok_and(|s| s == "enabled");
-            let live = self
-                .systemd
-                .status(&unit)
-                .await
-                .is_ok_and(|st| st.active_state != "inactive");
+            let status = self.systemd.status(&unit).await.ok();
+            let live = status.as_ref().is_some_and(|st| st.active_state != "inactive");
+            if let Some(st) = &status
+                && !enabled
+                && st.active_state == "deactivating"
+                && st.status_text.starts_with(IDLE_HOLD_STATUS)
+            {
+                // Retired already: systemd ends it once the balancer has let go of its idle
+                // connections (drain.idle_hold).
+                tracing::debug!(
+                    "{unit} is retired and holds idle connections ({})",
+                    st.status_text
+                );
+                continue;
+            }
             if enabled || live {
                 tracing::warn!(
                     "{unit} is {} although {serving} serves (a retire was interrupted); retiring it now",
@@ -449,7 +459,7 @@ impl<'a> Deployer<'a> {
                         _ => "running",
                     }
                 );
-                self.stop_and_disable(&unit, ": it drains").await;
+                self.retire_unit(&unit, ": it drains").await;
             }
         }
         let unit = self.cfg.instance_unit(serving);

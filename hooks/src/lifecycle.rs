@@ -662,7 +662,7 @@ pub async fn manual_rollback(
     let explicit = to.is_some();
     let kept = store.list()?;
     // The default: the previous release, or else the newest kept release that did not fail
-    // (the README's fault table): after an automatic rollback `previous` may be unset.
+    // (the fault table, docs/faults.md): after an automatic rollback `previous` may be unset.
     let fallback = || {
         kept.iter()
             .rev()

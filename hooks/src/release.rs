@@ -533,7 +533,7 @@ fn write_env_file(path: &Path, cfg: &DeployConfig) -> Result<()> {
         text.push_str(&format!("{k}=\"{escaped}\"\n"));
     }
     // drain.idle_hold, for an app that holds idle keep-alive connections for the balancer
-    // (sample-app/README.md, "The idle hold"). Behind our front the front is that balancer,
+    // (sample-app/README.md, drain step 5). Behind our front the front is that balancer,
     // and it stops sending to a retired release by itself: no hold there.
     if !cfg.is_proxy() && !cfg.app.environment.contains_key(IDLE_HOLD_ENV) {
         text.push_str(&format!("{IDLE_HOLD_ENV}={}\n", cfg.drain.idle_hold.as_millis()));

@@ -726,7 +726,7 @@ enum Watch {
 }
 
 /// The prefix of the `STATUS=` line of a draining process that holds only idle keep-alive
-/// connections (the contract in sample-app/README.md, "The idle hold").
+/// connections (the contract in sample-app/README.md, drain step 5).
 pub const IDLE_HOLD_STATUS: &str = "idle hold:";
 
 /// How [`Systemd::stop_draining`] ended.

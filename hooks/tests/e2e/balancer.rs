@@ -55,8 +55,14 @@ fn an_idle_pooled_connection_outlives_the_switch_without_holding_the_hook() {
 
     let v2 = svc.revision("v2", &[], "");
     let hooks_started = Instant::now();
-    svc.deploy_ok("d-2", &v2);
+    let log = svc.deploy_ok("d-2", &v2);
     let hooks_took = hooks_started.elapsed();
+    // ValidateService takes the holding v1 for what it is, a retired instance, not for one
+    // an interrupted retire left running (which it would stop, waiting for the hold).
+    assert!(
+        log.contains("systemd ends it after the hold") && !log.contains("retiring it now"),
+        "{log}"
+    );
     assert_eq!(svc.answering_release(), "v2");
     // The hooks did not wait for the hold (60 s): the whole lifecycle, ValidateService's
     // stable_for included, takes a few seconds.
