@@ -2,6 +2,7 @@
 #
 #   make demo     the main job: builds everything and deploys releases locally (see README)
 #   make test     unit tests and end-to-end tests against a real systemd (needs root)
+#   make dist     release artifacts for x86_64 and aarch64: tarballs, .deb, .rpm, SHA256SUMS in dist/
 #   make bundle   the revision zip: dist/$(SERVICE)-$(RELEASE).zip
 #   make bundle-beanstalk  the Elastic Beanstalk source bundle: dist/$(SERVICE)-$(RELEASE)-beanstalk.zip
 #   make demo-beanstalk    v1 → v2 → v1 → broken v3 through a replay of the Beanstalk engine, and the
@@ -15,7 +16,7 @@ TARGET  := x86_64-unknown-linux-musl
 CARGO   ?= cargo
 export RELEASE
 
-.PHONY: setup setup-build build static test demo demo-beanstalk fleet bench bench-scale bundle bundle-beanstalk fmt lint clean
+.PHONY: setup setup-build dist build static-aarch64 static test demo demo-beanstalk fleet bench bench-scale bundle bundle-beanstalk fmt lint clean
 
 # Everything the tests, demos and benchmarks run (real servers, HAProxy, nginx, load tools).
 setup:
@@ -32,11 +33,22 @@ build: setup
 static: setup-build
 	$(CARGO) build --release --target $(TARGET) --workspace --bins
 
-# The end-to-end tests deploy the static binaries the bundle ships (`static`).
-test: build static
+# The aarch64 (Graviton) build, linked by rust-lld (.cargo/config.toml).
+static-aarch64: setup
+	$(CARGO) build --release --target aarch64-unknown-linux-musl --workspace --bins
+
+# The end-to-end tests deploy the static binaries the bundle ships (`static`); one switch and the
+# hooks' unit tests run the aarch64 build under qemu-user-static.
+test: build static static-aarch64
 	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --target aarch64-unknown-linux-musl -p handoff --lib
 
 bundle: static
+
+# Release artifacts for x86_64 and aarch64: tarballs, .deb, .rpm and SHA256SUMS in dist/.
+dist:
+	scripts/setup dist
+	scripts/dist
 	scripts/bundle
 
 # EB_PROXY=nginx (default: the bundle's nginx.conf listens on no port) or none (ProxyServer: none);

@@ -91,6 +91,11 @@ pub struct DeployConfig {
     /// listening socket over under load, then stops and disables it ([`crate::takeover`]).
     #[serde(default)]
     pub takeover: Option<String>,
+    /// The CPU architecture of the bundle's executables (`x86_64` or `aarch64`): lint-bundle
+    /// checks them against it, BeforeInstall refuses a host of another one. Not stated: the
+    /// executables tell.
+    #[serde(default)]
+    pub arch: Option<crate::platform::Arch>,
 }
 
 /// The same words in deploy.yml and on the command line (`handoff init --strategy`).

@@ -12,7 +12,8 @@
 //! - [`release`] — release folders under `/opt/<service>/releases`, and which one serves;
 //! - [`links`] — symlinks in a revision: absolute ones kept (the host must have the target);
 //! - [`units`] — the socket, holder and instance units rendered from `units/`;
-//! - [`systemd`] — a typed client for systemd over the system bus (zbus);
+//! - [`systemd`] — a typed client for systemd over the system bus (zbus); [`platform`] — the
+//!   host's systemd version against the settings the units use;
 //! - [`health`] — HTTP probes through the real port (reqwest);
 //! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
 //! - [`app_env`] — what the app gets from its host: environment files, credentials, writable
@@ -41,6 +42,7 @@ pub mod lifecycle;
 pub mod links;
 pub mod lint;
 pub mod lock;
+pub mod platform;
 pub mod project;
 pub mod proxy;
 pub mod rehearsal;

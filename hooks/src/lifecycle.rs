@@ -214,6 +214,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
             command.display()
         )));
     }
+    crate::platform::check_arch(&revision, cfg.arch, &cfg.app.command).map_err(Fault::input)?;
     // A virtualenv's interpreter (any absolute symlink's target) must be on this host.
     crate::links::check_absolute_links(&revision)?;
     cfg.check_instance_confirmation()
@@ -230,6 +231,12 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
         crate::proxy::front_build(&cfg, &revision)?;
     }
     let systemd = connect(args).await?;
+    let version = match std::env::var(crate::platform::TEST_VERSION_ENV) {
+        // Test fault injection (a host's older systemd), never set in production.
+        Ok(v) => crate::platform::major_version(&v).context("HANDOFF_TEST_SYSTEMD_VERSION")?,
+        Err(_) => systemd.version().await?,
+    };
+    crate::platform::check(version, &rendered).map_err(Fault::environment)?;
     let store = ReleaseStore::for_config(&cfg);
     check_disk_space(&revision, store.root())?;
     let _lock = lock(&cfg, "before-install", args).await?;
@@ -242,7 +249,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     }
     let socket = systemd.status(&cfg.socket_unit()).await?;
     tracing::info!(
-        "preflight passed for release {release} of {}: config, units, systemd, disk space, lock; socket {}",
+        "preflight passed for release {release} of {}: config, units, systemd {version}, disk space, lock; socket {}",
         cfg.service,
         if socket.load_state == "loaded" {
             socket.active_state

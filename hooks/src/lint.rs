@@ -289,6 +289,28 @@ fn check_symlinks(bundle: &Path, problems: &mut Vec<Problem>) {
     walk(bundle, bundle, problems);
 }
 
+/// The bundle's executables (its hooks, the app's command when it is in the bundle) are of one
+/// architecture: the one deploy.yml states (`arch:`), or else its BeforeInstall hook's.
+fn check_arch(cfg: &DeployConfig, bundle: &Path, problems: &mut Vec<Problem>) {
+    use crate::platform::elf_arch;
+    let (arch, why) = match (cfg.arch, elf_arch(&bundle.join("hooks/before-install"))) {
+        (Some(a), _) => (a, "deploy.yml says arch: ".to_string() + a.name()),
+        (None, Some(Ok(a))) => (a, format!("hooks/before-install is {a}")),
+        _ => return,
+    };
+    for (path, what) in crate::platform::foreign_executables(bundle, &cfg.app.command, arch) {
+        let rel = path.strip_prefix(bundle).unwrap_or(&path).display().to_string();
+        problems.push(Problem::error(
+            &rel,
+            "",
+            format!(
+                "{what} executable in a bundle for {arch} ({why}); every executable must be built for the hosts' \
+                 architecture (`handoff bundle --arch {arch}`)"
+            ),
+        ));
+    }
+}
+
 /// Lints an unpacked bundle folder.
 pub fn lint_dir(bundle: &Path) -> Report {
     let mut report = Report::default();
@@ -300,6 +322,7 @@ pub fn lint_dir(bundle: &Path) -> Report {
             report.problems.extend(crate::timeouts::check(spec, &cfg));
         }
         check_units(&cfg, bundle, &mut report);
+        check_arch(&cfg, bundle, &mut report.problems);
     }
     check_symlinks(bundle, &mut report.problems);
     report

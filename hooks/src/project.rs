@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use crate::bundle_files::Packed;
 use crate::config::{self, DeployConfig, Need, Ready, Strategy};
 use crate::fault::Fault;
+use crate::platform::Arch;
 
 /// The appspec the hooks ship: the four lifecycle hooks, timeouts that cover the default
 /// deadlines.
@@ -36,6 +37,46 @@ pub const HOOK_BINARIES: &[&str] = &[
     "validate-service",
     "handoff",
 ];
+
+/// Where `handoff bundle` takes the hooks for `arch` from when `--hooks` is not given: the
+/// folder of `exe` (this `handoff`) for its own architecture; for another, that
+/// architecture's static build beside it (`target/<arch>-unknown-linux-musl/release`).
+pub fn hooks_for(exe: &Path, arch: Arch) -> Result<PathBuf> {
+    let own = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if arch == Arch::host() {
+        return Ok(own);
+    }
+    let beside = own.join("../..").join(arch.target_triple()).join("release");
+    if beside.join("before-install").is_file() {
+        return Ok(beside);
+    }
+    bail!(Fault::input(format!(
+        "this handoff carries the {} hooks; for {arch} pass --hooks with the bin/ folder of the {arch} tarball \
+         (handoff-<version>-{arch}.tar.gz) or the {arch} static build (target/{}/release, `make dist`)",
+        Arch::host(),
+        arch.target_triple()
+    )))
+}
+
+/// Refuses hooks (and the front, when it is there) built for another architecture than `arch`.
+pub fn check_hooks_arch(hooks: &Path, arch: Arch) -> Result<()> {
+    for name in HOOK_BINARIES.iter().chain(&["handoff-front"]) {
+        let path = hooks.join(name);
+        if let Some(found) = crate::platform::elf_arch(&path)
+            && found != Ok(arch)
+        {
+            bail!(Fault::input(format!(
+                "{} is built for {}, not {arch}; pass --hooks with the {arch} build's folder, or --arch for the hosts' \
+                 architecture",
+                path.display(),
+                found
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|m| format!("ELF machine {m:#x}"))
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// What `handoff init` writes into deploy.yml.
 #[derive(Debug, Clone)]

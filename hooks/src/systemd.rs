@@ -81,6 +81,9 @@ trait Manager {
             OwnedObjectPath,
         )>,
     >;
+    /// The manager's version string, e.g. "252.38-1~deb12u1" or "219".
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
 }
@@ -209,6 +212,18 @@ impl Systemd {
             manager,
             dry_run,
         })
+    }
+
+    /// systemd's major version (`Manager.Version`: "252.38-1~deb12u1" → 252).
+    pub async fn version(&self) -> Result<u32> {
+        let _waiting = timing::waiting(Wait::Systemd);
+        let text = self
+            .manager
+            .version()
+            .await
+            .map_err(|e| anyhow!("cannot read systemd's version over the system bus: {e}"))?;
+        crate::platform::major_version(&text)
+            .with_context(|| format!("systemd reports a version this cannot read: {text:?}"))
     }
 
     pub fn dry_run(&self) -> bool {

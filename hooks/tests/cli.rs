@@ -78,3 +78,83 @@ fn a_hook_without_a_deployment_id_is_bad_input_and_needs_root_first() {
         assert!(text.contains("must run as root"), "{text}");
     }
 }
+
+/// `handoff bundle --arch` packs only hooks built for that architecture, and lint-bundle
+/// refuses a bundle whose executables are not of the architecture deploy.yml states. The
+/// hooks are stand-ins: the first bytes of this test's own `handoff` (an ELF header), with
+/// the machine field set to the architecture wanted.
+#[test]
+fn a_bundle_is_of_one_architecture() {
+    use handoff::platform::Arch;
+    use std::os::unix::fs::PermissionsExt;
+    let host = Arch::host();
+    let other = if host == Arch::X86_64 {
+        Arch::Aarch64
+    } else {
+        Arch::X86_64
+    };
+    let dir = std::env::temp_dir().join(format!("handoff-cli-arch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let header: Vec<u8> = std::fs::read(HANDOFF).unwrap()[..64].to_vec();
+    let stand_ins = |arch: Arch| {
+        let hooks = dir.join(format!("hooks-{arch}"));
+        std::fs::create_dir_all(&hooks).unwrap();
+        let mut elf = header.clone();
+        let machine: u16 = if arch == Arch::X86_64 { 0x3e } else { 0xb7 };
+        elf[18..20].copy_from_slice(&machine.to_le_bytes());
+        for name in handoff::project::HOOK_BINARIES {
+            std::fs::write(hooks.join(name), &elf).unwrap();
+            std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        hooks.to_str().unwrap().to_string()
+    };
+    let (ours, theirs) = (stand_ins(host), stand_ins(other));
+    let app = dir.join("app");
+    std::fs::create_dir_all(app.join("bin")).unwrap();
+    std::fs::write(app.join("bin/server"), "#!/bin/sh\nexec sleep 1\n").unwrap();
+    std::fs::set_permissions(app.join("bin/server"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deploy = "service: shop\nlisten: [\"127.0.0.1:8080\"]\napp:\n  command: bin/server\n  ready: probe\n\
+                  health:\n  path: /healthz\n  instance_header: none\n";
+    std::fs::write(app.join("deploy.yml"), deploy).unwrap();
+    let zip = dir.join("shop.zip");
+    let bundle = |extra: &[&str]| {
+        let mut args = vec!["bundle", app.to_str().unwrap(), "-o", zip.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(HANDOFF, &args)
+    };
+    let (other_name, host_name) = (other.to_string(), host.to_string());
+
+    let (code, text) = bundle(&["--hooks", &ours, "--arch", &other_name]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(&format!("is built for {host}, not {other}")) && text.contains("--hooks"),
+        "{text}"
+    );
+    assert!(!zip.exists());
+    // Stated in deploy.yml: the same refusal, without --arch.
+    std::fs::write(app.join("deploy.yml"), format!("{deploy}arch: {other}\n")).unwrap();
+    let (code, text) = bundle(&["--hooks", &ours]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains(&format!("not {other}")), "{text}");
+    // The other architecture's hooks make its bundle.
+    let (code, text) = bundle(&["--hooks", &theirs]);
+    assert_eq!(code, 0, "{text}");
+
+    // That bundle, with deploy.yml edited to claim this host's architecture: lint-bundle refuses it.
+    let unpacked = dir.join("unpacked");
+    handoff::lint::unpack_zip(&zip, &unpacked).unwrap();
+    std::fs::write(
+        unpacked.join("deploy.yml"),
+        format!("{deploy}arch: {host_name}\n"),
+    )
+    .unwrap();
+    let lint = std::path::Path::new(HANDOFF).with_file_name("lint-bundle");
+    let (code, text) = run(lint.to_str().unwrap(), &[unpacked.to_str().unwrap()]);
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("hooks/before-install")
+            && text.contains(&format!("{other} executable in a bundle for {host}")),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -108,9 +108,14 @@ enum Command {
         /// The zip to write. Default: <service>.zip in the current folder.
         #[arg(long, short)]
         output: Option<PathBuf>,
-        /// Where the hook executables are. Default: beside this one.
+        /// Where the hook executables are. Default: beside this one (for another architecture:
+        /// its static build beside this one's, target/<arch>-unknown-linux-musl/release).
         #[arg(long, value_name = "DIR")]
         hooks: Option<PathBuf>,
+        /// The hosts' CPU architecture: the hooks packed must be built for it. Default:
+        /// deploy.yml's `arch:`, or this machine's.
+        #[arg(long, value_enum)]
+        arch: Option<handoff::platform::Arch>,
     },
 }
 
@@ -192,17 +197,22 @@ fn main() -> std::process::ExitCode {
                 );
                 Ok(())
             }
-            Command::Bundle { dir, output, hooks } => {
+            Command::Bundle {
+                dir,
+                output,
+                hooks,
+                arch,
+            } => {
+                let cfg = handoff::config::DeployConfig::load(&dir.join(handoff::config::FILE_NAME)).ok();
+                let arch = arch
+                    .or(cfg.as_ref().and_then(|c| c.arch))
+                    .unwrap_or_else(handoff::platform::Arch::host);
                 let hooks = match hooks {
                     Some(h) => h,
-                    None => std::env::current_exe()?
-                        .parent()
-                        .map(std::path::Path::to_path_buf)
-                        .unwrap_or_default(),
+                    None => handoff::project::hooks_for(&std::env::current_exe()?, arch)?,
                 };
-                let service = handoff::config::DeployConfig::load(&dir.join(handoff::config::FILE_NAME))
-                    .map(|c| c.service)
-                    .unwrap_or_else(|_| "bundle".into());
+                handoff::project::check_hooks_arch(&hooks, arch)?;
+                let service = cfg.map(|c| c.service).unwrap_or_else(|| "bundle".into());
                 let output = output.unwrap_or_else(|| PathBuf::from(format!("{service}.zip")));
                 let done = handoff::project::bundle(&dir, &hooks, &output)?;
                 eprint!("{}", done.summary);

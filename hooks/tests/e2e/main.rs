@@ -11,6 +11,7 @@ mod hooks;
 mod integrity;
 mod load;
 mod operator;
+mod platform;
 mod proxy;
 mod readiness;
 mod recovery;

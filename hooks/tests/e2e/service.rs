@@ -31,7 +31,14 @@ pub struct HookFailure {
 
 impl TestService {
     pub fn new() -> Self {
-        let sandbox = Sandbox::start();
+        Self::on_arch("x86_64")
+    }
+
+    /// A service whose hooks and sample app are `arch`'s static build (`aarch64`: run by the
+    /// kernel through qemu-user-static).
+    pub fn on_arch(arch: &'static str) -> Self {
+        let mut sandbox = Sandbox::start();
+        sandbox.arch = arch;
         Self {
             sandbox,
             port: free_port(),

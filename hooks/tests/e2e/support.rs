@@ -16,14 +16,22 @@ pub fn workspace() -> PathBuf {
 /// `make static` (`make test` builds it first). The end-to-end tests deploy these, never the
 /// debug builds of the unit tests.
 pub fn workspace_bin(name: &str) -> PathBuf {
+    workspace_bin_for("x86_64", name)
+}
+
+/// [`workspace_bin`] of one architecture's static build (`x86_64`, `aarch64`).
+pub fn workspace_bin_for(arch: &str, name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
-    let path = target.join("x86_64-unknown-linux-musl/release").join(name);
+    let path = target
+        .join(format!("{arch}-unknown-linux-musl/release"))
+        .join(name);
     assert!(
         path.exists(),
-        "{} is missing; build the shipped binaries first: make static",
-        path.display()
+        "{} is missing; build the shipped binaries first: make static{}",
+        path.display(),
+        if arch == "x86_64" { "" } else { " static-aarch64" }
     );
     path
 }
@@ -63,6 +71,9 @@ pub fn free_port() -> u16 {
 pub struct Sandbox {
     pub dir: PathBuf,
     pub pid: u32,
+    /// The architecture of the binaries it runs ([`Sandbox::test_binary`]): `x86_64`, or
+    /// `aarch64` under qemu-user-static through binfmt_misc.
+    pub arch: &'static str,
 }
 
 impl Sandbox {
@@ -90,6 +101,7 @@ impl Sandbox {
         Sandbox {
             dir: PathBuf::from(field("SANDBOX_DIR=")),
             pid: field("SANDBOX_PID=").parse().unwrap(),
+            arch: "x86_64",
         }
     }
 
@@ -124,7 +136,7 @@ impl Sandbox {
         std::fs::create_dir_all(&dir).unwrap();
         let dest = dir.join(name);
         if !dest.exists() {
-            let src = workspace_bin(name);
+            let src = workspace_bin_for(self.arch, name);
             if std::fs::hard_link(&src, &dest).is_err() {
                 std::fs::copy(&src, &dest).unwrap();
             }

@@ -1,0 +1,119 @@
+//! Where our users run: the host's systemd (BeforeInstall refuses one older than a setting of
+//! the units), and arm64: the aarch64 hooks and sample app, run by the sandbox's systemd under
+//! qemu-user-static (binfmt_misc), switch under load.
+
+use std::time::{Duration, Instant};
+
+use crate::load::Load;
+use crate::service::TestService;
+use crate::support::*;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A host whose systemd is older than a setting the units use is refused at BeforeInstall,
+/// before anything changes (systemd would ignore the setting and run the app without it);
+/// the message names the settings, the host's likely distribution and the fix.
+#[test]
+fn a_host_whose_systemd_lacks_a_setting_of_the_units_is_refused_at_before_install() {
+    let mut svc = TestService::new();
+    let v1 = svc.revision("v1", &[], "");
+    svc.deploy_ok("d-1", &v1);
+    let v2 = svc.revision("v2", &[], "");
+    let mut cmd = svc.hook_command("before-install", "d-2", &v2);
+    cmd.env("HANDOFF_TEST_SYSTEMD_VERSION", "239.78-1.el8");
+    let out = run(&mut cmd);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a host fault: {}",
+        explain(&cmd, &out)
+    );
+    for needle in [
+        "this host runs systemd 239 (the version of RHEL 8",
+        "ProtectProc= (247",
+        "systemd would ignore them",
+        "Deploy to hosts with systemd 247 or newer",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?}:\n{err}");
+    }
+    assert_eq!(svc.answering_release(), "v1");
+    // The real host's version passes, and is named.
+    let host = std::process::Command::new("systemctl")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version: String = String::from_utf8_lossy(&host.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let out = svc.hook("before-install", "d-2", &v2);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("systemd {version},")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A release of the aarch64 sample app. qemu translates aarch64 code as a JIT does (it writes
+/// machine code, then runs it), which the unit's `MemoryDenyWriteExecute=` would stop: the
+/// release asks for `app.needs: [jit]`. On a Graviton host the default holds.
+fn aarch64_release(svc: &TestService, label: &str) -> std::path::PathBuf {
+    let rev = svc.revision(label, &[], "");
+    crate::service::edit_deploy_yml(
+        &rev,
+        "  log_to_file: true\n",
+        "  log_to_file: true\n  needs: [jit]\n",
+    );
+    rev
+}
+
+/// The aarch64 build (hooks and sample app), deployed through the full lifecycle under load:
+/// the sandbox's systemd starts the aarch64 instances, the kernel runs them (and the hooks)
+/// through qemu-user-static (binfmt_misc), and the switch loses nothing. It takes its turn in
+/// the serial group: emulation costs CPU that the latency tests would feel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_aarch64_build_switches_under_load_under_emulation() {
+    assert!(
+        std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists(),
+        "qemu-aarch64 is not registered in binfmt_misc: run scripts/setup (it registers Debian's qemu-user-static)"
+    );
+    let mut svc = TestService::on_arch("aarch64");
+    for bin in ["sample-app", "before-install", "application-start"] {
+        let path = svc.sandbox.host_path(&svc.sandbox.test_binary(bin));
+        let head = std::fs::read(&path).unwrap();
+        // e_machine 0xb7: AArch64.
+        assert_eq!(
+            &head[18..20],
+            &[0xb7, 0x00],
+            "{} is not an aarch64 executable",
+            path.display()
+        );
+    }
+    let turn = crate::examples::ONE_AT_A_TIME.lock().await;
+    let v1 = aarch64_release(&svc, "v1");
+    let first = Instant::now();
+    svc.deploy_ok("d-1", &v1);
+    let first = first.elapsed();
+    assert_eq!(svc.answering_release(), "v1");
+
+    let load = Load::start(svc.port, Duration::from_secs(60), 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v2 = aarch64_release(&svc, "v2");
+    let switch = Instant::now();
+    svc.deploy_ok("d-2", &v2);
+    let switch = switch.elapsed();
+    let report = load.finish().await;
+    drop(turn);
+    crate::load::assert_no_failures(&report, "aarch64 v1 -> v2 under qemu");
+    assert_eq!(svc.answering_release(), "v2");
+    assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
+    eprintln!(
+        "aarch64 under qemu-user-static: first deployment {first:.1?}, switch under load {switch:.1?}\n{}",
+        report.summary()
+    );
+}
