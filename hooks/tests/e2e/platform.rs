@@ -59,10 +59,11 @@ fn a_host_whose_systemd_lacks_a_setting_of_the_units_is_refused_at_before_instal
     );
 }
 
-/// A release of the aarch64 sample app. qemu translates aarch64 code as a JIT does (it writes
-/// machine code, then runs it), which the unit's `MemoryDenyWriteExecute=` would stop: the
-/// release asks for `app.needs: [jit]`. On a Graviton host the default holds.
-fn aarch64_release(svc: &TestService, label: &str) -> std::path::PathBuf {
+/// A release of the sample app. qemu translates aarch64 code as a JIT does (it writes machine
+/// code, then runs it), which the unit's `MemoryDenyWriteExecute=` would stop: the release asks
+/// for `app.needs: [jit]` (on a Graviton host the default holds). The x86_64 run, side by side,
+/// gets the same units.
+fn jit_release(svc: &TestService, label: &str) -> std::path::PathBuf {
     let rev = svc.revision(label, &[], "");
     crate::service::edit_deploy_yml(
         &rev,
@@ -72,30 +73,22 @@ fn aarch64_release(svc: &TestService, label: &str) -> std::path::PathBuf {
     rev
 }
 
-/// The aarch64 build (hooks and sample app), deployed through the full lifecycle under load:
-/// the sandbox's systemd starts the aarch64 instances, the kernel runs them (and the hooks)
-/// through qemu-user-static (binfmt_misc), and the switch loses nothing. It takes its turn in
-/// the serial group: emulation costs CPU that the latency tests would feel.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_aarch64_build_switches_under_load_under_emulation() {
-    assert!(
-        std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists(),
-        "qemu-aarch64 is not registered in binfmt_misc: run scripts/setup (it registers Debian's qemu-user-static)"
-    );
-    let mut svc = TestService::on_arch("aarch64");
+/// One architecture's build through the lifecycle: a first deployment, then a switch under
+/// load; returns both times and the load's summary.
+async fn first_deployment_and_switch(arch: &'static str) -> (Duration, Duration, String) {
+    let mut svc = TestService::on_arch(arch);
     for bin in ["sample-app", "before-install", "application-start"] {
         let path = svc.sandbox.host_path(&svc.sandbox.test_binary(bin));
         let head = std::fs::read(&path).unwrap();
-        // e_machine 0xb7: AArch64.
+        let machine: &[u8] = if arch == "aarch64" { &[0xb7, 0] } else { &[0x3e, 0] };
         assert_eq!(
             &head[18..20],
-            &[0xb7, 0x00],
-            "{} is not an aarch64 executable",
+            machine,
+            "{} is not an {arch} executable",
             path.display()
         );
     }
-    let turn = crate::examples::ONE_AT_A_TIME.lock().await;
-    let v1 = aarch64_release(&svc, "v1");
+    let v1 = jit_release(&svc, "v1");
     let first = Instant::now();
     svc.deploy_ok("d-1", &v1);
     let first = first.elapsed();
@@ -103,17 +96,35 @@ async fn the_aarch64_build_switches_under_load_under_emulation() {
 
     let load = Load::start(svc.port, Duration::from_secs(60), 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let v2 = aarch64_release(&svc, "v2");
+    let v2 = jit_release(&svc, "v2");
     let switch = Instant::now();
     svc.deploy_ok("d-2", &v2);
     let switch = switch.elapsed();
     let report = load.finish().await;
-    drop(turn);
-    crate::load::assert_no_failures(&report, "aarch64 v1 -> v2 under qemu");
+    crate::load::assert_no_failures(&report, &format!("{arch}: v1 -> v2"));
     assert_eq!(svc.answering_release(), "v2");
     assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
+    (first, switch, report.summary())
+}
+
+/// The aarch64 build (hooks and sample app) through the lifecycle under load, beside the
+/// x86_64 one: the sandbox's systemd starts the aarch64 instances, the kernel runs them (and
+/// the hooks) through qemu-user-static (binfmt_misc), and the switch loses nothing. It takes
+/// its turn in the serial group: emulation costs CPU that the latency tests would feel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_aarch64_build_switches_under_load_under_emulation() {
+    assert!(
+        std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists(),
+        "qemu-aarch64 is not registered in binfmt_misc: run scripts/setup (it registers Debian's qemu-user-static)"
+    );
+    let turn = crate::examples::ONE_AT_A_TIME.lock().await;
+    let native = first_deployment_and_switch("x86_64").await;
+    let emulated = first_deployment_and_switch("aarch64").await;
+    drop(turn);
     eprintln!(
-        "aarch64 under qemu-user-static: first deployment {first:.1?}, switch under load {switch:.1?}\n{}",
-        report.summary()
+        "the lifecycle's wall time, x86_64 native | aarch64 under qemu-user-static:\n\
+         first deployment: {:.1?} | {:.1?}\nswitch under load: {:.1?} | {:.1?}\n\
+         x86_64 load:\n{}\naarch64 load:\n{}",
+        native.0, emulated.0, native.1, emulated.1, native.2, emulated.2
     );
 }
