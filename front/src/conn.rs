@@ -17,7 +17,7 @@
 //! * `--idle-timeout-ms` between requests on a keep-alive connection:
 //!   `graceful_shutdown()`.
 //!
-//! Drain (sample-app's protocol, [`Phase`]): nothing changes in lame duck
+//! Drain (the drain contract, [`handoff_drain`]: [`Phase`]): nothing changes in lame duck
 //! (the proxy adds `Connection: close` to responses); at `Closing`, a
 //! connection that has not sent a byte gets the first-request grace, then
 //! `graceful_shutdown()` lets an in-flight request finish; at `Abort` the
@@ -30,12 +30,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use handoff_drain::FirstRead;
+use handoff_drain::Phase;
 use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sample_app::http::FirstRead;
-use sample_app::state::Phase;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -341,7 +341,7 @@ async fn serve(
             () = sleep_until(grace_until) => {}
         }
     }
-    // Idle keep-alive hold (see sample_app::http): the connection ends by itself with its
+    // Idle keep-alive hold (see handoff_drain and sample_app::http): the connection ends by itself with its
     // client's next request, answered with `Connection: close`, or the client's close.
     tokio::select! {
         res = conn.as_mut() => return finished(peer, res),

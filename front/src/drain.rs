@@ -23,7 +23,7 @@
 //!    request on it. The hooks set the hold to deploy.yml `drain.idle_hold`
 //!    (the balancer's idle timeout); it may outlast the drain timeout, which
 //!    bounds busy work only. Once only idle connections are left, `STATUS=`
-//!    says `idle hold: …` (sample-app's [`IDLE_HOLD_STATUS`]): the hooks stop
+//!    says `idle hold: …` (the drain contract's [`IDLE_HOLD_STATUS`]): the hooks stop
 //!    waiting for the stop, and systemd finishes it.
 //! 6. **WebSockets**: 1012 to the client, 1001 to the upstream, up to
 //!    `--ws-close-timeout-ms` for the handshakes.
@@ -37,7 +37,7 @@
 //!
 //! Exit codes are decided in [`exit_code`] alone.
 //!
-//! [`IDLE_HOLD_STATUS`]: sample_app::IDLE_HOLD_STATUS
+//! [`IDLE_HOLD_STATUS`]: handoff_drain::IDLE_HOLD_STATUS
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,8 +45,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sample_app::Open;
-use sample_app::state::{Phase, idle_hold_status};
+use handoff_drain::Open;
+use handoff_drain::{Phase, idle_hold_status};
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};

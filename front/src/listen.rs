@@ -1,9 +1,9 @@
 //! The listening sockets: inherited from systemd (`LISTEN_FDS`/`LISTEN_PID`,
-//! parsed by sample-app's [`sample_app::listen`], which the front reuses as
+//! parsed by the drain contract's [`handoff_drain::listen`] (the sample app's too), which the front reuses as
 //! is), or bound with `--bind` for local runs and tests. No silent fallback:
 //! without either the front refuses to start (exit 2).
 
-use sample_app::listen::{self, ListenError};
+use handoff_drain::listen::{self, ListenError};
 
 use crate::drain::UsageError;
 

@@ -298,7 +298,7 @@ pub struct Upstream {
     closing: watch::Sender<bool>,
     ws_closed: AtomicU64,
     /// The spread of its WebSocket closes when it is drained.
-    pub ws_pacing: sample_app::state::WsPacing,
+    pub ws_pacing: handoff_drain::WsPacing,
 }
 
 impl Upstream {

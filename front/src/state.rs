@@ -1,5 +1,5 @@
 //! State shared by the coordinator, the accept loops, every connection task
-//! and the control channel: identity, drain phase (sample-app's
+//! and the control channel: identity, drain phase ([`handoff_drain`]'s
 //! [`Phase`]), open connections, the router.
 
 use std::net::IpAddr;
@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use handoff_drain::Open;
+use handoff_drain::Phase;
 use hyper::header::HeaderValue;
-use sample_app::Open;
-use sample_app::state::Phase;
 use tokio::sync::watch;
 
 use crate::cidr::{self, Cidr};
@@ -25,7 +25,7 @@ pub struct Shared {
     pub h_id: HeaderValue,
     /// Where requests go.
     pub router: Router,
-    /// Drain phase (sample-app's protocol); change it with [`Shared::set_phase`].
+    /// Drain phase (the drain contract, [`handoff_drain`]); change it with [`Shared::set_phase`].
     pub phase: watch::Sender<Phase>,
     /// Whether the phase is still `Serving` (read on every request without a lock).
     serving: AtomicBool,
@@ -45,11 +45,11 @@ pub struct Shared {
     /// `--ws-close-rate`.
     pub ws_close_rate: u64,
     /// The spread of the WebSocket closes of the front's own drain.
-    pub ws_pacing: sample_app::state::WsPacing,
+    pub ws_pacing: handoff_drain::WsPacing,
     /// `--connect-timeout-ms`.
     pub connect_timeout: Duration,
     /// Requests being handled (the drain announces its idle hold when none is).
-    pub busy: sample_app::state::BusyCounter,
+    pub busy: handoff_drain::BusyCounter,
     /// `--trusted-proxies`.
     pub trusted_proxies: Vec<Cidr>,
 }

@@ -28,11 +28,11 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
+use handoff_drain::Phase;
 use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{Method, Request, header};
 use hyper_util::rt::TokioIo;
-use sample_app::state::Phase;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -81,13 +81,13 @@ pub fn spawn_relay(
             let client = WebSocketStream::from_raw_socket(
                 TokioIo::new(c),
                 Role::Server,
-                Some(sample_app::ws::small_buffers()),
+                Some(handoff_drain::ws::small_buffers()),
             )
             .await;
             let up = WebSocketStream::from_raw_socket(
                 TokioIo::new(u),
                 Role::Client,
-                Some(sample_app::ws::small_buffers()),
+                Some(handoff_drain::ws::small_buffers()),
             )
             .await;
             relay(client, up, &upstream, &shared).await;

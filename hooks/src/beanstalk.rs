@@ -116,7 +116,7 @@ pub fn release_name(at: SystemTime) -> String {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = crate::rehearsal::civil_from_days(days as i64);
     let suffix = (since.subsec_nanos() ^ std::process::id()) & 0xffff;
     format!(
         "eb-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{suffix:04x}",
@@ -124,20 +124,6 @@ pub fn release_name(at: SystemTime) -> String {
         rest / 60 % 60,
         rest % 60
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -152,7 +138,5 @@ mod tests {
         assert!(name.starts_with("eb-20261130-180709-"), "{name}");
         assert_eq!(name.len(), "eb-20261130-180709-abcd".len());
         assert!(crate::config::is_safe_name(&name, false), "{name}");
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 }

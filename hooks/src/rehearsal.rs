@@ -524,15 +524,12 @@ fn prune_archives(group_dir: &Path, keep: &[&Path]) -> Vec<PathBuf> {
     removed
 }
 
-/// Writes a file atomically (temp file, rename).
+/// Writes a file atomically and durably ([`crate::release::write_durably`]), creating its folder.
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::release::write_durably(path, text.as_bytes())
 }
 
 /// Install, step one: delete what the previous deployment's Install created (files and

@@ -29,11 +29,8 @@
 //! [`Phase::Abort`]: crate::state::Phase::Abort
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Bytes, Incoming};
@@ -42,77 +39,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::{debug, trace};
+
+pub use handoff_drain::FirstRead;
 
 use crate::state::{Body, Phase, Shared, Stats};
 use crate::ws;
 
 /// Longest `?sleep_ms=` honoured.
 pub const MAX_SLEEP_MS: u64 = 600_000;
-
-/// Wraps a stream and fires a oneshot when the first byte has been read from it.
-#[derive(Debug)]
-pub struct FirstRead<S> {
-    inner: S,
-    first_read: Option<oneshot::Sender<()>>,
-}
-
-impl<S> FirstRead<S> {
-    /// Wraps `inner`; `tx` fires on the first non-empty read.
-    pub fn new(inner: S, tx: oneshot::Sender<()>) -> Self {
-        Self {
-            inner,
-            first_read: Some(tx),
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(())))
-            && buf.filled().len() > before
-            && let Some(tx) = self.first_read.take()
-        {
-            let _ = tx.send(());
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
 
 /// Serves one accepted connection in its own task, counted by the tracker
 /// until it ends.

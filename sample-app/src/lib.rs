@@ -8,7 +8,8 @@
 //! * [`http`]: one hyper connection per socket, routes, per-connection drain.
 //! * [`ws`]: the WebSocket endpoint and its close-with-1012 drain.
 //! * [`config`]: knobs (flags with environment fallbacks).
-//! * [`state`]: identity, drain phase, open-connection tracking.
+//! * [`state`]: identity, counters, and the drain's shared state ([`handoff_drain`]: the
+//!   drain contract, shared with the front: phases, open connections, WebSocket close turns).
 //!
 //! The binary (`src/main.rs`) only parses the configuration, obtains the
 //! sockets, installs signal handlers and maps the [`Outcome`] to an exit code,
@@ -17,9 +18,11 @@
 pub mod config;
 pub mod drain;
 pub mod http;
-pub mod listen;
 pub mod state;
 pub mod ws;
+
+/// Socket inheritance (`LISTEN_FDS`), shared with the front: [`handoff_drain::listen`].
+pub use handoff_drain::listen;
 
 pub use config::Config;
 pub use drain::{DrainReport, Outcome, arm_hard_deadline, run};

@@ -40,13 +40,7 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
     })
 }
 
-/// Buffers sized for many mostly idle WebSockets: tungstenite reserves 128 KiB to read into
-/// by default, 1.3 GB for 10,000 connections; larger messages still grow the buffer.
-pub fn small_buffers() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-}
+pub use handoff_drain::ws::small_buffers;
 
 /// Answers a `GET /ws` request: 101 and a spawned WebSocket task, or an error.
 pub(crate) fn upgrade(mut req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
