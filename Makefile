@@ -9,6 +9,8 @@
 #                 platform's default nginx side by side: dist/demo-beanstalk.md
 #   make bench    three restart strategies side by side under the same load: dist/bench.md, dist/bench.png
 #   make bench-scale  a switch with 100 to 10,000 WebSockets and 10 to 1,000 keep-alive clients open: dist/scale.md
+#   make test-systemd  the native and proxy switch under load against systemd 247, 252 and 257
+#                 (debootstrap roots of bullseye and trixie, cached in /var/tmp), and the .deb in trixie
 #   make fleet    8 hosts behind HAProxy deployed in waves (AllAtOnce, OneAtATime + load balancer): dist/fleet.md
 
 RELEASE ?= dev
@@ -16,7 +18,7 @@ TARGET  := x86_64-unknown-linux-musl
 CARGO   ?= cargo
 export RELEASE
 
-.PHONY: setup setup-build dist build static-aarch64 static test demo demo-beanstalk fleet bench bench-scale bundle bundle-beanstalk fmt lint clean
+.PHONY: setup setup-build dist build static-aarch64 static test test-systemd demo demo-beanstalk fleet bench bench-scale bundle bundle-beanstalk fmt lint clean
 
 # Everything the tests, demos and benchmarks run (real servers, HAProxy, nginx, load tools).
 setup:
@@ -45,6 +47,10 @@ test: build static static-aarch64 dist
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) test --target aarch64-unknown-linux-musl -p handoff --lib -- \
 	  --skip takeover::tests::a_plain_listener_is_joined_steered_and_its_queue_survives_its_close
+
+# Not part of `make test` (CI): about N minutes more (README, Tests).
+test-systemd: build static dist
+	scripts/test-systemd
 
 bundle: static
 	scripts/bundle

@@ -223,8 +223,15 @@ pub fn properties(
         Flag("ProtectControlGroups", true),
         Flag("ProtectClock", true),
         Flag("ProtectHostname", true),
-        Text("ProtectProc", "invisible".into()),
-        Text("ProcSubset", "pid".into()),
+    ]);
+    // app.needs: [proc]: a systemd before 247 refuses these properties of a transient unit.
+    if !cfg.app.needs.contains(&Need::Proc) {
+        d.extend([
+            Text("ProtectProc", "invisible".into()),
+            Text("ProcSubset", "pid".into()),
+        ]);
+    }
+    d.extend([
         RestrictAddressFamilies(vec!["AF_INET".into(), "AF_INET6".into(), "AF_UNIX".into()]),
         RestrictNamespaces,
         Flag("RestrictRealtime", true),

@@ -17,7 +17,8 @@
 //!   args: ["-v"]
 //!   environment: { RUST_LOG: info }
 //!   ready: notify              # or "probe": the app cannot send READY=1 (the unit is Type=exec)
-//!   needs: []                  # hardening relaxations: jit (V8, JVM, PyPy), setuid (gunicorn's workers)
+//!   needs: []                  # hardening relaxations: jit (V8, JVM, PyPy), setuid (gunicorn's workers),
+//!                              # proc (systemd before 247: ProtectProc= and ProcSubset= left out)
 //!   environment_files: [/etc/sample/env, -/etc/sample/optional.env]  # host files, after app.env; - optional
 //!   credentials: { db_password: /etc/sample/db_password }  # $CREDENTIALS_DIRECTORY/db_password (systemd >= 247)
 //!   state_directory: sample    # /var/lib/sample for every release ($STATE_DIRECTORY); also cache_directory,
@@ -171,6 +172,10 @@ pub enum Need {
     /// start (gunicorn): `SystemCallFilter=@setuid`. Without capabilities no id can change, so
     /// the calls grant nothing.
     Setuid,
+    /// A host whose systemd predates `ProtectProc=` and `ProcSubset=` (247; Ubuntu 20.04 runs
+    /// 245): both are left out of the units, so the app sees every process of the host in
+    /// /proc (names and command lines; not their memory, under `PrivateUsers=`).
+    Proc,
 }
 
 impl Need {
@@ -178,6 +183,7 @@ impl Need {
         match self {
             Need::Jit => "jit",
             Need::Setuid => "setuid",
+            Need::Proc => "proc",
         }
     }
 }
@@ -669,7 +675,7 @@ mod tests {
                 .strategy,
             Strategy::Handoff
         );
-        for n in [Need::Jit, Need::Setuid] {
+        for n in [Need::Jit, Need::Setuid, Need::Proc] {
             assert_eq!(n.to_possible_value().unwrap().get_name(), n.name());
         }
         assert_eq!(Ready::Probe.to_possible_value().unwrap().get_name(), "probe");

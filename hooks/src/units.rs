@@ -119,6 +119,9 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         for (key, value) in &values {
             text = text.replace(&format!("{{{{{key}}}}}"), value);
         }
+        if cfg.app.needs.contains(&crate::config::Need::Proc) {
+            text = without_proc_settings(&text);
+        }
         if let Some(at) = text.find("{{") {
             let end = text[at..].find("}}").map(|e| at + e + 2).unwrap_or(text.len());
             bail!(Fault::input(format!(
@@ -279,9 +282,23 @@ fn needs_lines(cfg: &DeployConfig) -> String {
             Need::Setuid => "# app.needs: setuid (workers call setuid()/setgid() to their own ids; without \
                              capabilities no id can change).\nSystemCallFilter=@setuid"
                 .to_string(),
+            Need::Proc => "# app.needs: proc (ProtectProc= and ProcSubset= are left out: systemd before 247 \
+                           does not know them)."
+                .to_string(),
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The settings `app.needs: [proc]` leaves out of every unit of the service.
+pub const PROC_SETTINGS: [&str; 2] = ["ProtectProc=", "ProcSubset="];
+
+/// `text` without the lines of [`PROC_SETTINGS`] (`app.needs: [proc]`).
+fn without_proc_settings(text: &str) -> String {
+    text.lines()
+        .filter(|l| !PROC_SETTINGS.iter().any(|s| l.trim_start().starts_with(s)))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// A template must have the lines deploy.yml's settings go into: `{{needs}}` for `app.needs`,
@@ -637,6 +654,22 @@ mod tests {
         assert!(at("MemoryDenyWriteExecute=no") > at("MemoryDenyWriteExecute=yes"));
         assert!(at("SystemCallFilter=@setuid") > at("SystemCallFilter=~@privileged"));
         assert!(relaxed.contains("ExecStart=/usr/bin/node \"-v\"\n"), "{relaxed}");
+        assert!(relaxed.contains("ProtectProc=invisible\n") && relaxed.contains("ProcSubset=pid\n"));
+        // proc leaves the /proc settings out of every unit (systemd before 247 lacks them).
+        c.app.needs.push(crate::config::Need::Proc);
+        for unit in render(&c, &dir).unwrap() {
+            assert!(
+                !unit
+                    .text
+                    .lines()
+                    .any(|l| l.starts_with("ProtectProc=") || l.starts_with("ProcSubset=")),
+                "{}: {}",
+                unit.name,
+                unit.text
+            );
+        }
+        assert!(crate::platform::check(245, &render(&c, &dir).unwrap()).is_ok());
+        c.app.needs.pop();
         // A template of an older bundle, without the lines to put them in.
         let template = dir.join("units/app@.service");
         let old = std::fs::read_to_string(&template)

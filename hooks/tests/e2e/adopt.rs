@@ -499,7 +499,10 @@ async fn a_takeover_killed_before_its_commit_gives_the_port_back_and_the_next_on
         report.summary(),
         report.probe_failed_at
     );
-    assert_no_failures(&report, "a takeover killed before its commit, then the next one");
+    assert_no_failures(
+        &report,
+        &format!("a takeover killed before its commit, then the next one; d-2's hooks:\n{log}"),
+    );
     assert_eq!(
         sequence(&report),
         ["v0", "v1", "v0", "v1"],

@@ -276,6 +276,7 @@ fn the_app_runs_unprivileged_from_root_owned_files() {
         ("jit", "[jit]"),
         ("setuid", "[setuid]"),
         ("jit-setuid", "[jit, setuid]"),
+        ("proc", "[proc]"),
     ] {
         let name = format!("profile-{profile}");
         let cfg = handoff::config::DeployConfig::parse(&format!(
@@ -296,6 +297,12 @@ fn the_app_runs_unprivileged_from_root_owned_files() {
     assert!(levels.iter().all(|(_, l)| *l <= 2.0), "{levels:?}");
     assert!(
         levels[0].1 <= levels[1].1 && levels[0].1 <= levels[2].1,
+        "{levels:?}"
+    );
+    // What BeforeInstall tells a host without ProtectProc= (systemd 245) that proc costs.
+    assert_eq!(
+        format!("{:.1} instead of {:.1}", levels[4].1, levels[0].1),
+        handoff::platform::PROC_COST,
         "{levels:?}"
     );
 }
