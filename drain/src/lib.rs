@@ -13,8 +13,8 @@
 //! 4. **Close** ([`Phase::Closing`]): in-flight requests finish; an idle keep-alive
 //!    connection is held until the idle hold ends (a load balancer's idle timeout); once only
 //!    idle connections are left the `STATUS=` line says so ([`IDLE_HOLD_STATUS`]) and the
-//!    deploy hooks stop waiting. WebSockets get close 1012 at their turn ([`WsTurns`],
-//!    [`WsPacing`]), spread at a rate so the reconnects do not arrive all at once.
+//!    deploy hooks stop waiting. WebSockets get close 1012 at their turn ([`WsTurns`]),
+//!    spread at a rate so the reconnects do not arrive all at once.
 //! 5. **Exit** once nothing is open ([`Tracker`]), or drop what is left at the drain budget
 //!    ([`Phase::Abort`]).
 //!
@@ -27,5 +27,5 @@ pub mod phase;
 pub mod ws;
 
 pub use first_read::FirstRead;
-pub use pacing::{WsPacing, WsTurns, close_window};
+pub use pacing::{WsTurns, close_window};
 pub use phase::{BusyCounter, IDLE_HOLD_STATUS, Open, Phase, Tracker, idle_hold_status};

@@ -1,39 +1,10 @@
 //! WebSocket closes spread over a window at a rate, so that the reconnects reach the successor
 //! at a rate its accept queue holds instead of all in one millisecond.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until};
-
-/// The drain's WebSocket closes, spread over a window so that their reconnects reach the
-/// successor at a rate it can accept: the n-th close (in the order the tasks see the drain)
-/// waits n/open of the window. Used by the front, whose WebSockets each compute their delay.
-#[derive(Debug, Default)]
-pub struct WsPacing {
-    open: AtomicU64,
-    window_ms: AtomicU64,
-    next: AtomicU64,
-}
-
-impl WsPacing {
-    /// Spreads `open` closes at `rate` per second, within `at_most`.
-    pub fn plan(&self, open: u64, rate: u64, at_most: Duration) -> Duration {
-        let window = close_window(open, rate, at_most);
-        self.open.store(open.max(1), Ordering::SeqCst);
-        self.window_ms.store(window.as_millis() as u64, Ordering::SeqCst);
-        window
-    }
-
-    /// How long this WebSocket waits before its close frame.
-    pub fn delay(&self) -> Duration {
-        let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let open = self.open.load(Ordering::SeqCst).max(1);
-        let window = self.window_ms.load(Ordering::SeqCst);
-        Duration::from_millis(window * n.min(open) / open)
-    }
-}
 
 /// How long `open` WebSocket closes take at `rate` per second, within `at_most` (rate 0: at
 /// once).
@@ -97,26 +68,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn websocket_closes_are_spread_at_the_rate_within_the_budget() {
-        let p = WsPacing::default();
+    fn the_close_window_is_the_rate_within_the_budget() {
         assert_eq!(
-            p.plan(10_000, 2_000, Duration::from_secs(8)),
+            close_window(10_000, 2_000, Duration::from_secs(8)),
             Duration::from_secs(5)
         );
-        let delays: Vec<Duration> = (0..10_000).map(|_| p.delay()).collect();
-        assert_eq!(delays[0], Duration::ZERO);
-        assert_eq!(delays[5_000], Duration::from_millis(2_500));
-        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
         // More than the budget allows: faster, never later than the budget.
-        let p = WsPacing::default();
         assert_eq!(
-            p.plan(100_000, 2_000, Duration::from_secs(8)),
+            close_window(100_000, 2_000, Duration::from_secs(8)),
             Duration::from_secs(8)
         );
         // Rate 0: all at once.
-        let p = WsPacing::default();
-        assert_eq!(p.plan(10, 0, Duration::from_secs(8)), Duration::ZERO);
-        assert_eq!(p.delay(), Duration::ZERO);
+        assert_eq!(close_window(10, 0, Duration::from_secs(8)), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

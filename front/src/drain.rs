@@ -223,13 +223,16 @@ pub async fn run_on(
         _ = open_rx.wait_for(|o| o.total() == 0) => {}
     }
     // (4)-(6); the WebSocket closes spread at --ws-close-rate within what is left of the budget.
-    shared.ws_pacing.plan(
-        shared.open().ws as u64,
+    let ws_open = shared.open().ws as u64;
+    let ws_window = handoff_drain::close_window(
+        ws_open,
         shared.ws_close_rate,
         deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .saturating_sub(shared.ws_close_timeout),
     );
+    let turns = shared.clone();
+    tokio::spawn(async move { turns.ws_turns.hand_out(ws_open, ws_window).await });
     shared.set_phase(Phase::closing(
         t0,
         config.first_request_grace(),

@@ -294,11 +294,10 @@ pub struct Upstream {
     /// Set with `closing` (readable without a lock on the request path).
     draining: AtomicBool,
     websockets: watch::Sender<usize>,
-    /// Set when the upstream is drained: relayed WebSockets close (1012 to the client).
-    closing: watch::Sender<bool>,
     ws_closed: AtomicU64,
-    /// The spread of its WebSocket closes when it is drained.
-    pub ws_pacing: handoff_drain::WsPacing,
+    /// Its WebSockets' close turns when it is drained: only the WebSocket whose turn came
+    /// wakes (10,000 relays that each computed their own delay all woke at once).
+    pub ws_turns: handoff_drain::WsTurns,
 }
 
 impl Upstream {
@@ -311,9 +310,8 @@ impl Upstream {
             in_flight_zero: Notify::new(),
             draining: AtomicBool::new(false),
             websockets: watch::Sender::new(0),
-            closing: watch::Sender::new(false),
             ws_closed: AtomicU64::new(0),
-            ws_pacing: Default::default(),
+            ws_turns: Default::default(),
         })
     }
 
@@ -333,12 +331,6 @@ impl Upstream {
         WsGuard(self.clone())
     }
 
-    /// Resolves once the upstream is being drained (at once if it already is).
-    pub async fn closing(&self) {
-        let mut rx = self.closing.subscribe();
-        let _ = rx.wait_for(|c| *c).await;
-    }
-
     /// Records a WebSocket closed because of this upstream's drain.
     pub fn note_ws_closed(&self) {
         self.ws_closed.fetch_add(1, Ordering::Relaxed);
@@ -352,9 +344,17 @@ impl Upstream {
     pub async fn drain(&self, budget: Duration, ws_wait: Duration, ws_rate: u64) -> Drained {
         let t0 = Instant::now();
         self.draining.store(true, Ordering::SeqCst);
-        self.ws_pacing
-            .plan(self.websockets() as u64, ws_rate, budget.saturating_sub(ws_wait));
-        self.closing.send_replace(true);
+        let window =
+            handoff_drain::close_window(self.websockets() as u64, ws_rate, budget.saturating_sub(ws_wait));
+        // The close turns go out beside the rest of the drain, which waits for them.
+        let (_, drained) = tokio::join!(
+            self.ws_turns.hand_out(self.websockets() as u64, window),
+            self.drain_after_turns(t0, budget, ws_wait)
+        );
+        drained
+    }
+
+    async fn drain_after_turns(&self, t0: Instant, budget: Duration, ws_wait: Duration) -> Drained {
         let none_left = async {
             loop {
                 let zero = self.in_flight_zero.notified();

@@ -45,7 +45,7 @@ pub struct Shared {
     /// `--ws-close-rate`.
     pub ws_close_rate: u64,
     /// The spread of the WebSocket closes of the front's own drain.
-    pub ws_pacing: handoff_drain::WsPacing,
+    pub ws_turns: handoff_drain::WsTurns,
     /// `--connect-timeout-ms`.
     pub connect_timeout: Duration,
     /// Requests being handled (the drain announces its idle hold when none is).
@@ -76,7 +76,7 @@ impl Shared {
             max_header_bytes: config.max_header_bytes,
             ws_close_timeout: config.ws_close_timeout(),
             ws_close_rate: config.ws_close_rate,
-            ws_pacing: Default::default(),
+            ws_turns: Default::default(),
             connect_timeout: config.connect_timeout(),
             busy: Default::default(),
             trusted_proxies: config.trusted_proxies.clone(),

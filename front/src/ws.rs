@@ -106,9 +106,12 @@ async fn finish(ws: &mut Ws) {
 
 async fn relay(mut client: Ws, mut up: Ws, upstream: &Upstream, shared: &Shared) {
     let release = &upstream.release;
-    // Once a drain began: when this WebSocket's close is due, and whether the release (not the
-    // front) is being drained.
-    let mut turn: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, bool)> = None;
+    // Each WebSocket queues for its close turn from the start, in the release's drain and in
+    // the front's own (handoff_drain::WsTurns): only the one whose turn came wakes.
+    let release_turn = upstream.ws_turns.wait();
+    tokio::pin!(release_turn);
+    let front_turn = shared.ws_turns.wait();
+    tokio::pin!(front_turn);
     loop {
         tokio::select! {
             m = up.next() => match m {
@@ -149,20 +152,14 @@ async fn relay(mut client: Ws, mut up: Ws, upstream: &Upstream, shared: &Shared)
                     return;
                 }
             },
-            () = upstream.closing(), if turn.is_none() => {
-                // Relay on until this WebSocket's turn in the spread of closes.
-                turn = Some((Box::pin(tokio::time::sleep(upstream.ws_pacing.delay())), true));
+            () = &mut release_turn => {
+                debug!(%release, "release drained: closing websocket with 1012");
+                upstream.note_ws_closed();
+                restart(&mut client, &mut up).await;
+                break;
             }
-            _ = shared.wait_phase(Phase::is_closing), if turn.is_none() => {
-                turn = Some((Box::pin(tokio::time::sleep(shared.ws_pacing.delay())), false));
-            }
-            () = async { turn.as_mut().expect("guarded").0.as_mut().await }, if turn.is_some() => {
-                if turn.as_ref().is_some_and(|t| t.1) {
-                    debug!(%release, "release drained: closing websocket with 1012");
-                    upstream.note_ws_closed();
-                } else {
-                    debug!(%release, "front draining: closing websocket with 1012");
-                }
+            () = &mut front_turn => {
+                debug!(%release, "front draining: closing websocket with 1012");
                 restart(&mut client, &mut up).await;
                 break;
             }

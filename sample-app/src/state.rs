@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 
-pub use handoff_drain::pacing::{WsPacing, WsTurns, close_window};
+pub use handoff_drain::pacing::{WsTurns, close_window};
 pub use handoff_drain::phase::{
     Busy, BusyCounter, Guard, IDLE_HOLD_STATUS, Open, Phase, Tracker, idle_hold_status,
 };
