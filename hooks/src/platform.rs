@@ -45,10 +45,12 @@ pub const SINCE: &[(&str, u32)] = &[
     ("ExecCondition=", 243),
     ("ProtectHostname=", 242),
     ("RestrictSUIDSGID=", 242),
-    // The app reads $STATE_DIRECTORY and friends (240), not only the folder (235).
+    // The app reads $STATE_DIRECTORY and friends (240), not only the folder (235; the runtime
+    // folder: 211).
     ("StateDirectory=", 240),
     ("CacheDirectory=", 240),
     ("LogsDirectory=", 240),
+    ("RuntimeDirectory=", 240),
     ("SystemCallFilter=@system-service", 239),
     ("ProtectHome=tmpfs", 238),
     ("RuntimeDirectoryPreserve=", 235),
@@ -342,6 +344,16 @@ mod tests {
         );
         // Type=notify is old; Type=exec is not.
         assert!(needs(&[unit("a.service", "Type=exec\n")])[0].since == 240);
+        // The app reads $RUNTIME_DIRECTORY (240); the Preserve= key is not the folder's.
+        let runtime = needs(&[unit(
+            "a.service",
+            "RuntimeDirectory=shop\nRuntimeDirectoryPreserve=yes\n",
+        )]);
+        let runtime: Vec<(&str, u32)> = runtime.iter().map(|n| (n.setting, n.since)).collect();
+        assert_eq!(
+            runtime,
+            [("RuntimeDirectory=", 240), ("RuntimeDirectoryPreserve=", 235)]
+        );
     }
 
     #[test]

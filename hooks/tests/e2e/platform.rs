@@ -34,7 +34,10 @@ fn host_systemd_version() -> String {
 async fn the_sandbox_boots_the_systemd_it_was_given() {
     let sandbox = Sandbox::start();
     let booted = sandbox.systemd().await.version().await.unwrap();
-    let root = std::env::var("HANDOFF_SANDBOX_ROOT").unwrap_or_else(|_| "the host's".into());
+    let root = std::env::var("HANDOFF_SANDBOX_ROOT")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "the host's".into());
     let expected = match std::env::var("HANDOFF_EXPECT_SYSTEMD") {
         Ok(v) => v,
         Err(_) => host_systemd_version(),
