@@ -26,6 +26,6 @@ pub mod pacing;
 pub mod phase;
 pub mod ws;
 
-pub use first_read::FirstRead;
+pub use first_read::{FirstByte, FirstRead, OnRead, ReadHook, first_read};
 pub use pacing::{WsTurns, close_window};
 pub use phase::{BusyCounter, IDLE_HOLD_STATUS, Open, Phase, Tracker, idle_hold_status};

@@ -6,7 +6,7 @@
 //! hyper (1.12) starts that timer whenever it waits for a head, including on
 //! an idle keep-alive connection right after a response, so it would close
 //! idle keep-alive connections after the *header* timeout. Instead a thin
-//! wrapper around the socket ([`Watched`]) notes the first byte of a new
+//! wrapper around the socket ([`OnRead`]) notes the first byte of a new
 //! request head, the service notes when a head was complete (the handler
 //! runs) and when its response ended, and a watchdog in the connection task
 //! applies:
@@ -23,20 +23,15 @@
 //! `graceful_shutdown()` lets an in-flight request finish; at `Abort` the
 //! task is dropped with the socket.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use handoff_drain::FirstRead;
-use handoff_drain::Phase;
+use handoff_drain::{FirstByte, OnRead, Phase};
 use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Instant, sleep, sleep_until};
@@ -144,49 +139,6 @@ impl Drop for RequestGuard {
     }
 }
 
-/// Notes reads on the client socket (see the module documentation).
-struct Watched {
-    inner: TcpStream,
-    conn: Arc<ConnInfo>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.conn.activity.bytes_read();
-        }
-        res
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 /// Accepts connections until the drain begins, then drops (closes) the
 /// listener. At most `limit` connections are open at once: beyond, it stops
 /// accepting until one closes, and new connections wait in the kernel queue.
@@ -260,13 +212,14 @@ async fn serve(
         _permit: permit,
     });
     let (first_tx, mut first_rx) = oneshot::channel();
-    let io = TokioIo::new(FirstRead::new(
-        Watched {
-            inner: stream,
-            conn: info.clone(),
-        },
-        first_tx,
-    ));
+    // One pass-through for both: the timeouts' note of every read, the drain's first byte.
+    let io = TokioIo::new(OnRead::new(stream, {
+        let (info, mut first) = (info.clone(), FirstByte::new(first_tx));
+        move || {
+            info.activity.bytes_read();
+            first.fire();
+        }
+    }));
     let svc = {
         let (shared, info) = (shared.clone(), info.clone());
         service_fn(move |req| {

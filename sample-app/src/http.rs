@@ -43,7 +43,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::{debug, trace};
 
-pub use handoff_drain::FirstRead;
+pub use handoff_drain::{FirstRead, first_read};
 
 use crate::state::{Body, Phase, Shared, Stats};
 use crate::ws;
@@ -72,7 +72,7 @@ pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let (first_tx, mut first_rx) = oneshot::channel();
-    let io = TokioIo::new(FirstRead::new(stream, first_tx));
+    let io = TokioIo::new(first_read(stream, first_tx));
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| handle(req, shared.clone()))
@@ -224,18 +224,5 @@ mod tests {
         assert_eq!(sleep_ms(Some("a=1&sleep_ms=25")), Ok(25));
         assert_eq!(sleep_ms(Some("sleep_ms=99999999")), Ok(MAX_SLEEP_MS));
         assert!(sleep_ms(Some("sleep_ms=x")).is_err());
-    }
-
-    #[tokio::test]
-    async fn first_read_fires_once_on_data() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (a, mut b) = tokio::io::duplex(64);
-        let (tx, mut rx) = oneshot::channel();
-        let mut fr = FirstRead::new(a, tx);
-        assert!(rx.try_recv().is_err());
-        b.write_all(b"x").await.unwrap();
-        let mut buf = [0u8; 8];
-        assert_eq!(fr.read(&mut buf).await.unwrap(), 1);
-        assert!(rx.try_recv().is_ok());
     }
 }
