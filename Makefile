@@ -45,8 +45,11 @@ static-aarch64: setup
 # checks the release artifacts of both architectures; one switch and the
 # hooks' unit tests run the aarch64 build under qemu-user-static. qemu-user does not implement
 # SO_ATTACH_REUSEPORT_CBPF (ENOPROTOOPT), so the takeover's steering test cannot run there.
+# cargo-nextest runs each test in its own process, two at a time, and the tests that measure a
+# switch's latency or carry the heaviest load alone (.config/nextest.toml).
 test: build static static-aarch64 dist
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) test --workspace --doc
 	$(CARGO) test --target aarch64-unknown-linux-musl -p handoff --lib -- \
 	  --skip takeover::tests::a_plain_listener_is_joined_steered_and_its_queue_survives_its_close
 

@@ -357,7 +357,6 @@ fn sequence(report: &crate::load::Report) -> Vec<String> {
 }
 
 async fn adopt(app: App) {
-    let _turn = crate::examples::ONE_AT_A_TIME.lock().await;
     let mut svc = TestService::new();
     let dir = tokio::task::block_in_place(|| project(&svc, &app));
     start_legacy(&svc, &app, &dir);
@@ -434,7 +433,6 @@ async fn a_java_jar_is_taken_over_from_its_unit_and_switched_under_load() {
 /// mode, under load and WebSockets throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_takeover_killed_before_its_commit_gives_the_port_back_and_the_next_one_takes_it() {
-    let _turn = crate::examples::ONE_AT_A_TIME.lock().await;
     let mut svc = TestService::new();
     // The unit that serves today: the sample app binding the port itself (no SO_REUSEPORT).
     let app = svc.sandbox.test_binary("sample-app");

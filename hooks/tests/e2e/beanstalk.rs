@@ -195,7 +195,6 @@ fn the_replay_flips_in_the_engines_logged_order_and_a_failing_hook_stops_it() {
 /// v1 serving; the configuration deployment leaves v1's instance alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn beanstalk_deployments_switch_without_a_failed_request_and_reject_a_broken_release() {
-    let _turn = crate::examples::ONE_AT_A_TIME.lock().await;
     let svc = TestService::new();
     let engine = Engine::new(&svc);
     let v1 = eb_bundle(&svc, "v1", &[], false);
@@ -265,7 +264,6 @@ async fn beanstalk_deployments_switch_without_a_failed_request_and_reject_a_brok
 /// requests fail.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_platforms_default_nginx_fails_requests_in_its_flip() {
-    let _turn = crate::examples::ONE_AT_A_TIME.lock().await;
     let svc = TestService::new();
     let engine = Engine::new(&svc);
     let (ok, out) = engine.deploy(&svc, &plain_bundle(&svc, "v1"));
@@ -290,7 +288,6 @@ async fn the_platforms_default_nginx_fails_requests_in_its_flip() {
 /// without a failed request.
 #[tokio::test(flavor = "multi_thread")]
 async fn beanstalk_deploys_strategy_proxy_without_nginx_and_without_a_failed_request() {
-    let _turn = crate::examples::ONE_AT_A_TIME.lock().await;
     let svc = TestService::new();
     let engine = Engine::new(&svc);
     let v1 = with_beanstalk_layout(&svc, svc.proxied_revision("v1", &[], "a", ""), true);

@@ -104,7 +104,6 @@ fn example_revision_with(svc: &TestService, example: &str, label: &str, edit: im
 /// v1 → v2 → v1 under load, each switch window checked for failures and stalls.
 /// `slow` requests of 1.5 s are in flight across the switches.
 async fn switches_losslessly(example: &str, ws_clients: usize, slow: usize) {
-    let _turn = ONE_AT_A_TIME.lock().await;
     let mut svc = TestService::new();
     let v1 = example_revision(&svc, example, "v1");
     if let Err(f) = tokio::task::block_in_place(|| svc.deploy("d-1", &v1)) {
@@ -171,10 +170,9 @@ async fn switches_losslessly(example: &str, ws_clients: usize, slow: usize) {
     assert_eq!(svc.answering_release(), "v1");
 }
 
-/// The switch tests of the examples (native, and each example behind the front) and the fleet
-/// test take turns: each loads two cores with ab, wrk, the probe and a server that may be
-/// single-threaded, and two of them at once measure each other.
-pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// The switch tests of the examples (native, and each example behind the front) run alone
+// (.config/nextest.toml): each loads two cores with ab, wrk, the probe and a server that may be
+// single-threaded, and any other test beside it would be measured too.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gunicorn_sync_switches_without_a_failed_request_or_a_stall() {
@@ -251,9 +249,6 @@ async fn every_example_switches_behind_the_front_unchanged() {
         ("node-http", 2),
         ("go-net-http", 0),
     ] {
-        // One example at a time with the native switch tests: five servers under load beside
-        // one of them made a 1.8 s outlier in its switch window on two cores.
-        let _turn = ONE_AT_A_TIME.lock().await;
         let mut svc = TestService::new();
         let p1 = example_revision_with(&svc, example, "p1", behind_the_front);
         if let Err(f) = tokio::task::block_in_place(|| svc.deploy("d-1", &p1)) {

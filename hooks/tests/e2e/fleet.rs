@@ -10,8 +10,8 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_behind_haproxy_switch_at_once_and_reject_a_broken_release_without_a_failed_request() {
-    // Two cores: 3 hosts, HAProxy and 40 clients beside a server's switch test measure each other.
-    let _turn = crate::examples::ONE_AT_A_TIME.lock().await;
+    // Two cores: 3 hosts, HAProxy and 40 clients beside a server's switch test measure each
+    // other, so it runs alone (.config/nextest.toml).
     let out_dir = std::env::temp_dir().join(format!("handoff-fleet-{}", free_port()));
     let mut cmd = Command::new(workspace().join("scripts/fleet"));
     cmd.env("FLEET_HOSTS", "3")

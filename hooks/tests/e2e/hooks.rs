@@ -56,8 +56,7 @@ async fn deployments_switch_the_serving_release_under_load_without_a_failed_requ
 
     // The new release takes 300 ms to start; slow requests are in flight on the old one.
     let v2 = svc.revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "300")], "");
-    // A latency test: it takes its turn in the serial group.
-    let turn = crate::examples::ONE_AT_A_TIME.lock().await;
+    // A latency test: it runs alone (.config/nextest.toml).
     let load = Load::start(svc.port, Duration::from_secs(8), 4).await;
     let slow = slow_requests(svc.port, 5);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -66,7 +65,6 @@ async fn deployments_switch_the_serving_release_under_load_without_a_failed_requ
     let switch_to = crate::load::clock();
     tokio::time::sleep(Duration::from_millis(700)).await;
     let report = load.finish().await;
-    drop(turn);
     for s in slow {
         let reply = s.await.unwrap();
         assert!(

@@ -302,8 +302,8 @@ pub type Window = (f64, f64, f64, usize);
 /// The probe's view of a switch window [from, to) of the sample app: asserts that the load
 /// overlapped it (requests before, during and after it) and that its latency did not stall:
 /// the window's p99 within [`NO_STALL_P99_MS`] of the same run's baseline p99, and its slowest
-/// request within [`NO_STALL_MAX_MS`] of it. Callers take their turn in the serial group
-/// (`examples::ONE_AT_A_TIME`), so two latency tests never measure each other. Returns
+/// request within [`NO_STALL_MAX_MS`] of it. Its callers run alone
+/// (.config/nextest.toml), so no other test is measured with them. Returns
 /// (baseline, window).
 pub fn assert_no_stall(report: &Report, from: Duration, to: Duration, what: &str) -> (Window, Window) {
     let (base, during) = switch_window(report, from, to, what);

@@ -163,18 +163,16 @@ async fn first_deployment_and_switch(arch: &'static str) -> (Duration, Duration,
 
 /// The aarch64 build (hooks and sample app) through the lifecycle under load, beside the
 /// x86_64 one: the sandbox's systemd starts the aarch64 instances, the kernel runs them (and
-/// the hooks) through qemu-user-static (binfmt_misc), and the switch loses nothing. It takes
-/// its turn in the serial group: emulation costs CPU that the latency tests would feel.
+/// the hooks) through qemu-user-static (binfmt_misc), and the switch loses nothing. It runs
+/// alone (.config/nextest.toml): emulation costs CPU that the latency tests would feel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_aarch64_build_switches_under_load_under_emulation() {
     assert!(
         std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists(),
         "qemu-aarch64 is not registered in binfmt_misc: run scripts/setup (it registers Debian's qemu-user-static)"
     );
-    let turn = crate::examples::ONE_AT_A_TIME.lock().await;
     let native = first_deployment_and_switch("x86_64").await;
     let emulated = first_deployment_and_switch("aarch64").await;
-    drop(turn);
     eprintln!(
         "the lifecycle's wall time, x86_64 native | aarch64 under qemu-user-static:\n\
          first deployment: {:.1?} | {:.1?}\nswitch under load: {:.1?} | {:.1?}\n\

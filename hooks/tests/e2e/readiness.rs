@@ -26,8 +26,7 @@ async fn a_server_without_ready_deploys_losslessly_and_its_crash_at_start_is_see
     svc.deploy_ok("d-1", &v1);
     assert_eq!(svc.unit_property("shop@d-1.service", "Type"), "exec");
 
-    // A latency test: it takes its turn in the serial group.
-    let turn = crate::examples::ONE_AT_A_TIME.lock().await;
+    // A latency test: it runs alone (.config/nextest.toml).
     let load = Load::start(svc.port, Duration::from_secs(12), 2).await;
     let v2 = svc.revision(
         "v2",
@@ -54,7 +53,6 @@ async fn a_server_without_ready_deploys_losslessly_and_its_crash_at_start_is_see
     assert!(failure.output.contains("d-2 keeps serving"), "{}", failure.output);
     assert!(took < Duration::from_secs(6), "the crash was seen after {took:?}");
     let report = load.finish().await;
-    drop(turn);
     assert_eq!(report.failures(), 0, "{}", report.summary());
     crate::load::assert_no_stall(&report, from, to, "app.ready: probe, v1 -> v2");
     assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
