@@ -60,9 +60,46 @@ async fn socket_unit_started_over_dbus_answers_and_teardown_leaves_nothing() {
         "unexpected reply: {reply}"
     );
 
+    // A unit with PrivateTmp= running at teardown: systemd made its folder in the host's
+    // /var/tmp, named after the sandbox's own boot id, and the sandbox is killed, not shut
+    // down, so the stop must remove it.
+    run_ok(sandbox.command("systemd-run").args([
+        "--unit",
+        "private-tmp",
+        "-p",
+        "PrivateTmp=yes",
+        "/bin/sleep",
+        "600",
+    ]));
+    let boot_id = std::fs::read_to_string(sandbox.dir.join("boot-ids"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(boot_id.len(), 32, "{boot_id}");
+    // The sandbox's /var/tmp: the host's, or in another distribution's root the overlay's,
+    // which goes with the sandbox's folder.
+    let private_tmp_in = |var_tmp: &Path| -> Vec<_> {
+        std::fs::read_dir(var_tmp)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with(&format!("systemd-private-{boot_id}-")))
+            .collect()
+    };
+    let inside = private_tmp_in(&sandbox.host_path("/var/tmp"));
+    assert!(
+        inside.iter().any(|n| n.contains("-private-tmp.service-")),
+        "no PrivateTmp folder of the sandbox's boot id: {inside:?}"
+    );
+
     let dir = sandbox.dir.clone();
     drop(systemd);
     drop(sandbox);
+    assert_eq!(
+        private_tmp_in(Path::new("/var/tmp")),
+        Vec::<String>::new(),
+        "PrivateTmp folders left in the host's /var/tmp"
+    );
 
     assert!(
         !dir.exists(),
