@@ -45,10 +45,6 @@ pub struct HookArgs {
     /// How long to wait for another deployment step that holds the lock.
     #[arg(long, default_value = "60s", value_parser = config::parse_duration, value_name = "DURATION")]
     pub lock_wait: Duration,
-
-    /// More output: -v shows each D-Bus call and its timing, -vv everything.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
 }
 
 impl HookArgs {

@@ -290,12 +290,13 @@ fn check_symlinks(bundle: &Path, problems: &mut Vec<Problem>) {
 }
 
 /// The bundle's executables (its hooks, the app's command when it is in the bundle) are of one
-/// architecture: the one deploy.yml states (`arch:`), or else its BeforeInstall hook's.
+/// architecture: the one deploy.yml states (`arch:`), or else the hooks' `handoff`'s.
 fn check_arch(cfg: &DeployConfig, bundle: &Path, problems: &mut Vec<Problem>) {
     use crate::platform::elf_arch;
-    let (arch, why) = match (cfg.arch, elf_arch(&bundle.join("hooks/before-install"))) {
+    let hooks = format!("hooks/{}", crate::project::HOOK_BINARY);
+    let (arch, why) = match (cfg.arch, elf_arch(&bundle.join(&hooks))) {
         (Some(a), _) => (a, "deploy.yml says arch: ".to_string() + a.name()),
-        (None, Some(Ok(a))) => (a, format!("hooks/before-install is {a}")),
+        (None, Some(Ok(a))) => (a, format!("{hooks} is {a}")),
         _ => return,
     };
     for (path, what) in crate::platform::foreign_executables(bundle, &cfg.app.command, arch) {
@@ -308,6 +309,28 @@ fn check_arch(cfg: &DeployConfig, bundle: &Path, problems: &mut Vec<Problem>) {
                  architecture (`handoff bundle --arch {arch}`)"
             ),
         ));
+    }
+}
+
+/// A hook that is our launcher ([`crate::project::HOOK_SCRIPT`]) needs the `handoff` beside it.
+fn check_hook_binary(bundle: &Path, problems: &mut Vec<Problem>) {
+    use crate::project::{HOOK_BINARY, HOOK_SCRIPT, HOOKS};
+    let binary = bundle.join("hooks").join(HOOK_BINARY);
+    if crate::appspec::is_executable(&binary) {
+        return;
+    }
+    for hook in HOOKS {
+        let rel = format!("hooks/{hook}");
+        if std::fs::read_to_string(bundle.join(&rel)).is_ok_and(|text| text == HOOK_SCRIPT) {
+            problems.push(Problem::error(
+                &rel,
+                "",
+                format!(
+                    "runs hooks/{HOOK_BINARY}, which is missing or not executable; bundle again with `handoff bundle` \
+                     (or copy the static build's {HOOK_BINARY} into hooks/)"
+                ),
+            ));
+        }
     }
 }
 
@@ -324,6 +347,7 @@ pub fn lint_dir(bundle: &Path) -> Report {
         check_units(&cfg, bundle, &mut report);
         check_arch(&cfg, bundle, &mut report.problems);
     }
+    check_hook_binary(bundle, &mut report.problems);
     check_symlinks(bundle, &mut report.problems);
     report
 }
@@ -532,6 +556,26 @@ mod tests {
                 .contains("appspec.yml: missing at the bundle's root"),
             "{p:#?}"
         );
+    }
+
+    #[test]
+    fn our_hook_scripts_need_the_handoff_beside_them() {
+        let d = bundle();
+        for hook in crate::project::HOOKS {
+            exec(&d.0.join("hooks").join(hook), crate::project::HOOK_SCRIPT);
+        }
+        let r = lint_dir(&d.0);
+        let text = messages(&r);
+        assert_eq!(r.errors(), 4, "{text}");
+        assert!(
+            text.contains(
+                "error: hooks/before-install: runs hooks/handoff, which is missing or not executable"
+            ),
+            "{text}"
+        );
+        exec(&d.0.join("hooks/handoff"), "#!/bin/sh\n");
+        let r = lint_dir(&d.0);
+        assert_eq!(r.errors(), 0, "{}", messages(&r));
     }
 
     #[test]

@@ -29,14 +29,22 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("front@.service", include_str!("../../units/front@.service")),
 ];
 
-/// The hook executables a bundle carries in `hooks/` (`handoff` for status and rollback).
-pub const HOOK_BINARIES: &[&str] = &[
+/// The one executable a bundle carries in `hooks/`: every lifecycle hook, and `status` and
+/// `rollback` for the operator.
+pub const HOOK_BINARY: &str = "handoff";
+
+/// The lifecycle hooks appspec.yml names, each a [`HOOK_SCRIPT`] in `hooks/` that runs
+/// `handoff <hook>`: one static executable per revision instead of one per hook.
+pub const HOOKS: [&str; 4] = [
     "application-stop",
     "before-install",
     "application-start",
     "validate-service",
-    "handoff",
 ];
+
+/// What each of [`HOOKS`] is in a bundle: a script that runs the `handoff` beside it, with its
+/// own file name as the step.
+pub const HOOK_SCRIPT: &str = include_str!("../hook.sh");
 
 /// Where `handoff bundle` takes the hooks for `arch` from when `--hooks` is not given: the
 /// folder of `exe` (this `handoff`) for its own architecture; for another, that
@@ -47,7 +55,7 @@ pub fn hooks_for(exe: &Path, arch: Arch) -> Result<PathBuf> {
         return Ok(own);
     }
     let beside = own.join("../..").join(arch.target_triple()).join("release");
-    if beside.join("before-install").is_file() {
+    if beside.join(HOOK_BINARY).is_file() {
         return Ok(beside);
     }
     bail!(Fault::input(format!(
@@ -60,7 +68,7 @@ pub fn hooks_for(exe: &Path, arch: Arch) -> Result<PathBuf> {
 
 /// Refuses hooks (and the front, when it is there) built for another architecture than `arch`.
 pub fn check_hooks_arch(hooks: &Path, arch: Arch) -> Result<()> {
-    for name in HOOK_BINARIES.iter().chain(&["handoff-front"]) {
+    for name in [HOOK_BINARY, "handoff-front"] {
         let path = hooks.join(name);
         if let Some(found) = crate::platform::elf_arch(&path)
             && found != Ok(arch)
@@ -333,12 +341,13 @@ pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<Bundled> {
         }
     }
     entries.push(("hooks/".into(), Entry::Dir));
-    for name in HOOK_BINARIES {
-        entries.push((
-            format!("hooks/{name}"),
-            Entry::File(hook_binary(hooks, name)?, 0o755),
-        ));
+    for name in HOOKS {
+        entries.push((format!("hooks/{name}"), Entry::Text(HOOK_SCRIPT.into(), 0o755)));
     }
+    entries.push((
+        format!("hooks/{HOOK_BINARY}"),
+        Entry::File(hook_binary(hooks, HOOK_BINARY)?, 0o755),
+    ));
     if cfg.is_proxy() && !app.join(crate::proxy::FRONT_BINARY).exists() {
         entries.push(("front/".into(), Entry::Dir));
         entries.push((
@@ -477,12 +486,7 @@ mod tests {
         std::fs::write(app.join(".git/HEAD"), "x").unwrap();
         std::fs::write(app.join("app.py"), "def app(e, s): pass\n").unwrap();
         std::fs::write(app.join("deploy.yml"), deploy_yml(&options())).unwrap();
-        let hooks = d.join("bin");
-        std::fs::create_dir_all(&hooks).unwrap();
-        for name in HOOK_BINARIES {
-            std::fs::write(hooks.join(name), "#!/bin/sh\n").unwrap();
-            std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        let hooks = hook_dir(&d);
         let zip = d.join("api.zip");
         let done = bundle(&app, &hooks, &zip).unwrap();
         assert_eq!(done.report.errors(), 0, "{}", done.report);
@@ -503,24 +507,31 @@ mod tests {
             assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
         }
         assert!(!names.iter().any(|n| n.starts_with(".git")), "{names:?}");
-        // Without the hook executables there is no bundle.
-        std::fs::remove_file(hooks.join("before-install")).unwrap();
+        // Each hook runs the one executable beside it.
+        let mut script = String::new();
+        std::io::Read::read_to_string(&mut archive.by_name("hooks/before-install").unwrap(), &mut script)
+            .unwrap();
+        assert_eq!(script, HOOK_SCRIPT);
+        assert!(
+            script.contains("exec \"$(dirname \"$0\")/handoff\" \"$(basename \"$0\")\""),
+            "{script}"
+        );
+        // Without the hook executable there is no bundle.
+        std::fs::remove_file(hooks.join(HOOK_BINARY)).unwrap();
         let err = format!("{:#}", bundle(&app, &hooks, &zip).unwrap_err());
         assert!(
-            err.contains("before-install is missing") && err.contains("make static"),
+            err.contains("handoff is missing") && err.contains("make static"),
             "{err}"
         );
         std::fs::remove_dir_all(d).unwrap();
     }
 
-    /// Stand-in hook executables, as the static build's folder holds them.
+    /// A stand-in hook executable, as the static build's folder holds it.
     fn hook_dir(d: &Path) -> PathBuf {
         let hooks = d.join("bin");
         std::fs::create_dir_all(&hooks).unwrap();
-        for name in HOOK_BINARIES {
-            std::fs::write(hooks.join(name), "#!/bin/sh\n").unwrap();
-            std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        std::fs::write(hooks.join(HOOK_BINARY), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(hooks.join(HOOK_BINARY), std::fs::Permissions::from_mode(0o755)).unwrap();
         hooks
     }
 

@@ -68,8 +68,7 @@ fn bad_arguments_exit_2() {
 
 #[test]
 fn a_hook_without_a_deployment_id_is_bad_input_and_needs_root_first() {
-    let hook = env!("CARGO_BIN_EXE_application-start");
-    let (code, text) = run(hook, &["--revision", "/nonexistent"]);
+    let (code, text) = run(HANDOFF, &["application-start", "--revision", "/nonexistent"]);
     if nix::unistd::geteuid().is_root() {
         assert_eq!(code, 2, "{text}");
         assert!(text.contains("no deployment id"), "{text}");
@@ -102,10 +101,9 @@ fn a_bundle_is_of_one_architecture() {
         let mut elf = header.clone();
         let machine: u16 = if arch == Arch::X86_64 { 0x3e } else { 0xb7 };
         elf[18..20].copy_from_slice(&machine.to_le_bytes());
-        for name in handoff::project::HOOK_BINARIES {
-            std::fs::write(hooks.join(name), &elf).unwrap();
-            std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        let name = handoff::project::HOOK_BINARY;
+        std::fs::write(hooks.join(name), &elf).unwrap();
+        std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
         hooks.to_str().unwrap().to_string()
     };
     let (ours, theirs) = (stand_ins(host), stand_ins(other));
@@ -152,7 +150,7 @@ fn a_bundle_is_of_one_architecture() {
     let (code, text) = run(lint.to_str().unwrap(), &[unpacked.to_str().unwrap()]);
     assert_ne!(code, 0, "{text}");
     assert!(
-        text.contains("hooks/before-install")
+        text.contains("hooks/handoff")
             && text.contains(&format!("{other} executable in a bundle for {host}")),
         "{text}"
     );

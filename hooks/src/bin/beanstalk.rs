@@ -8,6 +8,9 @@ use handoff::cli::HookArgs;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
+    /// More output: -v shows each D-Bus call and its timing, -vv everything.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     step: Step,
 }
@@ -25,15 +28,16 @@ enum Step {
 
 fn main() -> std::process::ExitCode {
     use handoff::{beanstalk, cli};
-    match Args::parse().step {
+    let args = Args::parse();
+    match args.step {
         Step::Predeploy(hook) => {
-            cli::run_hook("beanstalk predeploy", hook.verbose, beanstalk::predeploy(&hook))
+            cli::run_hook("beanstalk predeploy", args.verbose, beanstalk::predeploy(&hook))
         }
         Step::Postdeploy(hook) => {
-            cli::run_hook("beanstalk postdeploy", hook.verbose, beanstalk::postdeploy(&hook))
+            cli::run_hook("beanstalk postdeploy", args.verbose, beanstalk::postdeploy(&hook))
         }
         Step::Confighook(hook) => {
-            cli::run("beanstalk confighook", hook.verbose, beanstalk::confighook(&hook))
+            cli::run("beanstalk confighook", args.verbose, beanstalk::confighook(&hook))
         }
     }
 }

@@ -1,21 +1,24 @@
-//! `handoff`: the operator's view of a service deployed by the hooks, and the way into a
-//! project (init, bundle).
+//! `handoff`: the CodeDeploy lifecycle hooks (`handoff application-start`, run by the
+//! bundle's `hooks/application-start`), the operator's view of a service deployed by them, and
+//! the way into a project (init, bundle). One static executable: a revision carries one copy.
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use handoff::cli::HookArgs;
 use handoff::config::{Need, Ready, Strategy};
 
-/// Status and manual rollback of a service deployed with the handoff hooks; init and bundle
-/// to deploy any app with them.
+/// The CodeDeploy lifecycle hooks (a bundle's hooks/ run them), status and manual rollback of
+/// the service they deploy, and init and bundle to deploy any app with them.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The service (deploy.yml `service:`); its releases live in /opt/<service>. Default: the
-    /// one deploy.yml here names, or the only one deployed on this host.
+    /// The service (deploy.yml `service:`) of status, rollback and uninstall; its releases live
+    /// in /opt/<service>. Default: the one deploy.yml here names, or the only one deployed on
+    /// this host. The hooks take it from the revision's deploy.yml.
     #[arg(long, short, env = "HANDOFF_SERVICE", global = true)]
     service: Option<String>,
-    /// More output.
+    /// More output: -v shows each D-Bus call and its timing, -vv everything.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
@@ -24,6 +27,24 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// ApplicationStop hook: leave the serving release running; check and record the service's
+    /// state. CodeDeploy runs the previous revision's copy, with the new deployment's id.
+    ApplicationStop {
+        #[command(flatten)]
+        hook: HookArgs,
+        /// Really stop the service: drain every instance and close the socket.
+        #[arg(long)]
+        stop_service: bool,
+    },
+    /// BeforeInstall hook: preflight of rights, config, unit files, systemd, disk space and the
+    /// deploy lock; changes nothing.
+    BeforeInstall(HookArgs),
+    /// ApplicationStart hook: copy the release out of the revision, install its units, and
+    /// switch traffic to it with zero downtime.
+    ApplicationStart(HookArgs),
+    /// ValidateService hook: check the new release through the real port; on failure, roll
+    /// back in place to the previous release.
+    ValidateService(HookArgs),
     /// Show the socket, the running instances, the kept releases and which one serves. Exits 0
     /// only when the recorded release serves healthy (1 otherwise, 3 when systemd is unreachable).
     Status {
@@ -100,7 +121,7 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Pack an app folder (with deploy.yml) and the hook executables into a revision zip.
+    /// Pack an app folder (with deploy.yml) and the hooks into a revision zip.
     Bundle {
         /// The app folder; appspec.yml and units/ are added from the shipped ones if missing.
         #[arg(default_value = ".")]
@@ -120,8 +141,29 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    use handoff::{cli::run_hook, lifecycle};
     let args = Args::parse();
-    handoff::cli::run("handoff", args.verbose, async move {
+    let v = args.verbose;
+    let command = match args.command {
+        Command::ApplicationStop { hook, stop_service } => {
+            return run_hook(
+                "application-stop",
+                v,
+                lifecycle::application_stop(&hook, stop_service),
+            );
+        }
+        Command::BeforeInstall(hook) => {
+            return run_hook("before-install", v, lifecycle::before_install(&hook));
+        }
+        Command::ApplicationStart(hook) => {
+            return run_hook("application-start", v, lifecycle::application_start(&hook));
+        }
+        Command::ValidateService(hook) => {
+            return run_hook("validate-service", v, lifecycle::validate_service(&hook));
+        }
+        command => command,
+    };
+    handoff::cli::run("handoff", v, async move {
         let given = args.service.clone();
         let service = move || match &given {
             Some(s) => Ok(s.clone()),
@@ -130,7 +172,11 @@ fn main() -> std::process::ExitCode {
                 std::path::Path::new(handoff::units::UNIT_DIR),
             ),
         };
-        match args.command {
+        match command {
+            Command::ApplicationStop { .. }
+            | Command::BeforeInstall(_)
+            | Command::ApplicationStart(_)
+            | Command::ValidateService(_) => unreachable!("the hooks are run above"),
             Command::Status { json } => {
                 let report = handoff::status::gather(&service()?).await?;
                 print!("{}", if json { report.json()? } else { report.text() });

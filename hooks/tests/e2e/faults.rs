@@ -93,7 +93,8 @@ fn without_dbus_or_without_root_a_hook_fails_at_once_saying_why() {
 
     let mut cmd = svc.sandbox.command("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-    cmd.arg(svc.sandbox.test_binary("before-install"))
+    cmd.arg(svc.sandbox.test_binary("handoff"))
+        .arg("before-install")
         .arg("--revision")
         .arg(&rev)
         .env("DEPLOYMENT_ID", "d-1");

@@ -131,7 +131,7 @@ fn jit_release(svc: &TestService, label: &str) -> std::path::PathBuf {
 /// load; returns both times and the load's summary.
 async fn first_deployment_and_switch(arch: &'static str) -> (Duration, Duration, String) {
     let mut svc = TestService::on_arch(arch);
-    for bin in ["sample-app", "before-install", "application-start"] {
+    for bin in ["sample-app", "handoff"] {
         let path = svc.sandbox.host_path(&svc.sandbox.test_binary(bin));
         let head = std::fs::read(&path).unwrap();
         let machine: &[u8] = if arch == "aarch64" { &[0xb7, 0] } else { &[0x3e, 0] };

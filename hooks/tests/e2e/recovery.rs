@@ -288,7 +288,8 @@ async fn an_unreadable_config_never_stops_the_front_and_recovery_fixes_the_route
     cmd.arg("-c")
         .arg("umask 077; exec \"$@\"")
         .arg("sh")
-        .arg(svc.sandbox.test_binary("validate-service"))
+        .arg(svc.sandbox.test_binary("handoff"))
+        .arg("validate-service")
         .arg("--revision")
         .arg(&v1)
         .env("DEPLOYMENT_ID", "d-1");

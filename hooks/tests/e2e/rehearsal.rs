@@ -28,19 +28,19 @@ fn link_or_copy(from: &Path, to: &Path) {
 }
 
 /// A bundle folder as scripts/bundle lays it out: the service's revision (deploy.yml, units/,
-/// bin/sample-app), the hook executables themselves in hooks/ (they find deploy.yml from
-/// their own path, so they must live in the bundle, not behind a launcher), and the repo's
-/// appspec.yml, plus a script in ApplicationStop that says which archive it runs from.
+/// bin/sample-app), the hook executable itself in hooks/ (it finds deploy.yml from its own
+/// path, so it must live in the bundle, not behind a launcher) with the four hook scripts that
+/// run it, and the repo's appspec.yml, plus a script in ApplicationStop that says which archive
+/// it runs from.
 fn bundle(svc: &TestService, label: &str) -> PathBuf {
     let dir = svc.revision(label, &[], "");
     std::fs::create_dir_all(dir.join("hooks")).unwrap();
-    for hook in [
-        "application-stop",
-        "before-install",
-        "application-start",
-        "validate-service",
-    ] {
-        link_or_copy(&workspace_bin(hook), &dir.join("hooks").join(hook));
+    link_or_copy(&workspace_bin("handoff"), &dir.join("hooks/handoff"));
+    for hook in handoff::project::HOOKS {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("hooks").join(hook);
+        std::fs::write(&path, handoff::project::HOOK_SCRIPT).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     write_script(
         &dir.join("hooks/where"),

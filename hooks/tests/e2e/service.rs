@@ -153,8 +153,8 @@ impl TestService {
 
     /// A hook run inside the sandbox with the agent's environment.
     pub fn hook_command(&self, hook: &str, deployment: &str, revision: &Path) -> Command {
-        let mut cmd = self.sandbox.command(self.sandbox.test_binary(hook));
-        cmd.arg("--revision").arg(revision);
+        let mut cmd = self.sandbox.command(self.sandbox.test_binary("handoff"));
+        cmd.arg(hook).arg("--revision").arg(revision);
         cmd.env("DEPLOYMENT_ID", deployment)
             .env("LIFECYCLE_EVENT", hook)
             .env("APPLICATION_NAME", "test")
@@ -174,7 +174,8 @@ impl TestService {
     ) -> Output {
         let mut cmd = self.sandbox.command("timeout");
         cmd.args(["-s", signal, secs])
-            .arg(self.sandbox.test_binary(hook))
+            .arg(self.sandbox.test_binary("handoff"))
+            .arg(hook)
             .arg("--revision")
             .arg(revision);
         cmd.env("DEPLOYMENT_ID", deployment);
