@@ -37,7 +37,7 @@ static: setup-build
 
 # The aarch64 (Graviton) build, linked by rust-lld (.cargo/config.toml): what ships and what the
 # aarch64 switch test runs, not the benchmarks (scripts/dist builds the same set).
-export AARCH64_PACKAGES := -p handoff -p handoff-front -p sample-app
+export AARCH64_PACKAGES := -p handoff -p handoff-rehearsal -p handoff-front -p sample-app
 static-aarch64: setup
 	$(CARGO) build --release --target aarch64-unknown-linux-musl $(AARCH64_PACKAGES) --bins
 
@@ -50,7 +50,7 @@ static-aarch64: setup
 test: build static static-aarch64 dist
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
-	$(CARGO) test --target aarch64-unknown-linux-musl -p handoff --lib -- \
+	$(CARGO) test --target aarch64-unknown-linux-musl -p handoff -p handoff-rehearsal --lib -- \
 	  --skip takeover::tests::a_plain_listener_is_joined_steered_and_its_queue_survives_its_close
 
 # Not part of `make test` (CI): about 3 minutes more on a fresh machine, 1 with the roots cached (README, Tests).

@@ -116,7 +116,7 @@ pub fn release_name(at: SystemTime) -> String {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = crate::rehearsal::civil_from_days(days as i64);
+    let (y, m, d) = crate::date::civil_from_days(days as i64);
     let suffix = (since.subsec_nanos() ^ std::process::id()) & 0xffff;
     format!(
         "eb-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{suffix:04x}",

@@ -23,7 +23,10 @@
 //! - [`beanstalk`] — the same switch from Elastic Beanstalk's platform hooks (predeploy, postdeploy);
 //! - [`project`] — `handoff init` and `handoff bundle`: the hooks added to any app folder;
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place;
-//!   [`timing`] — where a hook's time goes (the app, systemd, its own work).
+//!   [`timing`] — where a hook's time goes (the app, systemd, its own work); [`date`] —
+//!   calendar dates without a date crate.
+//!
+//! The local lifecycle runner (`deploy-local`) is a crate of its own, `handoff-rehearsal`.
 pub mod app_env;
 pub mod appspec;
 pub mod appspec_merge;
@@ -34,6 +37,7 @@ pub mod bundle_files;
 pub mod cidr;
 pub mod cli;
 pub mod config;
+pub mod date;
 pub mod deploy;
 pub mod fault;
 pub mod fit;
@@ -45,7 +49,6 @@ pub mod lock;
 pub mod platform;
 pub mod project;
 pub mod proxy;
-pub mod rehearsal;
 pub mod release;
 pub mod span;
 pub mod status;

@@ -1,5 +1,5 @@
-//! `deploy-local`: the CodeDeploy agent's in-place deployment, reproduced on one host to
-//! rehearse a revision (see shared/notes/codedeploy-agent.md for what the agent does).
+//! `deploy-local` (handoff-rehearsal): the CodeDeploy agent's in-place deployment, reproduced on
+//! one host to rehearse a revision (see shared/notes/codedeploy-agent.md for what the agent does).
 //!
 //! ```text
 //! <root>/<group-id>/<deployment-id>/deployment-archive/      the unpacked revision
@@ -29,9 +29,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::appspec::{self, AppSpec, HookEntry, IN_PLACE_ORDER, Runs};
-use crate::config::is_safe_name;
-use crate::fault::Fault;
+use handoff::appspec::{self, AppSpec, HookEntry, IN_PLACE_ORDER, Runs};
+use handoff::config::is_safe_name;
+use handoff::fault::Fault;
 
 /// Archives kept per deployment group (the agent's `max_revisions` default).
 pub const KEEP_ARCHIVES: usize = 5;
@@ -135,25 +135,11 @@ impl fmt::Display for Summary {
 // Time stamps, ids
 // ---------------------------------------------------------------------------------------
 
-/// (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (H. Hinnant's algorithm).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March first
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// `YYYY-MM-DD HH:MM:SS.mmm`, UTC.
 pub fn timestamp(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() as i64;
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let (y, mo, d) = handoff::date::civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
@@ -524,12 +510,12 @@ fn prune_archives(group_dir: &Path, keep: &[&Path]) -> Vec<PathBuf> {
     removed
 }
 
-/// Writes a file atomically and durably ([`crate::release::write_durably`]), creating its folder.
+/// Writes a file atomically and durably ([`handoff::release::write_durably`]), creating its folder.
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    crate::release::write_durably(path, text.as_bytes())
+    handoff::release::write_durably(path, text.as_bytes())
 }
 
 /// Install, step one: delete what the previous deployment's Install created (files and
@@ -732,7 +718,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
         (Source::Folder(opts.bundle.clone()), opts.bundle.clone())
     } else {
         let staged = layout.deployment_dir.join(".bundle");
-        let problems = crate::lint::unpack_zip(&opts.bundle, &staged).map_err(|e| {
+        let problems = handoff::lint::unpack_zip(&opts.bundle, &staged).map_err(|e| {
             let _ = std::fs::remove_dir_all(&layout.deployment_dir);
             Fault::input(format!("{e:#}"))
         })?;

@@ -1,5 +1,5 @@
 //! `deploy-local`: rehearse a CodeDeploy in-place deployment on this host (see
-//! handoff::rehearsal).
+//! handoff_rehearsal).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,7 +45,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let options = handoff::rehearsal::Options {
+    let options = handoff_rehearsal::Options {
         bundle: args.bundle,
         deployment_id: args.deployment_id,
         root: args.root,
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         group: args.group,
         verbose: args.verbose,
     };
-    match handoff::rehearsal::run(&options) {
+    match handoff_rehearsal::run(&options) {
         Ok(summary) => {
             print!("{summary}");
             ExitCode::SUCCESS
