@@ -18,14 +18,20 @@
 //! 5. **Exit** once nothing is open ([`Tracker`]), or drop what is left at the drain budget
 //!    ([`Phase::Abort`]).
 //!
-//! [`listen`] takes the sockets systemd passes (`LISTEN_FDS`), the start of it all.
+//! [`drain`] runs these steps for both processes, over what each shows through [`Draining`];
+//! [`accept_until_drain`] is their accept loop. [`listen`] takes the sockets systemd passes
+//! (`LISTEN_FDS`), the start of it all.
 
+pub mod coordinator;
 pub mod first_read;
 pub mod listen;
 pub mod pacing;
 pub mod phase;
 pub mod ws;
 
+pub use coordinator::{
+    Budget, Drained, Draining, Notifier, accept_until_drain, drain, draining_status, plural,
+};
 pub use first_read::{FirstByte, FirstRead, OnRead, ReadHook, first_read};
 pub use pacing::{WsTurns, close_window};
 pub use phase::{BusyCounter, IDLE_HOLD_STATUS, Open, Phase, Tracker, idle_hold_status};

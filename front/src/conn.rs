@@ -24,8 +24,7 @@
 //! task is dropped with the socket.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use handoff_drain::{FirstByte, OnRead, Phase};
 use hyper::header::HeaderValue;
@@ -34,113 +33,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio::time::{Instant, sleep, sleep_until};
-use tracing::{debug, trace, warn};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, trace};
 
+use crate::client::{ConnInfo, Due};
 use crate::proxy;
 use crate::state::Shared;
 
-/// A client connection, as the proxy sees it.
-#[derive(Debug)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Its IP as an `X-Forwarded-For` value.
-    pub xff: HeaderValue,
-    /// Whether the peer is in `--trusted-proxies` (decided once, at accept).
-    pub trusted: bool,
-    /// The port it connected to, as an `X-Forwarded-Port` value.
-    pub port: HeaderValue,
-    /// Request timing, for the timeouts.
-    pub activity: Activity,
-    /// `--max-connections` slot: held while anything (the HTTP connection or
-    /// a WebSocket relayed over it) still uses the connection.
-    _permit: OwnedSemaphorePermit,
-}
-
-#[derive(Debug)]
-struct ActState {
-    /// Requests whose head was read and whose response has not ended.
-    active: usize,
-    /// When the current, incomplete request head began (connection start for the first).
-    head_since: Option<Instant>,
-    /// When the connection last became idle.
-    idle_since: Instant,
-}
-
-/// Request timing of one connection.
-///
-/// Nothing is signalled when it changes: the watchdog re-checks at a time no
-/// later than any deadline that may have come into force meanwhile (see
-/// [`serve`]).
-#[derive(Debug)]
-pub struct Activity {
-    state: Mutex<ActState>,
-}
-
-enum Due {
-    Header,
-    Idle,
-}
-
-impl Activity {
-    fn new() -> Self {
-        let now = Instant::now();
-        Self {
-            state: Mutex::new(ActState {
-                active: 0,
-                head_since: Some(now),
-                idle_since: now,
-            }),
-        }
-    }
-
-    fn bytes_read(&self) {
-        let mut s = self.state.lock().expect("activity lock");
-        if s.active == 0 && s.head_since.is_none() {
-            s.head_since = Some(Instant::now());
-        }
-    }
-
-    fn due(&self, header: Duration, idle: Duration) -> Option<(Instant, Due)> {
-        let s = self.state.lock().expect("activity lock");
-        if s.active > 0 {
-            None
-        } else if let Some(t) = s.head_since {
-            Some((t + header, Due::Header))
-        } else {
-            Some((s.idle_since + idle, Due::Idle))
-        }
-    }
-}
-
-impl ConnInfo {
-    /// A request head was complete: the handler runs. The returned guard marks
-    /// the end of the request (drop it once the response has been sent).
-    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
-        {
-            let mut s = self.activity.state.lock().expect("activity lock");
-            s.active += 1;
-            s.head_since = None;
-        }
-        RequestGuard(self.clone())
-    }
-}
-
-/// Marks the end of a request when dropped.
-#[derive(Debug)]
-pub struct RequestGuard(Arc<ConnInfo>);
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        let mut s = self.0.activity.state.lock().expect("activity lock");
-        s.active -= 1;
-        s.idle_since = Instant::now();
-    }
-}
-
-/// Accepts connections until the drain begins, then drops (closes) the
-/// listener. At most `limit` connections are open at once: beyond, it stops
+/// Accepts connections until the drain begins ([`handoff_drain::accept_until_drain`]), then
+/// drops (closes) the listener. At most `limit` connections are open at once: beyond, it stops
 /// accepting until one closes, and new connections wait in the kernel queue.
 pub async fn accept_loop(
     listener: TcpListener,
@@ -148,32 +49,12 @@ pub async fn accept_loop(
     limit: Arc<Semaphore>,
     started: oneshot::Sender<()>,
 ) {
-    let addr = listener.local_addr().ok();
-    let port = HeaderValue::from(addr.map_or(0, |a| a.port()));
-    let _ = started.send(());
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shared.wait_phase(|p| !p.is_serving()) => break,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        tokio::select! {
-            biased;
-            _ = shared.wait_phase(|p| !p.is_serving()) => break,
-            res = listener.accept() => match res {
-                Ok((stream, peer)) => spawn_connection(stream, peer, port.clone(), shared.clone(), permit),
-                Err(e) => {
-                    warn!("accept on {addr:?} failed: {e}");
-                    sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    debug!(?addr, "listener closed");
+    let port = HeaderValue::from(listener.local_addr().map_or(0, |a| a.port()));
+    let phase = shared.phase.subscribe();
+    handoff_drain::accept_until_drain(listener, phase, limit, started, move |stream, peer, permit| {
+        spawn_connection(stream, peer, port.clone(), shared.clone(), permit)
+    })
+    .await;
 }
 
 fn spawn_connection(
@@ -202,15 +83,7 @@ async fn serve(
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
 ) {
-    let info = Arc::new(ConnInfo {
-        peer,
-        xff: HeaderValue::from_str(&peer.ip().to_canonical().to_string())
-            .expect("an IP is a valid header value"),
-        trusted: shared.is_trusted(peer.ip()),
-        port,
-        activity: Activity::new(),
-        _permit: permit,
-    });
+    let info = Arc::new(ConnInfo::new(peer, shared.is_trusted(peer.ip()), port, permit));
     let (first_tx, mut first_rx) = oneshot::channel();
     // One pass-through for both: the timeouts' note of every read, the drain's first byte.
     let io = TokioIo::new(OnRead::new(stream, {

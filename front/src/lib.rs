@@ -3,15 +3,17 @@
 //!
 //! * [`route`]: the routes file, the current upstream, per-upstream client
 //!   pools and in-flight/WebSocket counters; draining a previous release.
-//! * [`proxy`]: request forwarding: headers, streaming, the one retry, errors.
+//! * [`proxy`]: request forwarding: streaming, the one retry, errors.
+//! * [`headers`]: hop-by-hop and `X-Handoff-*` headers, removed at the hop.
+//! * [`client`]: one client connection's facts and request timing.
 //! * [`forwarded`]: `X-Forwarded-*` and `Forwarded`, kept from trusted proxies only;
 //!   [`cidr`]: `--trusted-proxies` and the match of a peer against them.
 //! * [`ws`]: the WebSocket relay and its close codes.
 //! * [`control`]: the unix control socket (`route`, `status`).
 //! * [`conn`]: accepting client connections, their timeouts and their part of
 //!   the own drain.
-//! * [`drain`]: [`run`], the own restart protocol (sample-app's native
-//!   two-instance handoff), [`Outcome`] and [`exit_code`].
+//! * [`server`]: [`run`]: serve, then the front's own replacement (the drain contract of
+//!   [`handoff_drain`], as the sample app follows it), [`Outcome`] and [`exit_code`].
 //! * [`listen`]: inherited (`LISTEN_FDS`) or `--bind` sockets.
 //! * [`config`]: flags with `HANDOFF_FRONT_*` environment fallbacks.
 //!
@@ -19,16 +21,18 @@
 //! signal handlers and maps the result to an exit code.
 
 pub mod cidr;
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod control;
-pub mod drain;
 pub mod forwarded;
+pub mod headers;
 pub mod listen;
 pub mod proxy;
 pub mod route;
+pub mod server;
 pub mod state;
 pub mod ws;
 
 pub use config::Config;
-pub use drain::{Outcome, UsageError, exit_code, run, run_on};
+pub use server::{Outcome, UsageError, exit_code, run, run_on};

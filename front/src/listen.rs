@@ -5,7 +5,7 @@
 
 use handoff_drain::listen::{self, ListenError};
 
-use crate::drain::UsageError;
+use crate::server::UsageError;
 
 const HOW: &str = "handoff-front serves the listening socket systemd passes (a .socket unit sets \
      LISTEN_FDS and LISTEN_PID); for a local run pass --bind ADDR (or HANDOFF_FRONT_BIND=ADDR)";

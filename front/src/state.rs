@@ -154,3 +154,25 @@ impl Drop for OpenGuard {
             .send_modify(|o| if ws { o.ws -= 1 } else { o.http -= 1 });
     }
 }
+
+impl handoff_drain::Draining for Shared {
+    fn set_phase(&self, phase: Phase) {
+        Shared::set_phase(self, phase);
+    }
+
+    fn open(&self) -> Open {
+        Shared::open(self)
+    }
+
+    fn subscribe_open(&self) -> watch::Receiver<Open> {
+        Shared::subscribe_open(self)
+    }
+
+    fn busy(&self) -> usize {
+        self.busy.get()
+    }
+
+    fn ws_turns(&self) -> &handoff_drain::WsTurns {
+        &self.ws_turns
+    }
+}

@@ -39,8 +39,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tracing::debug;
 
-use crate::conn::ConnInfo;
-use crate::proxy::has_token;
+use crate::client::ConnInfo;
+use crate::headers::has_token;
 use crate::route::Upstream;
 use crate::state::Shared;
 

@@ -52,6 +52,10 @@
 //!    thread that exits(1) at `--hard-deadline-ms` whatever the runtime is
 //!    doing, before systemd's `TimeoutStopSec=` turns into SIGKILL.
 //!
+//! Steps 1 to 7 are the drain contract's coordinator, [`handoff_drain::drain`], which the
+//! front runs too; this module adds the sample app's start (the startup delay, the failure
+//! knobs) and its report.
+//!
 //! Connection tasks follow the phase through a `watch` channel
 //! ([`crate::state::Shared`]); the coordinator follows them through a
 //! counter of open connections ([`crate::state::Tracker`]).
@@ -62,16 +66,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use handoff_drain::{Budget, Notifier, accept_until_drain, plural};
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep, sleep_until};
-use tracing::{debug, error, info, warn};
+use tokio::time::sleep;
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::http;
-use crate::state::{Open, Phase, Shared, Stats, close_window, idle_hold_status};
+use crate::state::{Open, Shared, Stats};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,34 +122,6 @@ pub struct DrainReport {
     pub elapsed: Duration,
 }
 
-/// Talks to systemd, or not (`NOTIFY_SOCKET` unset, or disabled in tests).
-struct Notifier {
-    enabled: bool,
-}
-
-impl Notifier {
-    fn send(&self, states: &[NotifyState<'_>]) {
-        if !self.enabled {
-            return;
-        }
-        if let Err(e) = sd_notify::notify(states) {
-            warn!("sd_notify failed: {e}");
-        }
-    }
-
-    fn status(&self, s: &str) {
-        self.send(&[NotifyState::Status(s)]);
-    }
-}
-
-fn plural(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("{n} {what}")
-    } else {
-        format!("{n} {what}s")
-    }
-}
-
 /// Serves `listeners` until `shutdown` resolves, then drains (see the module
 /// documentation). Must run inside a tokio runtime with IO and time enabled.
 ///
@@ -155,9 +133,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Outcome> {
     tokio::pin!(shutdown);
-    let notifier = Notifier {
-        enabled: config.notify,
-    };
+    let notifier = Notifier::new(config.notify);
     let shared = Shared::new(&config);
     let release = shared.identity.release.clone();
 
@@ -193,10 +169,19 @@ pub async fn run(
     // Start serving; READY=1 only once every accept loop runs.
     let mut accept_loops = JoinSet::new();
     let mut started = Vec::new();
+    // No limit of our own: the file limit is the app's business.
+    let unlimited = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
     for listener in tokio_listeners {
         let (tx, rx) = oneshot::channel();
         started.push(rx);
-        accept_loops.spawn(accept_loop(listener, shared.clone(), tx));
+        let shared = shared.clone();
+        accept_loops.spawn(accept_until_drain(
+            listener,
+            shared.phase.subscribe(),
+            unlimited.clone(),
+            tx,
+            move |stream, peer, _| http::spawn_connection(stream, peer, shared.clone()),
+        ));
     }
     for rx in started {
         rx.await.context("accept loop failed to start")?;
@@ -228,109 +213,17 @@ pub async fn run(
         }
     }
 
-    // (1) Stop accepting: accept loops end and drop (close) their listeners.
-    let t0 = Instant::now();
-    let drain_deadline = t0 + config.drain_timeout();
-    // Busy work ends by the drain deadline; idle connections may be held past it.
-    let final_deadline = drain_deadline.max(t0 + config.idle_hold() + Duration::from_secs(1));
-    let open_at_shutdown = shared.tracker.open();
-    shared.phase.send_replace(Phase::LameDuck);
-    while accept_loops.join_next().await.is_some() {}
-    // (2) Tell systemd.
-    let draining = |o: Open| {
-        format!(
-            "draining: {}, {}",
-            plural(o.http, "connection"),
-            plural(o.ws, "websocket")
-        )
+    let budget = Budget {
+        lame_duck: config.lame_duck(),
+        drain_timeout: config.drain_timeout(),
+        first_request_grace: config.first_request_grace(),
+        idle_hold: config.idle_hold(),
+        ws_close_timeout: config.ws_close_timeout(),
+        ws_close_rate: config.ws_close_rate,
     };
-    notifier.send(&[
-        NotifyState::Stopping,
-        NotifyState::Status(&draining(open_at_shutdown)),
-    ]);
-    info!(
-        connections = open_at_shutdown.http,
-        websockets = open_at_shutdown.ws,
-        "draining: listeners closed, lame duck for {} ms",
-        config.lame_duck_ms
-    );
-
-    // (3) Lame duck, cut short when nothing is open.
-    tokio::select! {
-        () = sleep_until((t0 + config.lame_duck()).min(drain_deadline)) => {}
-        () = shared.tracker.wait_idle() => {}
-    }
-    // (4)-(6) Close HTTP connections (after their first-request grace) and
-    // WebSockets.
-    let ws_open = shared.tracker.open().ws as u64;
-    let ws_budget = drain_deadline
-        .saturating_duration_since(Instant::now())
-        .saturating_sub(config.ws_close_timeout());
-    let ws_window = close_window(ws_open, config.ws_close_rate, ws_budget);
-    if ws_open > 0 {
-        debug!(
-            websockets = ws_open,
-            window_ms = ws_window.as_millis() as u64,
-            "closing websockets"
-        );
-    }
-    shared.phase.send_replace(Phase::closing(
-        t0,
-        config.first_request_grace(),
-        config.idle_hold(),
-        final_deadline,
-    ));
-    let turns = shared.clone();
-    tokio::spawn(async move { turns.ws_turns.hand_out(ws_open, ws_window).await });
-    debug!(open = ?shared.tracker.open(), "closing connections");
-
-    // (7) Wait for everything to finish, within the drain budget.
-    let mut open_rx = shared.tracker.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported = String::new();
-    let busy = |o: Open| o.ws > 0 || shared.tracker.busy() > 0;
-    let mut past_drain_deadline = false;
-    let timed_out = loop {
-        tokio::select! {
-            _ = open_rx.wait_for(|o| o.total() == 0) => break false,
-            () = sleep_until(drain_deadline), if !past_drain_deadline => {
-                past_drain_deadline = true;
-                if busy(shared.tracker.open()) {
-                    break true;
-                }
-            }
-            () = sleep_until(final_deadline) => break true,
-            _ = tick.tick() => {
-                let now = shared.tracker.open();
-                let status = if busy(now) {
-                    draining(now)
-                } else {
-                    idle_hold_status(now.http, config.idle_hold())
-                };
-                if status != reported {
-                    notifier.status(&status);
-                    debug!(connections = now.http, websockets = now.ws, "{status}");
-                    reported = status;
-                }
-            }
-        }
-    };
-    let dropped = if timed_out {
-        let left = shared.tracker.open();
-        warn!(
-            connections = left.http,
-            websockets = left.ws,
-            "drain timeout ({} ms): dropping what is still open",
-            config.drain_timeout_ms
-        );
-        shared.abort();
-        // Aborted tasks end at their next poll; don't wait long for them.
-        let _ = tokio::time::timeout(Duration::from_millis(500), shared.tracker.wait_idle()).await;
-        left
-    } else {
-        Open::default()
-    };
+    let drained = handoff_drain::drain(&shared, budget, accept_loops, &notifier).await;
+    let (open_at_shutdown, timed_out) = (drained.open_at_shutdown, drained.dropped.is_some());
+    let dropped = drained.dropped.unwrap_or_default();
 
     let s = &shared.stats;
     let report = DrainReport {
@@ -341,7 +234,7 @@ pub async fn run(
         websockets: Stats::get(&s.websockets),
         ws_close_acked: Stats::get(&s.ws_close_acked),
         ws_close_unacked: Stats::get(&s.ws_close_unacked),
-        elapsed: t0.elapsed(),
+        elapsed: drained.elapsed,
     };
     let summary = format!(
         "drain {} in {} ms: {} and {} open at shutdown, {} dropped; {} on {} and {} served in total; {} closed with 1012 ({} unanswered)",
@@ -367,29 +260,6 @@ pub async fn run(
         info!("{summary}");
         Ok(Outcome::Drained(report))
     }
-}
-
-/// Accepts connections until the drain begins, then drops (closes) the listener.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, started: oneshot::Sender<()>) {
-    let addr = listener.local_addr().ok();
-    let _ = started.send(());
-    loop {
-        tokio::select! {
-            biased;
-            _ = shared.wait_phase(|p| !p.is_serving()) => break,
-            res = listener.accept() => match res {
-                Ok((stream, peer)) => http::spawn_connection(stream, peer, shared.clone()),
-                Err(e) => {
-                    // Per-connection errors (ECONNABORTED, …) and resource
-                    // exhaustion (EMFILE, …): log, breathe, go on.
-                    warn!("accept on {addr:?} failed: {e}");
-                    sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    debug!(?addr, "listener closed");
 }
 
 /// Arms the hard deadline: a plain OS thread (independent of the async

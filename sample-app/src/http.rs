@@ -45,7 +45,7 @@ use tracing::{debug, trace};
 
 pub use handoff_drain::{FirstRead, first_read};
 
-use crate::state::{Body, Phase, Shared, Stats};
+use crate::state::{Body, Phase, Shared, Stats, body, text};
 use crate::ws;
 
 /// Longest `?sleep_ms=` honoured.
@@ -197,20 +197,6 @@ fn sleep_ms(query: Option<&str>) -> Result<u64, &'static str> {
         }
     }
     Ok(0)
-}
-
-pub(crate) fn text(status: StatusCode, s: &'static str) -> Response<Body> {
-    body(status, Bytes::from_static(s.as_bytes()))
-}
-
-fn body(status: StatusCode, b: Bytes) -> Response<Body> {
-    let mut r = Response::new(Body::new(b));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }
 
 #[cfg(test)]

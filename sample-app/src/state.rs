@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::HeaderValue;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -201,6 +202,48 @@ impl Shared {
 
 /// A response body.
 pub(crate) type Body = Full<Bytes>;
+
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, s: &'static str) -> Response<Body> {
+    body(status, Bytes::from_static(s.as_bytes()))
+}
+
+/// A plain-text response with a body of its own.
+pub(crate) fn body(status: StatusCode, b: Bytes) -> Response<Body> {
+    let mut r = Response::new(Body::new(b));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl handoff_drain::Draining for Shared {
+    fn set_phase(&self, phase: Phase) {
+        if phase.is_abort() {
+            self.abort();
+        } else {
+            self.phase.send_replace(phase);
+        }
+    }
+
+    fn open(&self) -> Open {
+        self.tracker.open()
+    }
+
+    fn subscribe_open(&self) -> watch::Receiver<Open> {
+        self.tracker.subscribe()
+    }
+
+    fn busy(&self) -> usize {
+        self.tracker.busy()
+    }
+
+    fn ws_turns(&self) -> &WsTurns {
+        &self.ws_turns
+    }
+}
 
 #[cfg(test)]
 mod tests {

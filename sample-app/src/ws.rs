@@ -29,8 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::debug;
 
-use crate::http::text;
-use crate::state::{Body, Shared, Stats};
+use crate::state::{Body, Shared, Stats, text};
 
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {

@@ -35,7 +35,8 @@
 //! control socket is bound. The control socket keeps answering during the
 //! drain; its file is never removed (the successor has bound its own there).
 //!
-//! Exit codes are decided in [`exit_code`] alone.
+//! Steps 1 to 7 are the drain contract's coordinator, [`handoff_drain::drain`], which the
+//! sample app runs too. Exit codes are decided in [`exit_code`] alone.
 //!
 //! [`IDLE_HOLD_STATUS`]: handoff_drain::IDLE_HOLD_STATUS
 
@@ -45,14 +46,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use handoff_drain::Open;
-use handoff_drain::{Phase, idle_hold_status};
+use handoff_drain::{Budget, Notifier, Open, plural};
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::state::Shared;
@@ -98,22 +97,6 @@ pub fn exit_code(result: &anyhow::Result<Outcome>) -> u8 {
     }
 }
 
-struct Notifier(bool);
-
-impl Notifier {
-    fn send(&self, states: &[NotifyState<'_>]) {
-        if self.0
-            && let Err(e) = sd_notify::notify(states)
-        {
-            warn!("sd_notify failed: {e}");
-        }
-    }
-}
-
-fn draining(o: Open) -> String {
-    format!("draining: {} connections, {} websockets", o.http, o.ws)
-}
-
 /// Serves `listeners` until `shutdown` resolves, then drains (see the module
 /// documentation). Reads the routes file and binds the control socket first;
 /// errors before `READY=1` are start failures ([`UsageError`] for a bad
@@ -135,7 +118,7 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()>,
     workers: Vec<tokio::runtime::Handle>,
 ) -> anyhow::Result<Outcome> {
-    let notifier = Notifier(config.notify);
+    let notifier = Notifier::new(config.notify);
     if listeners.is_empty() {
         return Err(UsageError("no listening socket to serve".into()).into());
     }
@@ -196,106 +179,40 @@ pub async fn run_on(
     info!(?addrs, control = %config.control.display(), "ready");
 
     shutdown.await;
-
-    // (1) Stop accepting.
-    let t0 = Instant::now();
-    let deadline = t0 + config.drain_timeout();
-    // Busy work ends by the drain deadline; idle connections may be held past it.
-    let final_deadline = deadline.max(t0 + config.idle_hold() + Duration::from_secs(1));
-    let open_at_shutdown = shared.open();
-    shared.set_phase(Phase::LameDuck);
-    while accept_loops.join_next().await.is_some() {}
-    // (2)
-    notifier.send(&[
-        NotifyState::Stopping,
-        NotifyState::Status(&draining(open_at_shutdown)),
-    ]);
-    info!(
-        connections = open_at_shutdown.http,
-        websockets = open_at_shutdown.ws,
-        "draining: listeners closed, lame duck for {} ms",
-        config.lame_duck_ms
-    );
-    // (3) Lame duck, cut short when nothing is open.
-    let mut open_rx = shared.subscribe_open();
-    tokio::select! {
-        () = sleep_until((t0 + config.lame_duck()).min(deadline)) => {}
-        _ = open_rx.wait_for(|o| o.total() == 0) => {}
-    }
-    // (4)-(6); the WebSocket closes spread at --ws-close-rate within what is left of the budget.
-    let ws_open = shared.open().ws as u64;
-    let ws_window = handoff_drain::close_window(
-        ws_open,
-        shared.ws_close_rate,
-        deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .saturating_sub(shared.ws_close_timeout),
-    );
-    let turns = shared.clone();
-    tokio::spawn(async move { turns.ws_turns.hand_out(ws_open, ws_window).await });
-    shared.set_phase(Phase::closing(
-        t0,
-        config.first_request_grace(),
-        config.idle_hold(),
-        final_deadline,
-    ));
-    // (7)
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported = String::new();
-    let busy = |o: Open| o.ws > 0 || shared.busy.get() > 0;
-    let mut past_deadline = false;
-    let timed_out = loop {
-        tokio::select! {
-            _ = open_rx.wait_for(|o| o.total() == 0) => break false,
-            () = sleep_until(deadline), if !past_deadline => {
-                past_deadline = true;
-                if busy(shared.open()) {
-                    break true;
-                }
-            }
-            () = sleep_until(final_deadline) => break true,
-            _ = tick.tick() => {
-                let now = shared.open();
-                let status = if busy(now) {
-                    draining(now)
-                } else {
-                    idle_hold_status(now.http, config.idle_hold())
-                };
-                if status != reported {
-                    notifier.send(&[NotifyState::Status(&status)]);
-                    debug!(connections = now.http, websockets = now.ws, "{status}");
-                    reported = status;
-                }
-            }
-        }
+    let budget = Budget {
+        lame_duck: config.lame_duck(),
+        drain_timeout: config.drain_timeout(),
+        first_request_grace: config.first_request_grace(),
+        idle_hold: config.idle_hold(),
+        ws_close_timeout: shared.ws_close_timeout,
+        ws_close_rate: shared.ws_close_rate,
     };
+    let drained = handoff_drain::drain(&shared, budget, accept_loops, &notifier).await;
     control_task.abort();
-    let outcome = if timed_out {
-        let dropped = shared.open();
-        shared.set_phase(Phase::Abort);
-        let _ = tokio::time::timeout(Duration::from_millis(500), open_rx.wait_for(|o| o.total() == 0)).await;
-        Outcome::DrainTimedOut { dropped }
-    } else {
-        Outcome::Drained {
+    let (open_at_shutdown, elapsed) = (drained.open_at_shutdown, drained.elapsed);
+    let outcome = match drained.dropped {
+        Some(dropped) => Outcome::DrainTimedOut { dropped },
+        None => Outcome::Drained {
             open_at_shutdown,
-            elapsed: t0.elapsed(),
-        }
+            elapsed,
+        },
     };
     let summary = match &outcome {
         Outcome::Drained { elapsed, .. } => format!(
-            "drain finished in {} ms ({} connections and {} websockets open at the signal)",
+            "drain finished in {} ms ({} and {} open at the signal)",
             elapsed.as_millis(),
-            open_at_shutdown.http,
-            open_at_shutdown.ws
+            plural(open_at_shutdown.http, "connection"),
+            plural(open_at_shutdown.ws, "websocket"),
         ),
         Outcome::DrainTimedOut { dropped } => format!(
-            "drain timed out after {} ms: dropped {} connections and {} websockets",
-            config.drain_timeout_ms, dropped.http, dropped.ws
+            "drain timed out after {} ms: dropped {} and {}",
+            elapsed.as_millis(),
+            plural(dropped.http, "connection"),
+            plural(dropped.ws, "websocket"),
         ),
     };
-    notifier.send(&[NotifyState::Status(&summary)]);
-    if timed_out {
+    notifier.status(&summary);
+    if drained.dropped.is_some() {
         warn!("{summary}");
     } else {
         info!("{summary}");
