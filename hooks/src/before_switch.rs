@@ -36,8 +36,8 @@ use serde::Deserialize;
 
 use crate::app_env;
 use crate::config::{DeployConfig, Need, Strategy};
-use crate::deploy::Deployer;
 use crate::fault::Fault;
+use crate::switch::Deployer;
 use crate::systemd::{Directive, UnitStatus};
 
 /// Lines of the output shown when it fails.
@@ -347,7 +347,7 @@ pub async fn run(deployer: &Deployer<'_>, step: &BeforeSwitch, release: &str, be
             Ok(())
         }
         Some(how) => {
-            let tail = crate::proxy::last_lines(&log, TAIL_LINES)
+            let tail = crate::switch::native::last_lines(&log, TAIL_LINES)
                 .map(|t| format!("; last lines of {}:\n  {}", log.display(), t.join("\n  ")))
                 .unwrap_or_else(|| format!("; it wrote nothing to {}", log.display()));
             bail!(Fault::deployment(format!(

@@ -7,8 +7,10 @@
 //!   ValidateService) and the operator's rollback;
 //! - [`status`] — `handoff status`: a typed report (text or JSON) and whether the recorded
 //!   release serves healthy;
-//! - [`deploy`] — the release switch itself: start beside, confirm, drain the old;
-//! - [`proxy`] — the switch of `strategy: proxy`: private ports, the front's route and drain;
+//! - [`switch`] — the release switch itself: [`switch::native`] (start beside, confirm, drain
+//!   the old), [`switch::proxy`] (`strategy: proxy`: private ports, the front's route and
+//!   drain), [`switch::recovery`] (undo, recover, reconcile), [`switch::install`] (units and
+//!   the socket);
 //! - [`release`] — release folders under `/opt/<service>/releases`, and which one serves;
 //! - [`links`] — symlinks in a revision: absolute ones kept (the host must have the target);
 //! - [`units`] — the socket, holder and instance units rendered from `units/`;
@@ -38,7 +40,6 @@ pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod date;
-pub mod deploy;
 pub mod fault;
 pub mod fit;
 pub mod health;
@@ -48,10 +49,10 @@ pub mod lint;
 pub mod lock;
 pub mod platform;
 pub mod project;
-pub mod proxy;
 pub mod release;
 pub mod span;
 pub mod status;
+pub mod switch;
 pub mod systemd;
 pub mod takeover;
 pub mod timeouts;

@@ -20,10 +20,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::cli::HookArgs;
 use crate::config::DeployConfig;
-use crate::deploy::Deployer;
 use crate::fault::Fault;
 use crate::lock::DeployLock;
 use crate::release::{ReleaseStore, State, Validating};
+use crate::switch::Deployer;
 use crate::systemd::Systemd;
 use crate::units;
 
@@ -228,7 +228,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
         );
     }
     if cfg.is_proxy() {
-        crate::proxy::front_build(&cfg, &revision)?;
+        crate::switch::proxy::front_build(&cfg, &revision)?;
     }
     let systemd = connect(args).await?;
     let version = match std::env::var(crate::platform::TEST_VERSION_ENV) {
@@ -435,7 +435,7 @@ async fn application_start_step(args: &HookArgs) -> Result<()> {
             Ok(_) => {}
             Err(e) => tracing::warn!("could not remove old releases: {e:#}; the next deployment tries again"),
         }
-        crate::proxy::prune_release_routes(cfg, &store.list().unwrap_or_default());
+        crate::switch::proxy::prune_release_routes(cfg, &store.list().unwrap_or_default());
         match deployer.prune_fronts().await {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!("removed front builds no longer running: {}", removed.join(", "))

@@ -74,14 +74,14 @@ fn check_deploy(bundle: &Path, problems: &mut Vec<Problem>) -> Option<DeployConf
             ),
         ));
     }
-    if cfg.is_proxy() && !is_executable(&bundle.join(crate::proxy::FRONT_BINARY)) {
+    if cfg.is_proxy() && !is_executable(&bundle.join(crate::switch::proxy::FRONT_BINARY)) {
         problems.push(Problem::error(
             file,
             "strategy",
             format!(
                 "strategy: proxy ships the front as {} in the bundle, and it is missing or not executable; build the \
                  bundle with `make bundle` (scripts/bundle puts it there)",
-                crate::proxy::FRONT_BINARY
+                crate::switch::proxy::FRONT_BINARY
             ),
         ));
     }

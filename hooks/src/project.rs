@@ -265,7 +265,7 @@ fn hook_binary(hooks: &Path, name: &str) -> Result<PathBuf> {
 fn front_binary(hooks: &Path) -> Result<PathBuf> {
     for p in [
         hooks.join("handoff-front"),
-        hooks.join("..").join(crate::proxy::FRONT_BINARY),
+        hooks.join("..").join(crate::switch::proxy::FRONT_BINARY),
     ] {
         if crate::appspec::is_executable(&p) {
             return Ok(p);
@@ -348,10 +348,10 @@ pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<Bundled> {
         format!("hooks/{HOOK_BINARY}"),
         Entry::File(hook_binary(hooks, HOOK_BINARY)?, 0o755),
     ));
-    if cfg.is_proxy() && !app.join(crate::proxy::FRONT_BINARY).exists() {
+    if cfg.is_proxy() && !app.join(crate::switch::proxy::FRONT_BINARY).exists() {
         entries.push(("front/".into(), Entry::Dir));
         entries.push((
-            crate::proxy::FRONT_BINARY.into(),
+            crate::switch::proxy::FRONT_BINARY.into(),
             Entry::File(front_binary(hooks)?, 0o755),
         ));
     }

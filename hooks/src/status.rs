@@ -240,7 +240,7 @@ pub async fn gather(service: &str) -> Result<Report> {
         }
     }
     if let Some(cfg) = cfg.as_ref().filter(|c| c.is_proxy()) {
-        r.route = crate::proxy::read_route(cfg).map(|route| RouteReport {
+        r.route = crate::switch::proxy::read_route(cfg).map(|route| RouteReport {
             release: route.release,
             upstream: route.upstream,
         });

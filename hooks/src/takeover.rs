@@ -38,8 +38,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use nix::libc;
 
-use crate::deploy::Deployer;
 use crate::fault::Fault;
+use crate::switch::Deployer;
 
 const MIGRATE_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 
@@ -145,7 +145,10 @@ fn listening_inodes() -> HashMap<u64, SocketAddr> {
             if cols.len() < 10 || cols[3] != "0A" {
                 continue;
             }
-            if let (Some(addr), Ok(inode)) = (crate::proxy::parse_proc_addr(cols[1], v6), cols[9].parse()) {
+            if let (Some(addr), Ok(inode)) = (
+                crate::switch::proxy::parse_proc_addr(cols[1], v6),
+                cols[9].parse(),
+            ) {
                 found.insert(inode, addr);
             }
         }

@@ -167,14 +167,14 @@ mod tests {
 
     #[test]
     fn trusted_proxies_reach_the_fronts_environment() {
-        let env = crate::proxy::front_env(&with("[10.0.0.0/24, 10.0.1.7]").unwrap()).unwrap();
+        let env = crate::switch::proxy::front_env(&with("[10.0.0.0/24, 10.0.1.7]").unwrap()).unwrap();
         assert!(
             env.lines()
                 .any(|l| l == "HANDOFF_FRONT_TRUSTED_PROXIES=10.0.0.0/24,10.0.1.7/32"),
             "{env}"
         );
         // None: the line is left out (the environment of such a front is as before).
-        let none = crate::proxy::front_env(&DeployConfig::parse(PROXY).unwrap()).unwrap();
+        let none = crate::switch::proxy::front_env(&DeployConfig::parse(PROXY).unwrap()).unwrap();
         assert!(!none.contains("TRUSTED"), "{none}");
     }
 

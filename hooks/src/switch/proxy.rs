@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The app only listens on `127.0.0.1:$PORT` and answers its health path. The steps, inside
-//! step 3 of [`crate::deploy`] (the intent record, units, commit and retire are the same):
+//! step 3 of [`crate::switch`] (the intent record, units, commit and retire are the same):
 //!
 //! 1. **Port.** The release gets a free loopback port from `front.ports` (kept across
 //!    restarts and rollbacks in its `port.env`), unless another kept release holds it.
@@ -52,8 +52,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use super::{Deployer, Switch, kill_point};
 use crate::config::DeployConfig;
-use crate::deploy::{Deployer, Switch, kill_point};
 use crate::fault::Fault;
 use crate::health::Probe;
 use crate::release::{write_durably, write_durably_mode};
@@ -679,63 +679,6 @@ impl Deployer<'_> {
         }
         ok
     }
-
-    /// Ends with an error as soon as `unit` crashes, restarts or stops.
-    pub(crate) async fn crash_watch(&self, unit: &str) -> Result<()> {
-        let started = self.systemd.status(unit).await?;
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let st = self.systemd.status(unit).await?;
-            if st.has_crashed() || st.n_restarts > started.n_restarts || !st.is_running_or_starting() {
-                bail!(
-                    "{}; {}{}",
-                    st.start_failure(),
-                    crate::systemd::journal_hint(unit),
-                    self.output_tail(unit)
-                );
-            }
-        }
-    }
-}
-
-impl Deployer<'_> {
-    /// The last lines the app wrote (with `app.log_to_file`), and what an EPERM in them means.
-    pub(crate) fn output_tail(&self, unit: &str) -> String {
-        let Some(release) = unit
-            .strip_prefix(&format!("{}@", self.cfg.service))
-            .and_then(|r| r.strip_suffix(".service"))
-        else {
-            return String::new();
-        };
-        if !self.cfg.app.log_to_file {
-            return String::new();
-        }
-        let log = self.store.root().join("logs").join(format!("{release}.log"));
-        let (Ok(text), Some(tail)) = (std::fs::read_to_string(&log), last_lines(&log, 6)) else {
-            return String::new();
-        };
-        let eperm = if text.contains("Operation not permitted") {
-            ". \"Operation not permitted\" (EPERM) at start: a system call the unit refuses \
-             (SystemCallFilter=, SystemCallErrorNumber=EPERM) or a right it lacks (no capabilities, read-only \
-             file system); find the call in the output: setuid()/setgid() (a server that forks workers, like \
-             gunicorn) is allowed by `needs: [setuid]` under app: in deploy.yml, anything else in the bundle's \
-             units/ template"
-        } else {
-            ""
-        };
-        format!(
-            "\nlast lines of {}:\n  {}{eperm}",
-            log.display(),
-            tail.join("\n  ")
-        )
-    }
-}
-
-/// The last `n` lines of a file (None when it cannot be read or is empty).
-pub(crate) fn last_lines(path: &Path, n: usize) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let lines: Vec<String> = text.lines().rev().take(n).map(str::to_string).collect();
-    (!lines.is_empty()).then(|| lines.into_iter().rev().collect())
 }
 
 #[cfg(test)]
