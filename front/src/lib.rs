@@ -17,14 +17,16 @@
 //! * [`listen`]: inherited (`LISTEN_FDS`) or `--bind` sockets.
 //! * [`config`]: flags with `HANDOFF_FRONT_*` environment fallbacks.
 //!
-//! The binary only parses the configuration, obtains the sockets, installs
-//! signal handlers and maps the result to an exit code.
+//! [`entry`] is the process (the configuration, the sockets, the signal handlers, the exit
+//! code); the `handoff-front` binary calls it, and so does `handoff` when a front unit starts it
+//! under that name, so a revision needs no front binary of its own.
 
 pub mod cidr;
 pub mod client;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod entry;
 pub mod forwarded;
 pub mod headers;
 pub mod listen;

@@ -74,13 +74,14 @@ fn check_deploy(bundle: &Path, problems: &mut Vec<Problem>) -> Option<DeployConf
             ),
         ));
     }
-    if cfg.is_proxy() && !is_executable(&bundle.join(crate::switch::proxy::FRONT_BINARY)) {
+    if cfg.is_proxy() && !is_executable(&crate::switch::proxy::front_binary(bundle)) {
         problems.push(Problem::error(
             file,
             "strategy",
             format!(
-                "strategy: proxy ships the front as {} in the bundle, and it is missing or not executable; build the \
-                 bundle with `make bundle` (scripts/bundle puts it there)",
+                "strategy: proxy runs the front from hooks/{} (or {}), and it is missing or not executable; build \
+                 the bundle with `make bundle` or `handoff bundle`, which ship it",
+                crate::project::HOOK_BINARY,
                 crate::switch::proxy::FRONT_BINARY
             ),
         ));

@@ -262,21 +262,6 @@ fn hook_binary(hooks: &Path, name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn front_binary(hooks: &Path) -> Result<PathBuf> {
-    for p in [
-        hooks.join("handoff-front"),
-        hooks.join("..").join(crate::switch::proxy::FRONT_BINARY),
-    ] {
-        if crate::appspec::is_executable(&p) {
-            return Ok(p);
-        }
-    }
-    bail!(Fault::input(format!(
-        "strategy: proxy ships the front, and handoff-front is not beside the hooks in {}; build it with `make static`",
-        hooks.display()
-    )))
-}
-
 /// One entry of the zip: where it comes from, its mode, or a symlink's target.
 enum Entry {
     File(PathBuf, u32),
@@ -348,13 +333,6 @@ pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<Bundled> {
         format!("hooks/{HOOK_BINARY}"),
         Entry::File(hook_binary(hooks, HOOK_BINARY)?, 0o755),
     ));
-    if cfg.is_proxy() && !app.join(crate::switch::proxy::FRONT_BINARY).exists() {
-        entries.push(("front/".into(), Entry::Dir));
-        entries.push((
-            crate::switch::proxy::FRONT_BINARY.into(),
-            Entry::File(front_binary(hooks)?, 0o755),
-        ));
-    }
 
     let written = write_zip(&partial, &entries).and_then(|sizes| {
         let report = crate::lint::lint(&partial)?;

@@ -156,3 +156,39 @@ fn a_bundle_is_of_one_architecture() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn handoff_started_as_handoff_front_is_the_front() {
+    // What a front unit runs: a copy of the release's hooks executable named handoff-front.
+    let dir = std::env::temp_dir().join(format!("handoff-as-front-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let front = dir.join("handoff-front");
+    std::fs::copy(HANDOFF, &front).unwrap();
+    let front = front.to_str().unwrap();
+    let (code, text) = run(front, &["--version"]);
+    assert_eq!((code, text.trim()), (0, "handoff-front 0.1.0"));
+    // Its own flags, and its own refusal to run without the socket systemd passes.
+    let (code, text) = run(front, &["--help"]);
+    assert!(code == 0 && text.contains("--drain-timeout-ms"), "{text}");
+    let (code, text) = run(front, &[]);
+    assert!(code == 2 && text.contains("--routes <PATH>"), "{text}");
+    let (code, text) = run(
+        front,
+        &[
+            "--routes",
+            "/nonexistent",
+            "--control",
+            "/nonexistent",
+            "--id",
+            "t",
+        ],
+    );
+    assert!(
+        code == 2 && text.contains("listening socket systemd passes"),
+        "{text}"
+    );
+    // Under its own name it is the hooks' CLI still.
+    let (code, text) = run(HANDOFF, &["--version"]);
+    assert_eq!((code, text.trim()), (0, "handoff 0.1.0"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

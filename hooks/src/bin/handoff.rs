@@ -1,6 +1,7 @@
 //! `handoff`: the CodeDeploy lifecycle hooks (`handoff application-start`, run by the
 //! bundle's `hooks/application-start`), the operator's view of a service deployed by them, and
-//! the way into a project (init, bundle). One static executable: a revision carries one copy.
+//! the way into a project (init, bundle). One static executable: a revision carries one copy,
+//! which is also the front of `strategy: proxy` when started as `handoff-front`.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -142,6 +143,13 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     use handoff::{cli::run_hook, lifecycle};
+    // A front unit starts this executable as `handoff-front` (a copy under that name): it
+    // is the front then, and a revision carries no front binary of its own.
+    if std::env::args_os().next().is_some_and(|a| {
+        std::path::Path::new(&a).file_name() == Some(handoff::switch::proxy::FRONT_NAME.as_ref())
+    }) {
+        return handoff_front::entry::main();
+    }
     let args = Args::parse();
     let v = args.verbose;
     let command = match args.command {

@@ -59,8 +59,25 @@ use crate::health::Probe;
 use crate::release::{write_durably, write_durably_mode};
 use crate::timing::{self, Wait};
 
-/// The front's executable inside a release (shipped in the bundle by `make bundle`).
+/// A front build of its own inside a release, when the bundle ships one (tests do, to tell
+/// front builds apart); otherwise the release's hooks executable ([`crate::project::HOOK_BINARY`]
+/// under `hooks/`) is the front.
 pub const FRONT_BINARY: &str = "front/handoff-front";
+
+/// The name the front runs under (`<root>/fronts/<id>/handoff-front`): `handoff` started
+/// under this name is the front.
+pub const FRONT_NAME: &str = "handoff-front";
+
+/// The front executable of a release: its own front build if it ships one, else its hooks
+/// executable.
+pub fn front_binary(release_dir: &Path) -> PathBuf {
+    let own = release_dir.join(FRONT_BINARY);
+    if own.exists() {
+        own
+    } else {
+        release_dir.join("hooks").join(crate::project::HOOK_BINARY)
+    }
+}
 
 /// Where the front sends requests: `<root>/routes.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,11 +142,12 @@ pub fn front_env(cfg: &DeployConfig) -> Result<String> {
 /// The front build a release ships, with its id: the first 12 hex digits of the SHA-256 of
 /// its binary and settings.
 pub fn front_build(cfg: &DeployConfig, release_dir: &Path) -> Result<FrontBuild> {
-    let binary = release_dir.join(FRONT_BINARY);
+    let binary = front_binary(release_dir);
     let bytes = std::fs::read(&binary).map_err(|e| {
         Fault::input(format!(
-            "strategy: proxy needs the front, {FRONT_BINARY} in the bundle, but {} cannot be read ({e}); build \
-             the bundle with `make bundle`, which ships it",
+            "strategy: proxy runs the front from the bundle's hooks/{} (or {FRONT_BINARY}), but {} cannot be \
+             read ({e}); build the bundle with `make bundle` or `handoff bundle`, which ship it",
+            crate::project::HOOK_BINARY,
             binary.display()
         ))
     })?;
@@ -165,7 +183,7 @@ pub fn control_path(cfg: &DeployConfig, id: &str) -> PathBuf {
 /// Copies a front build into `<root>/fronts/<id>/` (durably), unless it is there.
 fn install_front(cfg: &DeployConfig, build: &FrontBuild) -> Result<()> {
     let dir = fronts_dir(cfg).join(&build.id);
-    let (bin, env) = (dir.join("handoff-front"), dir.join("front.env"));
+    let (bin, env) = (dir.join(FRONT_NAME), dir.join("front.env"));
     if bin.is_file() && std::fs::read_to_string(&env).is_ok_and(|t| t == build.env) {
         return Ok(());
     }

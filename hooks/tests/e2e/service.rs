@@ -109,10 +109,24 @@ impl TestService {
         dir
     }
 
-    /// Puts the proxy templates and a front launcher tagged `tag` into a revision.
+    /// Puts the proxy templates and the front into a revision. Tag `a` is the front as bundles
+    /// ship it: no front binary of its own, the revision's hooks executable (the static
+    /// `handoff`) runs as the front. Any other tag is a front build of its own
+    /// (`front/handoff-front`, a launcher of the static front): another tag, another front id.
     pub fn ship_front(&self, dir: &Path, tag: &str) {
         for f in ["proxied@.service", "front@.service"] {
             std::fs::copy(workspace().join("units").join(f), dir.join("units").join(f)).unwrap();
+        }
+        if tag == "a" {
+            std::fs::create_dir_all(dir.join("hooks")).unwrap();
+            let (from, to) = (
+                workspace_bin_for(self.sandbox.arch, "handoff"),
+                dir.join("hooks/handoff"),
+            );
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).unwrap();
+            }
+            return;
         }
         std::fs::create_dir_all(dir.join("front")).unwrap();
         let front = self.sandbox.test_binary("handoff-front");
