@@ -398,7 +398,7 @@ mod tests {
         );
         // ApplicationStart's appspec timeout must cover it; a rollback (ValidateService) runs none.
         let base = parse("").unwrap();
-        use crate::timeouts::{application_start_needs, validate_service_needs};
+        use crate::bundle::timeouts::{application_start_needs, validate_service_needs};
         assert_eq!(
             application_start_needs(&c),
             application_start_needs(&base) + Duration::from_secs(300)

@@ -12,50 +12,49 @@
 //!   drain), [`switch::recovery`] (undo, recover, reconcile), [`switch::install`] (units and
 //!   the socket);
 //! - [`release`] — release folders under `/opt/<service>/releases`, and which one serves;
-//! - [`links`] — symlinks in a revision: absolute ones kept (the host must have the target);
 //! - [`units`] — the socket, holder and instance units rendered from `units/`;
 //! - [`systemd`] — a typed client for systemd over the system bus (zbus); [`platform`] — the
 //!   host's systemd version against the settings the units use;
 //! - [`health`] — HTTP probes through the real port (reqwest);
-//! - [`config`] — `deploy.yml`; [`lock`] — one deployment step at a time;
+//! - [`config`] — `deploy.yml`; [`span`] — durations written as systemd writes them;
+//!   [`cidr`] — address ranges (`front.trusted_proxies`), the front's own; [`lock`] — one
+//!   deployment step at a time;
+//! - [`takeover`] — the first deployment takes the port from the unit that serves it today;
+//!   [`uninstall`] — the way back to it;
 //! - [`app_env`] — what the app gets from its host: environment files, credentials, writable
 //!   directories; [`before_switch`] — a command run in the new release before it starts;
-//! - [`appspec`], [`lint`], [`timeouts`], [`fit`] — `lint-bundle`: the appspec as the agent reads it,
-//!   the bundle's parts, its timeouts against the deadlines, its units against what the app is;
+//! - [`bundle`] — the revision: [`bundle::appspec`] as the agent reads it, [`bundle::lint`]
+//!   (`lint-bundle`: the bundle's parts), [`bundle::timeouts`] against the deadlines,
+//!   [`bundle::fit`] (its units against what the app is), [`bundle::links`] (symlinks: absolute
+//!   ones kept, the host must have the target), [`bundle::files`] (what of an app folder
+//!   ships), [`bundle::project`] (`handoff init` and `handoff bundle`: the hooks added to any
+//!   app folder) and [`bundle::appspec_merge`] (the hooks merged into a team's appspec.yml);
 //! - [`beanstalk`] — the same switch from Elastic Beanstalk's platform hooks (predeploy, postdeploy);
-//! - [`project`] — `handoff init` and `handoff bundle`: the hooks added to any app folder;
 //! - [`cli`], [`fault`] — arguments, logging, and exit codes decided in one place;
 //!   [`timing`] — where a hook's time goes (the app, systemd, its own work); [`date`] —
 //!   calendar dates without a date crate.
 //!
 //! The local lifecycle runner (`deploy-local`) is a crate of its own, `handoff-rehearsal`.
 pub mod app_env;
-pub mod appspec;
-pub mod appspec_merge;
 pub mod beanstalk;
 pub mod before_switch;
-pub mod bundle_files;
-#[path = "../../front/src/cidr.rs"]
-pub mod cidr;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod date;
 pub mod fault;
-pub mod fit;
 pub mod health;
 pub mod lifecycle;
-pub mod links;
-pub mod lint;
 pub mod lock;
 pub mod platform;
-pub mod project;
 pub mod release;
 pub mod span;
 pub mod status;
 pub mod switch;
 pub mod systemd;
 pub mod takeover;
-pub mod timeouts;
 pub mod timing;
 pub mod uninstall;
 pub mod units;
+
+pub use handoff_front::cidr;

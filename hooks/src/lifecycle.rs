@@ -200,7 +200,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     let rendered = units::render(&cfg, &revision).map_err(|e| Fault::input(format!("{e:#}")))?;
     let command = revision.join(&cfg.app.command);
     if std::path::Path::new(&cfg.app.command).is_absolute() {
-        if !crate::appspec::is_executable(&command) {
+        if !crate::bundle::appspec::is_executable(&command) {
             bail!(Fault::input(format!(
                 "app.command {} is not an executable program on this host; install it on every host (e.g. from the \
                  distribution's package) or ship the app in the bundle with a command relative to it",
@@ -216,7 +216,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     }
     crate::platform::check_arch(&revision, cfg.arch, &cfg.app.command).map_err(Fault::input)?;
     // A virtualenv's interpreter (any absolute symlink's target) must be on this host.
-    crate::links::check_absolute_links(&revision)?;
+    crate::bundle::links::check_absolute_links(&revision)?;
     cfg.check_instance_confirmation()
         .map_err(|e| Fault::input(format!("{e:#}")))?;
     crate::app_env::check_host(&cfg, crate::app_env::on_beanstalk())?;
@@ -244,7 +244,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
         .check_ownership(&rendered)
         .await?;
     crate::takeover::preflight(&cfg, &systemd, &store).await?;
-    if let Some(warning) = crate::timeouts::warning_for(&revision, &cfg) {
+    if let Some(warning) = crate::bundle::timeouts::warning_for(&revision, &cfg) {
         tracing::warn!("{warning}");
     }
     let socket = systemd.status(&cfg.socket_unit()).await?;

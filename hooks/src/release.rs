@@ -192,7 +192,7 @@ impl ReleaseStore {
         }
         // A virtualenv's interpreter (or any absolute link's target) missing on this host fails
         // the deployment before anything here changes.
-        crate::links::check_absolute_links(revision)?;
+        crate::bundle::links::check_absolute_links(revision)?;
         let releases = self.releases_dir();
         create_private_dir(&self.root)?;
         create_private_dir(&releases)?;
@@ -457,7 +457,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies `from` into `to`, by [`crate::links`]' rule for symlinks: one to an absolute path is
+/// Copies `from` into `to`, by [`crate::bundle::links`]' rule for symlinks: one to an absolute path is
 /// recreated as that same link (never resolved: the host provides its target), a relative one
 /// is kept if it stays inside the revision and refused if it climbs out or points nowhere.
 /// Anything that is not a file, a folder or a symlink is refused. Files lose group/other write
@@ -474,15 +474,15 @@ fn copy_tree(top: &Path, from: &Path, to: &Path) -> Result<()> {
         if ft.is_symlink() {
             let target = std::fs::read_link(&src)?;
             let rel = src.strip_prefix(top).unwrap_or(&src);
-            match crate::links::classify(rel, &target) {
-                crate::links::Link::Absolute => {}
-                crate::links::Link::Escapes => bail!(Fault::input(format!(
+            match crate::bundle::links::classify(rel, &target) {
+                crate::bundle::links::Link::Absolute => {}
+                crate::bundle::links::Link::Escapes => bail!(Fault::input(format!(
                     "the bundle's symlink {} points outside the bundle (to {}); ship the file itself instead, or \
                      link relatively to a file inside",
                     src.display(),
                     target.display()
                 ))),
-                crate::links::Link::Inside => {
+                crate::bundle::links::Link::Inside => {
                     if std::fs::metadata(&src).is_err() {
                         bail!(Fault::input(format!(
                             "the bundle's symlink {} points nowhere (to {}); remove it from the bundle or ship its target",

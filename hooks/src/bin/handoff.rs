@@ -229,10 +229,10 @@ fn main() -> std::process::ExitCode {
                 force,
                 dir,
             } => {
-                let options = handoff::project::InitOptions {
+                let options = handoff::bundle::project::InitOptions {
                     service: match &args.service {
                         Some(s) => s.clone(),
-                        None => handoff::project::service_for(&dir)?,
+                        None => handoff::bundle::project::service_for(&dir)?,
                     },
                     command,
                     args: app_args,
@@ -242,7 +242,7 @@ fn main() -> std::process::ExitCode {
                     needs,
                     instance_header,
                 };
-                for f in handoff::project::init(&dir, &options, force)? {
+                for f in handoff::bundle::project::init(&dir, &options, force)? {
                     println!("wrote {}", f.display());
                 }
                 println!(
@@ -263,12 +263,12 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or_else(handoff::platform::Arch::host);
                 let hooks = match hooks {
                     Some(h) => h,
-                    None => handoff::project::hooks_for(&std::env::current_exe()?, arch)?,
+                    None => handoff::bundle::project::hooks_for(&std::env::current_exe()?, arch)?,
                 };
-                handoff::project::check_hooks_arch(&hooks, arch)?;
+                handoff::bundle::project::check_hooks_arch(&hooks, arch)?;
                 let service = cfg.map(|c| c.service).unwrap_or_else(|| "bundle".into());
                 let output = output.unwrap_or_else(|| PathBuf::from(format!("{service}.zip")));
-                let done = handoff::project::bundle(&dir, &hooks, &output)?;
+                let done = handoff::bundle::project::bundle(&dir, &hooks, &output)?;
                 eprint!("{}", done.summary);
                 eprintln!("{}", done.report);
                 if !done.written {

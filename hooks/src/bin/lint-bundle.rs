@@ -1,4 +1,4 @@
-//! `lint-bundle`: checks a revision the way the CodeDeploy agent will (see handoff::appspec).
+//! `lint-bundle`: checks a revision the way the CodeDeploy agent will (see handoff::bundle::appspec).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,7 +21,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let report = match handoff::lint::lint(&args.path) {
+    let report = match handoff::bundle::lint::lint(&args.path) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -60,7 +60,7 @@ use crate::release::{write_durably, write_durably_mode};
 use crate::timing::{self, Wait};
 
 /// A front build of its own inside a release, when the bundle ships one (tests do, to tell
-/// front builds apart); otherwise the release's hooks executable ([`crate::project::HOOK_BINARY`]
+/// front builds apart); otherwise the release's hooks executable ([`crate::bundle::project::HOOK_BINARY`]
 /// under `hooks/`) is the front.
 pub const FRONT_BINARY: &str = "front/handoff-front";
 
@@ -75,7 +75,9 @@ pub fn front_binary(release_dir: &Path) -> PathBuf {
     if own.exists() {
         own
     } else {
-        release_dir.join("hooks").join(crate::project::HOOK_BINARY)
+        release_dir
+            .join("hooks")
+            .join(crate::bundle::project::HOOK_BINARY)
     }
 }
 
@@ -147,7 +149,7 @@ pub fn front_build(cfg: &DeployConfig, release_dir: &Path) -> Result<FrontBuild>
         Fault::input(format!(
             "strategy: proxy runs the front from the bundle's hooks/{} (or {FRONT_BINARY}), but {} cannot be \
              read ({e}); build the bundle with `make bundle` or `handoff bundle`, which ship it",
-            crate::project::HOOK_BINARY,
+            crate::bundle::project::HOOK_BINARY,
             binary.display()
         ))
     })?;

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::appspec::Problem;
+use crate::bundle::appspec::Problem;
 use crate::config::DeployConfig;
 use crate::units::Rendered;
 

@@ -1,10 +1,10 @@
 //! `lint-bundle`: a whole revision checked before it is uploaded — its `appspec.yml` by the
-//! agent's rules ([`crate::appspec`]) and handoff's hooks first in their events
-//! ([`crate::appspec_merge::check_order`]), and the bundle's own parts with the hooks' code:
+//! agent's rules ([`crate::bundle::appspec`]) and handoff's hooks first in their events
+//! ([`crate::bundle::appspec_merge::check_order`]), and the bundle's own parts with the hooks' code:
 //! `deploy.yml` with [`DeployConfig::load`], the unit templates with [`units::render`] and,
 //! where it is installed, `systemd-analyze verify`, the units' fit to the app
-//! ([`crate::fit`]), the hook timeouts against the deadlines ([`crate::timeouts`]), symlinks
-//! by [`crate::links`]' rule (relative ones that leave the bundle; absolute ones whose target
+//! ([`crate::bundle::fit`]), the hook timeouts against the deadlines ([`crate::bundle::timeouts`]), symlinks
+//! by [`crate::bundle::links`]' rule (relative ones that leave the bundle; absolute ones whose target
 //! this machine lacks, a warning), and a zip's entries and modes.
 //!
 //! Every problem names the file, the field and the fix; all of them are reported, not only
@@ -16,9 +16,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::appspec::{Problem, Report, check_appspec, is_executable};
+use crate::bundle::appspec::{Problem, Report, check_appspec, is_executable};
+use crate::bundle::links::{self, Link};
 use crate::config::{self, DeployConfig};
-use crate::links::{self, Link};
 use crate::units;
 
 /// `deploy.yml`, through the hooks' own loader, and `app.command` in the bundle.
@@ -81,7 +81,7 @@ fn check_deploy(bundle: &Path, problems: &mut Vec<Problem>) -> Option<DeployConf
             format!(
                 "strategy: proxy runs the front from hooks/{} (or {}), and it is missing or not executable; build \
                  the bundle with `make bundle` or `handoff bundle`, which ship it",
-                crate::project::HOOK_BINARY,
+                crate::bundle::project::HOOK_BINARY,
                 crate::switch::proxy::FRONT_BINARY
             ),
         ));
@@ -135,7 +135,9 @@ fn check_units(cfg: &DeployConfig, bundle: &Path, report: &mut Report) {
             return;
         }
     };
-    report.problems.extend(crate::fit::check(cfg, bundle, &rendered));
+    report
+        .problems
+        .extend(crate::bundle::fit::check(cfg, bundle, &rendered));
     let Some(analyze) = find_on_path("systemd-analyze") else {
         report
             .notes
@@ -241,7 +243,7 @@ fn check_units(cfg: &DeployConfig, bundle: &Path, report: &mut Report) {
     }
 }
 
-/// Symlinks by [`crate::links`]' rule: a relative one that climbs out of the bundle is an
+/// Symlinks by [`crate::bundle::links`]' rule: a relative one that climbs out of the bundle is an
 /// error (the archive is unpacked elsewhere, so it dangles or points at whatever the instance
 /// has there); one to an absolute path is kept, and a warning when this machine lacks its
 /// target (BeforeInstall refuses a host that lacks it).
@@ -294,7 +296,7 @@ fn check_symlinks(bundle: &Path, problems: &mut Vec<Problem>) {
 /// architecture: the one deploy.yml states (`arch:`), or else the hooks' `handoff`'s.
 fn check_arch(cfg: &DeployConfig, bundle: &Path, problems: &mut Vec<Problem>) {
     use crate::platform::elf_arch;
-    let hooks = format!("hooks/{}", crate::project::HOOK_BINARY);
+    let hooks = format!("hooks/{}", crate::bundle::project::HOOK_BINARY);
     let (arch, why) = match (cfg.arch, elf_arch(&bundle.join(&hooks))) {
         (Some(a), _) => (a, "deploy.yml says arch: ".to_string() + a.name()),
         (None, Some(Ok(a))) => (a, format!("{hooks} is {a}")),
@@ -313,11 +315,11 @@ fn check_arch(cfg: &DeployConfig, bundle: &Path, problems: &mut Vec<Problem>) {
     }
 }
 
-/// A hook that is our launcher ([`crate::project::HOOK_SCRIPT`]) needs the `handoff` beside it.
+/// A hook that is our launcher ([`crate::bundle::project::HOOK_SCRIPT`]) needs the `handoff` beside it.
 fn check_hook_binary(bundle: &Path, problems: &mut Vec<Problem>) {
-    use crate::project::{HOOK_BINARY, HOOK_SCRIPT, HOOKS};
+    use crate::bundle::project::{HOOK_BINARY, HOOK_SCRIPT, HOOKS};
     let binary = bundle.join("hooks").join(HOOK_BINARY);
-    if crate::appspec::is_executable(&binary) {
+    if crate::bundle::appspec::is_executable(&binary) {
         return;
     }
     for hook in HOOKS {
@@ -340,10 +342,12 @@ pub fn lint_dir(bundle: &Path) -> Report {
     let mut report = Report::default();
     let (spec, problems) = check_appspec(bundle);
     report.problems.extend(problems);
-    report.problems.extend(crate::appspec_merge::check_order(bundle));
+    report
+        .problems
+        .extend(crate::bundle::appspec_merge::check_order(bundle));
     if let Some(cfg) = check_deploy(bundle, &mut report.problems) {
         if let Some(spec) = &spec {
-            report.problems.extend(crate::timeouts::check(spec, &cfg));
+            report.problems.extend(crate::bundle::timeouts::check(spec, &cfg));
         }
         check_units(&cfg, bundle, &mut report);
         check_arch(&cfg, bundle, &mut report.problems);

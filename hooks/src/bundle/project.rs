@@ -11,22 +11,28 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::bundle_files::Packed;
+use crate::bundle::files::Packed;
 use crate::config::{self, DeployConfig, Need, Ready, Strategy};
 use crate::fault::Fault;
 use crate::platform::Arch;
 
 /// The appspec the hooks ship: the four lifecycle hooks, timeouts that cover the default
 /// deadlines.
-pub const APPSPEC: &str = include_str!("../../appspec.yml");
+pub const APPSPEC: &str = include_str!("../../../appspec.yml");
 
 /// Unit templates, by their file name in `units/`.
 pub const TEMPLATES: &[(&str, &str)] = &[
-    ("app.socket", include_str!("../../units/app.socket")),
-    ("app-hold.service", include_str!("../../units/app-hold.service")),
-    ("app@.service", include_str!("../../units/app@.service")),
-    ("proxied@.service", include_str!("../../units/proxied@.service")),
-    ("front@.service", include_str!("../../units/front@.service")),
+    ("app.socket", include_str!("../../../units/app.socket")),
+    (
+        "app-hold.service",
+        include_str!("../../../units/app-hold.service"),
+    ),
+    ("app@.service", include_str!("../../../units/app@.service")),
+    (
+        "proxied@.service",
+        include_str!("../../../units/proxied@.service"),
+    ),
+    ("front@.service", include_str!("../../../units/front@.service")),
 ];
 
 /// The one executable a bundle carries in `hooks/`: every lifecycle hook, and `status` and
@@ -44,7 +50,7 @@ pub const HOOKS: [&str; 4] = [
 
 /// What each of [`HOOKS`] is in a bundle: a script that runs the `handoff` beside it, with its
 /// own file name as the step.
-pub const HOOK_SCRIPT: &str = include_str!("../hook.sh");
+pub const HOOK_SCRIPT: &str = include_str!("../../hook.sh");
 
 /// Where `handoff bundle` takes the hooks for `arch` from when `--hooks` is not given: the
 /// folder of `exe` (this `handoff`) for its own architecture; for another, that
@@ -206,7 +212,7 @@ fn template(name: &str) -> &'static str {
 
 /// Writes deploy.yml, appspec.yml and units/ into `dir`; refuses to overwrite deploy.yml or
 /// units/ unless `force`. An existing appspec.yml is never overwritten, with or without
-/// `force`: handoff's four hooks are merged into it ([`crate::appspec_merge::merge`]), the
+/// `force`: handoff's four hooks are merged into it ([`crate::bundle::appspec_merge::merge`]), the
 /// team's `files:`, `permissions:`, other hooks and comments kept. Nothing is written when
 /// anything is refused. Returns the files written.
 pub fn init(dir: &Path, o: &InitOptions, force: bool) -> Result<Vec<PathBuf>> {
@@ -226,7 +232,7 @@ pub fn init(dir: &Path, o: &InitOptions, force: bool) -> Result<Vec<PathBuf>> {
     let appspec = dir.join("appspec.yml");
     match std::fs::read_to_string(&appspec) {
         Ok(existing) => {
-            let merged = crate::appspec_merge::merge(&existing, dir)?;
+            let merged = crate::bundle::appspec_merge::merge(&existing, dir)?;
             if merged != existing {
                 tracing::info!(
                     "{}: handoff's four hooks merged in, each first in its event; every other line kept",
@@ -252,7 +258,7 @@ pub fn init(dir: &Path, o: &InitOptions, force: bool) -> Result<Vec<PathBuf>> {
 /// where the build puts every hook and a bundle keeps them).
 fn hook_binary(hooks: &Path, name: &str) -> Result<PathBuf> {
     let p = hooks.join(name);
-    if !crate::appspec::is_executable(&p) {
+    if !crate::bundle::appspec::is_executable(&p) {
         bail!(Fault::input(format!(
             "{} is missing or not executable; bundle with the static build's folder (--hooks \
              target/x86_64-unknown-linux-musl/release after `make static`) or from an unpacked bundle's hooks/",
@@ -274,14 +280,14 @@ enum Entry {
 /// written (never when the report has errors).
 #[derive(Debug)]
 pub struct Bundled {
-    pub report: crate::appspec::Report,
-    pub summary: crate::bundle_files::Summary,
+    pub report: crate::bundle::appspec::Report,
+    pub summary: crate::bundle::files::Summary,
     pub written: bool,
 }
 
 /// Packs `app` (a folder with deploy.yml) with the hook executables from `hooks` into the
 /// zip `output`, adding the shipped appspec.yml and unit templates where the folder has none.
-/// What of the folder ships is [`crate::bundle_files`]' choice (default exclusions,
+/// What of the folder ships is [`crate::bundle::files`]' choice (default exclusions,
 /// `.handoffignore`, a file that looks like a secret refused). The zip is built as
 /// `<output>.partial`, linted the way the agent will read it, and renamed to `output` only
 /// when the lint has no error; otherwise the partial is removed and `output` is not touched.
@@ -298,7 +304,7 @@ pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<Bundled> {
         )));
     }
     let partial = output.with_extension("zip.partial");
-    let selection = crate::bundle_files::select(
+    let selection = crate::bundle::files::select(
         app,
         &[std::path::absolute(output)?, std::path::absolute(&partial)?],
     )?;
@@ -335,7 +341,7 @@ pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<Bundled> {
     ));
 
     let written = write_zip(&partial, &entries).and_then(|sizes| {
-        let report = crate::lint::lint(&partial)?;
+        let report = crate::bundle::lint::lint(&partial)?;
         Ok((sizes, report))
     });
     let (sizes, report) = match written {
@@ -346,7 +352,7 @@ pub fn bundle(app: &Path, hooks: &Path, output: &Path) -> Result<Bundled> {
         }
     };
     let zip_bytes = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-    let summary = crate::bundle_files::Summary::of(
+    let summary = crate::bundle::files::Summary::of(
         &sizes,
         &selection.left_out,
         selection.ignore_file.clone(),
@@ -552,7 +558,7 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n",
         );
         put(
-            &app.join(crate::bundle_files::IGNORE_FILE),
+            &app.join(crate::bundle::files::IGNORE_FILE),
             "# ours\ndocs/\n*.log\n!keep.log\n# the TLS key ships on purpose\n!config/server.key\n",
         );
         let hooks = hook_dir(&d);
@@ -596,7 +602,7 @@ mod tests {
         // Links are packed as links, the absolute one verbatim.
         let out = d.join("unpacked");
         std::fs::create_dir_all(&out).unwrap();
-        crate::lint::unpack_zip(&zip, &out).unwrap();
+        crate::bundle::lint::unpack_zip(&zip, &out).unwrap();
         assert_eq!(
             std::fs::read_link(out.join(".venv/bin/python3")).unwrap(),
             Path::new("/usr/bin/python3")
@@ -673,7 +679,7 @@ mod tests {
             merged.starts_with(team),
             "the team's lines first, unchanged:\n{merged}"
         );
-        let (spec, problems) = crate::appspec::check_text(&merged, "appspec.yml");
+        let (spec, problems) = crate::bundle::appspec::check_text(&merged, "appspec.yml");
         assert_eq!(problems, vec![]);
         assert_eq!(
             spec.unwrap().scripts("ApplicationStart")[0].location(),

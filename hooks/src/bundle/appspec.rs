@@ -1,5 +1,5 @@
 //! `appspec.yml` as the CodeDeploy agent reads it (the rest of `lint-bundle` is in
-//! [`crate::lint`]).
+//! [`crate::bundle::lint`]).
 //!
 //! The agent's rules (see shared/notes/codedeploy-agent.md) are checked the way the agent
 //! applies them, and so are the traps it does not report until a deployment is under way:

@@ -12,13 +12,13 @@
 //! The merge is textual: only the four events' entries are inserted (or moved to the top);
 //! every other line — `version`, `os`, `files:`, `permissions:`, the team's other hooks, their
 //! timeouts and `runas:`, comments — stays byte for byte. The result is parsed again with
-//! [`crate::appspec::check_text`] before it is written.
+//! [`crate::bundle::appspec::check_text`] before it is written.
 
 use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::appspec::{self, Problem};
+use crate::bundle::appspec::{self, Problem};
 use crate::fault::Fault;
 
 /// handoff's hooks: event, script, timeout (those of the shipped appspec.yml).
@@ -455,7 +455,7 @@ hooks:
 
     #[test]
     fn the_shipped_appspec_has_handoffs_hooks() {
-        let spec: appspec::AppSpec = serde_saphyr::from_str(crate::project::APPSPEC).unwrap();
+        let spec: appspec::AppSpec = serde_saphyr::from_str(crate::bundle::project::APPSPEC).unwrap();
         for (event, ours, timeout) in HANDOFF_HOOKS {
             let s = &spec.scripts(event)[0];
             assert_eq!((s.location(), s.timeout_secs()), (ours, timeout as i64));
@@ -463,8 +463,8 @@ hooks:
         // Merging into the shipped appspec changes nothing.
         let d = scratch("shipped");
         assert_eq!(
-            merge(crate::project::APPSPEC, &d).unwrap(),
-            crate::project::APPSPEC
+            merge(crate::bundle::project::APPSPEC, &d).unwrap(),
+            crate::bundle::project::APPSPEC
         );
         std::fs::remove_dir_all(d).unwrap();
     }

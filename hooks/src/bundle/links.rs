@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::appspec::stays_inside;
+use crate::bundle::appspec::stays_inside;
 use crate::fault::Fault;
 
 /// What a symlink of the bundle is, by the rule above.

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::appspec::{self, AppSpec, Problem};
+use crate::bundle::appspec::{self, AppSpec, Problem};
 use crate::config::DeployConfig;
 
 /// What ApplicationStart may wait for: `app.before_switch` (up to its timeout), the start job

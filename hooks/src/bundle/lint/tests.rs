@@ -1,5 +1,5 @@
 use super::*;
-use crate::appspec::tests::GOOD;
+use crate::bundle::appspec::tests::GOOD;
 
 // --- bundles on disk -----------------------------------------------------------------
 
@@ -110,8 +110,8 @@ fn appspec_yaml_and_nested_appspec_are_named() {
 #[test]
 fn our_hook_scripts_need_the_handoff_beside_them() {
     let d = bundle();
-    for hook in crate::project::HOOKS {
-        exec(&d.0.join("hooks").join(hook), crate::project::HOOK_SCRIPT);
+    for hook in crate::bundle::project::HOOKS {
+        exec(&d.0.join("hooks").join(hook), crate::bundle::project::HOOK_SCRIPT);
     }
     let r = lint_dir(&d.0);
     let text = messages(&r);
