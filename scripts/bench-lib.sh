@@ -13,6 +13,8 @@ BL_PIDS=()
 
 bl_log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 bl_die() { bl_log "ERROR: $*"; exit 1; }
+# Bytes as megabytes (10^6), one decimal: the unit the README gives binary sizes in.
+bl_mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
 now_ms() { date +%s%3N; }
 
 # Stops what we started, by PID / sandbox folder: loadgen first (it writes its results on

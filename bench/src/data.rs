@@ -211,6 +211,26 @@ impl WsCounts {
     pub fn failed(&self) -> u64 {
         self.abnormal + self.other_closes.len() as u64
     }
+
+    /// Adds another client's counts to these (releases seen once each).
+    pub fn add(&mut self, c: WsCounts) {
+        self.clients += c.clients;
+        self.sessions += c.sessions;
+        self.echoes += c.echoes;
+        self.closes_1012 += c.closes_1012;
+        self.other_closes.extend(c.other_closes);
+        self.abnormal += c.abnormal;
+        self.failure_t_ms.extend(c.failure_t_ms);
+        for r in c.releases_seen {
+            if !self.releases_seen.contains(&r) {
+                self.releases_seen.push(r);
+            }
+        }
+        self.reconnects.extend(c.reconnects);
+        for (r, n) in c.last_releases {
+            *self.last_releases.entry(r).or_default() += n;
+        }
+    }
 }
 
 /// Everything a run counted.

@@ -30,14 +30,13 @@ pub mod tools;
 pub mod websocket;
 
 pub use http::one_request;
-pub use tools::{parse_ab, parse_wrk};
+pub use tools::{Tool, parse_ab, parse_wrk};
+pub use websocket::ws_client;
 
 use control::follow_control;
 use http::{Reasons, reason};
 use keepalive::keepalive_client;
 use probe::probe_on_its_own_thread;
-use tools::Tool;
-use websocket::ws_client;
 
 /// What loadgen runs against which port, for how long, and where it writes.
 #[derive(Debug, Clone)]
@@ -104,41 +103,9 @@ pub async fn run(cfg: Config) -> Result<Summary> {
     let url = format!("http://127.0.0.1:{}/", cfg.port);
     let secs = cfg.duration.as_secs().max(1) + 5;
 
-    let ab = match cfg.ab {
-        Some(c) => Some(Tool::spawn(
-            "ab",
-            &[
-                "-r".into(),
-                "-c".into(),
-                c.to_string(),
-                "-t".into(),
-                secs.to_string(),
-                // After -t, which would cap the count at 50000.
-                "-n".into(),
-                "5000000".into(),
-                url.clone(),
-            ],
-        )?),
-        None => None,
-    };
-    let wrk = match cfg.wrk {
-        Some(c) => Some(Tool::spawn(
-            "wrk",
-            &[
-                "-t".into(),
-                "2".into(),
-                "-c".into(),
-                c.to_string(),
-                "-d".into(),
-                format!("{secs}s"),
-                // A stalled request is slow, not failed: the probe shows the stall.
-                "--timeout".into(),
-                "10s".into(),
-                url.clone(),
-            ],
-        )?),
-        None => None,
-    };
+    // A stalled request is slow, not failed, for wrk here: the probe shows the stall.
+    let ab = cfg.ab.map(|c| Tool::ab(&url, c, secs)).transpose()?;
+    let wrk = cfg.wrk.map(|c| Tool::wrk(&url, c, secs, Some(10))).transpose()?;
     let wanted = (cfg.ws + cfg.keepalive + 256) as u64;
     let limit = raise_file_limit().context("raise the open-file limit")?;
     if limit < wanted {
@@ -288,23 +255,7 @@ pub async fn run(cfg: Config) -> Result<Summary> {
     if !ws.is_empty() {
         let mut all = WsCounts::default();
         for h in ws {
-            let c = h.await?;
-            all.clients += c.clients;
-            all.sessions += c.sessions;
-            all.echoes += c.echoes;
-            all.closes_1012 += c.closes_1012;
-            all.other_closes.extend(c.other_closes);
-            all.abnormal += c.abnormal;
-            all.failure_t_ms.extend(c.failure_t_ms);
-            for r in c.releases_seen {
-                if !all.releases_seen.contains(&r) {
-                    all.releases_seen.push(r);
-                }
-            }
-            all.reconnects.extend(c.reconnects);
-            for (r, n) in c.last_releases {
-                *all.last_releases.entry(r).or_default() += n;
-            }
+            all.add(h.await?);
         }
         all.failure_t_ms.sort_by(f64::total_cmp);
         all.reconnects.sort_by(|a, b| a.0.total_cmp(&b.0));

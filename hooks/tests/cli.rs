@@ -101,7 +101,7 @@ fn a_bundle_is_of_one_architecture() {
         let mut elf = header.clone();
         let machine: u16 = if arch == Arch::X86_64 { 0x3e } else { 0xb7 };
         elf[18..20].copy_from_slice(&machine.to_le_bytes());
-        let name = handoff::project::HOOK_BINARY;
+        let name = handoff::bundle::project::HOOK_BINARY;
         std::fs::write(hooks.join(name), &elf).unwrap();
         std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
         hooks.to_str().unwrap().to_string()
@@ -140,7 +140,7 @@ fn a_bundle_is_of_one_architecture() {
 
     // That bundle, with deploy.yml edited to claim this host's architecture: lint-bundle refuses it.
     let unpacked = dir.join("unpacked");
-    handoff::lint::unpack_zip(&zip, &unpacked).unwrap();
+    handoff::bundle::lint::unpack_zip(&zip, &unpacked).unwrap();
     std::fs::write(
         unpacked.join("deploy.yml"),
         format!("{deploy}arch: {host_name}\n"),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use handoff::appspec::AppSpec;
+use handoff::bundle::appspec::AppSpec;
 use handoff::fault::Fault;
 
 /// Writes a file atomically and durably ([`handoff::release::write_durably`]), creating its folder.

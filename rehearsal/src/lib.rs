@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use handoff::appspec::{self, AppSpec, IN_PLACE_ORDER, Runs};
+use handoff::bundle::appspec::{self, AppSpec, IN_PLACE_ORDER, Runs};
 use handoff::config::is_safe_name;
 use handoff::fault::Fault;
 
@@ -189,7 +189,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
         (Source::Folder(opts.bundle.clone()), opts.bundle.clone())
     } else {
         let staged = layout.deployment_dir.join(".bundle");
-        let problems = handoff::lint::unpack_zip(&opts.bundle, &staged).map_err(|e| {
+        let problems = handoff::bundle::lint::unpack_zip(&opts.bundle, &staged).map_err(|e| {
             let _ = std::fs::remove_dir_all(&layout.deployment_dir);
             Fault::input(format!("{e:#}"))
         })?;

@@ -14,7 +14,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use handoff::appspec::HookEntry;
+use handoff::bundle::appspec::HookEntry;
 
 use crate::script_log::{ScriptLog, Stream};
 

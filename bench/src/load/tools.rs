@@ -12,14 +12,50 @@ use tokio::io::AsyncReadExt;
 
 use crate::data::Counts;
 
-/// ab or wrk, run until told to stop (SIGINT makes both print their results).
-pub(super) struct Tool {
+/// ab or wrk, run until told to stop (SIGINT makes both print their results). `make bench`'s
+/// loadgen and the end-to-end tests start them alike.
+pub struct Tool {
     name: &'static str,
     child: tokio::process::Child,
 }
 
 impl Tool {
-    pub(super) fn spawn(name: &'static str, args: &[String]) -> Result<Tool> {
+    /// `ab -r -c <concurrency>` on `url` for at most `secs`: a new connection per request, and
+    /// `-r` so that a failed request does not end the run.
+    pub fn ab(url: &str, concurrency: u32, secs: u64) -> Result<Tool> {
+        let args = ["-r", "-c", &concurrency.to_string(), "-t", &secs.to_string()]
+            .into_iter()
+            // After -t, which would cap the count at 50000.
+            .chain(["-n", "100000000", url])
+            .map(String::from)
+            .collect::<Vec<_>>();
+        Tool::spawn("ab", &args)
+    }
+
+    /// `wrk -t 2 -c <concurrency>` on `url` for at most `secs`: keep-alive, never retrying a
+    /// failed request. `timeout_secs`: how long a request may take before wrk counts it as
+    /// failed (its own default, 2 s, when `None`).
+    pub fn wrk(url: &str, concurrency: u32, secs: u64, timeout_secs: Option<u64>) -> Result<Tool> {
+        let mut args: Vec<String> = [
+            "-t",
+            "2",
+            "-c",
+            &concurrency.to_string(),
+            "-d",
+            &format!("{secs}s"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        if let Some(t) = timeout_secs {
+            args.extend(["--timeout".into(), format!("{t}s")]);
+        }
+        args.push(url.into());
+        Tool::spawn("wrk", &args)
+    }
+
+    /// Starts `name` with `args`.
+    pub fn spawn(name: &'static str, args: &[String]) -> Result<Tool> {
         let child = tokio::process::Command::new(name)
             .args(args)
             .stdin(Stdio::null())
@@ -33,7 +69,7 @@ impl Tool {
 
     /// Interrupts it (if still running) and returns stdout, stderr, and whether it had exited
     /// by itself before.
-    pub(super) async fn finish(mut self) -> (String, String, bool) {
+    pub async fn finish(mut self) -> (String, String, bool) {
         let early = matches!(self.child.try_wait(), Ok(Some(_)));
         if !early && let Some(pid) = self.child.id() {
             let _ = nix::sys::signal::kill(

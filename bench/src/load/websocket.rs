@@ -31,9 +31,10 @@ async fn connect_ws(
     tokio_tungstenite::connect_async_with_config(url, Some(config), false).await
 }
 
-/// A WebSocket client that stays connected, echoes every 100 ms, and reconnects after the
-/// server closes (expected: code 1012, service restart).
-pub(super) async fn ws_client(
+/// A WebSocket client that stays connected, echoes every `interval`, and reconnects after the
+/// server closes (expected: code 1012, service restart), until `stop` turns true. `connected`
+/// hears of its first session. `make bench`'s loadgen and the end-to-end tests run it alike.
+pub async fn ws_client(
     port: u16,
     interval: Duration,
     connected: mpsc::UnboundedSender<()>,

@@ -1,15 +1,13 @@
 //! Load during deployments, from real clients: `ab -r -c 10` (a new connection per request),
 //! `wrk -c 10` (keep-alive, never retries a failed request), WebSocket clients (close code and
-//! reconnect), and a paced probe of our own that records every request's latency and release.
+//! reconnect), all three `make bench`'s own (`bench::load`), and a paced probe that records
+//! every request's latency and release.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Counts for one client kind (requests, failed, detail), shared with `make bench`.
 pub use bench::data::{Counts, WsCounts};
@@ -73,29 +71,43 @@ impl Report {
 
 pub struct Load {
     stop: Arc<AtomicBool>,
-    ab: tokio::task::JoinHandle<Counts>,
-    wrk: tokio::task::JoinHandle<Counts>,
+    stop_ws: tokio::sync::watch::Sender<bool>,
+    ab: bench::load::Tool,
+    wrk: bench::load::Tool,
     ws: Vec<tokio::task::JoinHandle<WsCounts>>,
     probe: tokio::task::JoinHandle<(Counts, Vec<Sample>, Vec<Duration>)>,
 }
 
 impl Load {
     /// Starts every client against 127.0.0.1:port for at most `max` (ab and wrk are bounded by
-    /// it themselves); `finish` stops them all.
+    /// it themselves); `finish` stops them all. ab, wrk and the WebSocket clients are `make
+    /// bench`'s (bench::load); wrk keeps its own 2 s timeout, so a stalled request fails here.
     pub async fn start(port: u16, max: Duration, ws_clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let secs = max.as_secs().max(1).to_string();
+        let (stop_ws, stop_rx) = tokio::sync::watch::channel(false);
+        let secs = max.as_secs().max(1);
         let url = format!("http://127.0.0.1:{port}/");
-        let ab = tokio::spawn(run_ab(url.clone(), secs.clone(), stop.clone()));
-        let wrk = tokio::spawn(run_wrk(url, secs, stop.clone()));
+        let ab = bench::load::Tool::ab(&url, 10, secs).unwrap_or_else(|e| panic!("{e:#}"));
+        let wrk = bench::load::Tool::wrk(&url, 10, secs, None).unwrap_or_else(|e| panic!("{e:#}"));
+        let (connected, _) = tokio::sync::mpsc::unbounded_channel();
+        let clock = bench::load::Clock::start();
         let ws = (0..ws_clients)
-            .map(|_| tokio::spawn(ws_client(port, stop.clone())))
+            .map(|_| {
+                tokio::spawn(bench::load::ws_client(
+                    port,
+                    Duration::from_millis(100),
+                    connected.clone(),
+                    clock,
+                    stop_rx.clone(),
+                ))
+            })
             .collect();
         let probe = tokio::spawn(probe(port, stop.clone()));
         // Let every client connect before anything changes.
         tokio::time::sleep(Duration::from_millis(500)).await;
         Load {
             stop,
+            stop_ws,
             ab,
             wrk,
             ws,
@@ -103,29 +115,31 @@ impl Load {
         }
     }
 
-    /// Stops the clients (ab and wrk run out their time) and collects the counts.
+    /// Stops the clients (ab and wrk get SIGINT and print their totals) and collects the counts.
     pub async fn finish(self) -> Report {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = self.stop_ws.send(true);
         let mut ws = WsCounts::default();
         let mut ws_clients = Vec::new();
         for h in self.ws {
             let c = h.await.unwrap();
             ws_clients.push(c.clone());
-            ws.sessions += c.sessions;
-            ws.echoes += c.echoes;
-            ws.closes_1012 += c.closes_1012;
-            ws.other_closes.extend(c.other_closes);
-            ws.abnormal += c.abnormal;
-            for r in c.releases_seen {
-                if !ws.releases_seen.contains(&r) {
-                    ws.releases_seen.push(r);
-                }
-            }
+            ws.add(c);
         }
         let (probe, samples, probe_failed_at) = self.probe.await.unwrap();
+        let (ab, wrk) = tokio::join!(self.ab.finish(), self.wrk.finish());
+        let ab_counts = bench::load::parse_ab(&ab.0);
+        assert!(ab_counts.requests > 0, "ab ran no request:\n{}\n{}", ab.0, ab.1);
+        let wrk_counts = bench::load::parse_wrk(&wrk.0);
+        assert!(
+            wrk_counts.requests > 0,
+            "wrk ran no request:\n{}\n{}",
+            wrk.0,
+            wrk.1
+        );
         Report {
-            ab: self.ab.await.unwrap(),
-            wrk: self.wrk.await.unwrap(),
+            ab: ab_counts,
+            wrk: wrk_counts,
             ws,
             probe,
             samples,
@@ -133,103 +147,6 @@ impl Load {
             ws_clients,
         }
     }
-}
-
-/// Runs a load tool until `stop`, then interrupts it: ab and wrk print their totals on SIGINT.
-async fn run_until_stopped(mut cmd: tokio::process::Command, stop: Arc<AtomicBool>) -> (String, String) {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}; install it with: make setup"));
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    let waiter = tokio::spawn(child.wait_with_output());
-    while !stop.load(Ordering::SeqCst) && !waiter.is_finished() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-    let out = waiter.await.unwrap().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-async fn run_ab(url: String, secs: String, stop: Arc<AtomicBool>) -> Counts {
-    // -t implies -n 50000, so -n must come after it to lift that cap.
-    let mut cmd = tokio::process::Command::new("ab");
-    cmd.args(["-r", "-c", "10", "-t", &secs, "-n", "100000000", &url]);
-    let (text, stderr) = run_until_stopped(cmd, stop).await;
-    let counts = bench::load::parse_ab(&text);
-    assert!(counts.requests > 0, "ab ran no request:\n{text}\n{stderr}");
-    counts
-}
-
-async fn run_wrk(url: String, secs: String, stop: Arc<AtomicBool>) -> Counts {
-    let mut cmd = tokio::process::Command::new("wrk");
-    cmd.args(["-t", "2", "-c", "10", "-d", &format!("{secs}s"), &url]);
-    let (text, _) = run_until_stopped(cmd, stop).await;
-    let counts = bench::load::parse_wrk(&text);
-    assert!(counts.requests > 0, "wrk ran no request:\n{text}");
-    counts
-}
-
-/// A WebSocket client that stays connected, echoes every 100 ms, and reconnects after the
-/// server closes (expected: code 1012, service restart).
-async fn ws_client(port: u16, stop: Arc<AtomicBool>) -> WsCounts {
-    let mut c = WsCounts::default();
-    let url = format!("ws://127.0.0.1:{port}/ws");
-    while !stop.load(Ordering::SeqCst) {
-        let (mut ws, _) = match tokio_tungstenite::connect_async(&url).await {
-            Ok(x) => x,
-            Err(_) => {
-                c.abnormal += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        c.sessions += 1;
-        let mut n = 0u64;
-        let mut closed = false;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(t))) => {
-                        let t = t.to_string();
-                        if t.starts_with("echo ") { c.echoes += 1 } else if !c.releases_seen.contains(&t) { c.releases_seen.push(t) }
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        match frame.map(|f| u16::from(f.code)) {
-                            Some(1012) => c.closes_1012 += 1,
-                            Some(code) => c.other_closes.push(code),
-                            None => c.other_closes.push(1005),
-                        }
-                        closed = true;
-                        // Finish the close handshake.
-                        let _ = ws.close(None).await;
-                        while let Some(Ok(_)) = ws.next().await {}
-                        break;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => { c.abnormal += 1; break; }
-                },
-                _ = tick.tick() => {
-                    if stop.load(Ordering::SeqCst) {
-                        let _ = ws.close(None).await;
-                        closed = true;
-                        break;
-                    }
-                    n += 1;
-                    if ws.send(Message::text(format!("echo {n}"))).await.is_err() { c.abnormal += 1; break; }
-                }
-            }
-        }
-        let _ = closed;
-    }
-    c
 }
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();

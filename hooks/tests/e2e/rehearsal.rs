@@ -36,10 +36,10 @@ fn bundle(svc: &TestService, label: &str) -> PathBuf {
     let dir = svc.revision(label, &[], "");
     std::fs::create_dir_all(dir.join("hooks")).unwrap();
     link_or_copy(&workspace_bin("handoff"), &dir.join("hooks/handoff"));
-    for hook in handoff::project::HOOKS {
+    for hook in handoff::bundle::project::HOOKS {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join("hooks").join(hook);
-        std::fs::write(&path, handoff::project::HOOK_SCRIPT).unwrap();
+        std::fs::write(&path, handoff::bundle::project::HOOK_SCRIPT).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     write_script(
