@@ -30,7 +30,7 @@
 //!
 //! Environment properties: the platform writes them to `/opt/elasticbeanstalk/deployment/env`
 //! on the host; on such a host the instance units (and `app.before_switch`) read that file as an
-//! optional environment file after the release's `app.env` (see [`crate::app_env`]), so a new
+//! optional environment file after the release's `app.env` (see [`crate::config::app_env`]), so a new
 //! property reaches the service at the next application deployment.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -99,7 +99,7 @@ pub async fn confighook(args: &HookArgs) -> Result<()> {
          environment properties reach the service, from {}, at its next application deployment)",
         cfg.service,
         cfg.listen.join(", "),
-        crate::app_env::BEANSTALK_ENV
+        crate::config::app_env::BEANSTALK_ENV
     );
     Ok(())
 }

@@ -6,8 +6,6 @@
 //! - [`timeouts`] — the appspec's hook timeouts against deploy.yml's deadlines;
 //! - [`fit`] — the units against what the app is (a JIT, gunicorn, NonBlocking, the instance
 //!   header);
-//! - [`links`] — symlinks: absolute ones kept (the host must have the target), relative
-//!   escapes refused;
 //! - [`files`] — what of an app folder ships: default exclusions, `.handoffignore`, secrets
 //!   refused;
 //! - [`project`] — `handoff init` and `handoff bundle`: the hooks added to any app folder;
@@ -18,7 +16,6 @@ pub mod appspec;
 pub mod appspec_merge;
 pub mod files;
 pub mod fit;
-pub mod links;
 pub mod lint;
 pub mod project;
 pub mod timeouts;

@@ -57,6 +57,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Deserializer};
 
+pub mod app_env;
+pub mod before_switch;
 mod front;
 pub use front::Front;
 
@@ -89,14 +91,14 @@ pub struct DeployConfig {
     #[serde(default)]
     pub front: Front,
     /// The unit that serves the port today (`myapp.service`): the first deployment takes its
-    /// listening socket over under load, then stops and disables it ([`crate::takeover`]).
+    /// listening socket over under load, then stops and disables it ([`crate::switch::takeover`]).
     #[serde(default)]
     pub takeover: Option<String>,
     /// The CPU architecture of the bundle's executables (`x86_64` or `aarch64`): lint-bundle
     /// checks them against it, BeforeInstall refuses a host of another one. Not stated: the
     /// executables tell.
     #[serde(default)]
-    pub arch: Option<crate::platform::Arch>,
+    pub arch: Option<crate::arch::Arch>,
 }
 
 /// The same words in deploy.yml and on the command line (`handoff init --strategy`).
@@ -141,7 +143,7 @@ pub struct App {
     #[serde(default)]
     pub needs: Vec<Need>,
     /// Host files of `KEY=value` lines (secrets, host settings), read after the release's
-    /// `app.env`, so their values win; a leading `-` marks one optional. See [`crate::app_env`].
+    /// `app.env`, so their values win; a leading `-` marks one optional. See [`crate::config::app_env`].
     #[serde(default)]
     pub environment_files: Vec<String>,
     /// Credential name → host file: the app reads it as `$CREDENTIALS_DIRECTORY/<name>`.
@@ -158,7 +160,7 @@ pub struct App {
     pub runtime_directory: Option<String>,
     /// A command run in the new release before it starts (migrations). See [`crate::before_switch`].
     #[serde(default)]
-    pub before_switch: Option<crate::before_switch::BeforeSwitch>,
+    pub before_switch: Option<before_switch::BeforeSwitch>,
 }
 
 /// A relaxation of the instance unit's hardening, for a runtime that cannot work without it.
@@ -440,7 +442,7 @@ impl DeployConfig {
                 );
             }
         }
-        crate::app_env::validate(&self.app)?;
+        crate::config::app_env::validate(&self.app)?;
         if let Some(step) = &self.app.before_switch {
             step.validate()?;
         }

@@ -214,12 +214,12 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
             command.display()
         )));
     }
-    crate::platform::check_arch(&revision, cfg.arch, &cfg.app.command).map_err(Fault::input)?;
+    crate::arch::check_arch(&revision, cfg.arch, &cfg.app.command).map_err(Fault::input)?;
     // A virtualenv's interpreter (any absolute symlink's target) must be on this host.
-    crate::bundle::links::check_absolute_links(&revision)?;
+    crate::links::check_absolute_links(&revision)?;
     cfg.check_instance_confirmation()
         .map_err(|e| Fault::input(format!("{e:#}")))?;
-    crate::app_env::check_host(&cfg, crate::app_env::on_beanstalk())?;
+    crate::config::app_env::check_host(&cfg, crate::config::app_env::on_beanstalk())?;
     if cfg.strategy == crate::config::Strategy::Handoff && cfg.instance_header().is_none() {
         tracing::warn!(
             "health.instance_header: none: the hooks cannot tell the new release's answers from the old one's, so a \
@@ -233,7 +233,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     let systemd = connect(args).await?;
     let version = match std::env::var(crate::platform::TEST_VERSION_ENV) {
         // Test fault injection (a host's older systemd), never set in production.
-        Ok(v) => crate::platform::major_version(&v).context("HANDOFF_TEST_SYSTEMD_VERSION")?,
+        Ok(v) => crate::systemd::major_version(&v).context("HANDOFF_TEST_SYSTEMD_VERSION")?,
         Err(_) => systemd.version().await?,
     };
     crate::platform::check(version, &rendered).map_err(Fault::environment)?;
@@ -243,7 +243,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
     Deployer::new(&cfg, &systemd, &store)?
         .check_ownership(&rendered)
         .await?;
-    crate::takeover::preflight(&cfg, &systemd, &store).await?;
+    crate::switch::takeover::preflight(&cfg, &systemd, &store).await?;
     if let Some(warning) = crate::bundle::timeouts::warning_for(&revision, &cfg) {
         tracing::warn!("{warning}");
     }

@@ -22,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, DeployConfig};
+use crate::durable::{sync_dir, sync_tree, write_durably, write_durably_mode};
 use crate::fault::Fault;
 
 /// Marker written last into a release: its presence means the copy is complete.
@@ -192,7 +193,7 @@ impl ReleaseStore {
         }
         // A virtualenv's interpreter (or any absolute link's target) missing on this host fails
         // the deployment before anything here changes.
-        crate::bundle::links::check_absolute_links(revision)?;
+        crate::links::check_absolute_links(revision)?;
         let releases = self.releases_dir();
         create_private_dir(&self.root)?;
         create_private_dir(&releases)?;
@@ -396,58 +397,6 @@ impl ReleaseStore {
     }
 }
 
-/// Writes `path` so that a crash leaves the old or the new content, never a mix: a temporary
-/// file, fsync, rename, fsync of the folder.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_file_durably(path, bytes, None)
-}
-
-/// [`write_durably`] with the file's mode set on the temporary file, before the rename: the
-/// file never appears under its name with the mode the umask gave it.
-pub fn write_durably_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    write_file_durably(path, bytes, Some(mode))
-}
-
-fn write_file_durably(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    if let Some(mode) = mode {
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
-    }
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    sync_dir(dir)
-}
-
-/// fsync of a folder: makes the renames and creations in it durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))
-}
-
-/// fsync of every file and folder in a tree.
-fn sync_tree(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            sync_tree(&entry.path())?;
-        } else if ft.is_file() {
-            std::fs::File::open(entry.path())?.sync_all()?;
-        }
-    }
-    sync_dir(dir)
-}
-
 /// Root-owned, not writable by anyone else: the service's code must not be changeable by it.
 fn create_private_dir(dir: &Path) -> Result<()> {
     if !dir.exists() {
@@ -457,7 +406,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies `from` into `to`, by [`crate::bundle::links`]' rule for symlinks: one to an absolute path is
+/// Copies `from` into `to`, by [`crate::links`]' rule for symlinks: one to an absolute path is
 /// recreated as that same link (never resolved: the host provides its target), a relative one
 /// is kept if it stays inside the revision and refused if it climbs out or points nowhere.
 /// Anything that is not a file, a folder or a symlink is refused. Files lose group/other write
@@ -474,15 +423,15 @@ fn copy_tree(top: &Path, from: &Path, to: &Path) -> Result<()> {
         if ft.is_symlink() {
             let target = std::fs::read_link(&src)?;
             let rel = src.strip_prefix(top).unwrap_or(&src);
-            match crate::bundle::links::classify(rel, &target) {
-                crate::bundle::links::Link::Absolute => {}
-                crate::bundle::links::Link::Escapes => bail!(Fault::input(format!(
+            match crate::links::classify(rel, &target) {
+                crate::links::Link::Absolute => {}
+                crate::links::Link::Escapes => bail!(Fault::input(format!(
                     "the bundle's symlink {} points outside the bundle (to {}); ship the file itself instead, or \
                      link relatively to a file inside",
                     src.display(),
                     target.display()
                 ))),
-                crate::bundle::links::Link::Inside => {
+                crate::links::Link::Inside => {
                     if std::fs::metadata(&src).is_err() {
                         bail!(Fault::input(format!(
                             "the bundle's symlink {} points nowhere (to {}); remove it from the bundle or ship its target",

@@ -48,10 +48,12 @@
 //! refused (the socket queues), but clients wait for the drain and the start; an undo starts
 //! the old release again.
 
+pub mod before_switch;
 pub mod install;
 pub mod native;
 pub mod proxy;
 pub mod recovery;
+pub mod takeover;
 
 use install::listen_addresses;
 
@@ -99,7 +101,7 @@ pub struct Deployer<'a> {
     pub probe: Probe,
     pub unit_dir: PathBuf,
     /// A takeover under way (deploy.yml `takeover:`, the first deployment only).
-    pub(crate) takeover: std::sync::Mutex<Option<crate::takeover::Held>>,
+    pub(crate) takeover: std::sync::Mutex<Option<crate::switch::takeover::Held>>,
 }
 
 /// What a switch did.
@@ -200,7 +202,7 @@ impl<'a> Deployer<'a> {
         let started = async {
             // app.before_switch (and the host files it and the units need), before anything of
             // the new release starts or anything of the serving one stops.
-            crate::before_switch::before_start(self, release, hook).await?;
+            crate::switch::before_switch::before_start(self, release, hook).await?;
             let installed = self.install_units(release).await?;
             kill_point("after-units").await;
             // While a socket move is deferred, the release starts and is probed on the

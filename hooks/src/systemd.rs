@@ -175,6 +175,17 @@ pub struct Systemd {
     dry_run: bool,
 }
 
+/// The major version in systemd's version string: "252.38-1~deb12u1" → 252, "219" → 219.
+pub fn major_version(text: &str) -> Option<u32> {
+    let digits: String = text
+        .trim()
+        .trim_start_matches('v')
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 /// The next step an operator can take for a unit that misbehaves.
 pub fn journal_hint(unit: &str) -> String {
     format!("see `journalctl -u {unit} -n 50` and `systemctl status {unit}`")
@@ -222,8 +233,7 @@ impl Systemd {
             .version()
             .await
             .map_err(|e| anyhow!("cannot read systemd's version over the system bus: {e}"))?;
-        crate::platform::major_version(&text)
-            .with_context(|| format!("systemd reports a version this cannot read: {text:?}"))
+        major_version(&text).with_context(|| format!("systemd reports a version this cannot read: {text:?}"))
     }
 
     pub fn dry_run(&self) -> bool {

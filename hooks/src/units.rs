@@ -83,7 +83,7 @@ pub fn render(cfg: &DeployConfig, release_dir: &Path) -> Result<Vec<Rendered>> {
         ("needs", needs_lines(cfg)),
         (
             "app_host",
-            crate::app_env::unit_lines(&cfg.app, crate::app_env::on_beanstalk()),
+            crate::config::app_env::unit_lines(&cfg.app, crate::config::app_env::on_beanstalk()),
         ),
         ("args", args),
         ("listen_streams", listen.join("\n")),
@@ -303,7 +303,7 @@ fn without_proc_settings(text: &str) -> String {
 
 /// A template must have the lines deploy.yml's settings go into: `{{needs}}` for `app.needs`,
 /// `{{app_host}}` for the host's environment files, credentials and directories
-/// ([`crate::app_env`]), `{{executable}}` for a command installed on the host.
+/// ([`crate::config::app_env`]), `{{executable}}` for a command installed on the host.
 fn check_placeholders(cfg: &DeployConfig, file: &str, text: &str) -> Result<()> {
     if !cfg.app.needs.is_empty() && !text.contains("{{needs}}") {
         bail!(Fault::input(format!(
@@ -317,18 +317,18 @@ fn check_placeholders(cfg: &DeployConfig, file: &str, text: &str) -> Result<()> 
                 .join(", ")
         )));
     }
-    if crate::app_env::configured(&cfg.app) && !text.contains("{{app_host}}") {
+    if crate::config::app_env::configured(&cfg.app) && !text.contains("{{app_host}}") {
         bail!(Fault::input(format!(
             "units/{file}: deploy.yml sets app.environment_files, app.credentials or an app.*_directory, but the \
              template has no {{{{app_host}}}} line to put them in; add a line `{{{{app_host}}}}` right after its \
              `EnvironmentFile={{{{root}}}}/releases/%i/app.env` line (as the shipped template has)"
         )));
     }
-    if !text.contains("{{app_host}}") && crate::app_env::on_beanstalk() {
+    if !text.contains("{{app_host}}") && crate::config::app_env::on_beanstalk() {
         tracing::warn!(
             "units/{file} has no {{{{app_host}}}} line: Elastic Beanstalk's environment properties ({}) do not reach \
              the service; add `{{{{app_host}}}}` after the app.env line",
-            crate::app_env::BEANSTALK_ENV
+            crate::config::app_env::BEANSTALK_ENV
         );
     }
     if Path::new(&cfg.app.command).is_absolute() && !text.contains("{{executable}}") {
@@ -431,7 +431,7 @@ pub fn install(units: &[Rendered], dir: &Path, dry_run: bool) -> Result<Changes>
             continue;
         }
         std::fs::create_dir_all(dir)?;
-        crate::release::write_durably(&path, unit.text.as_bytes())
+        crate::durable::write_durably(&path, unit.text.as_bytes())
             .with_context(|| format!("cannot install {}", path.display()))?;
     }
     Ok(changes)
@@ -441,7 +441,7 @@ pub fn install(units: &[Rendered], dir: &Path, dry_run: bool) -> Result<Changes>
 pub fn undo(changes: &Changes) -> Result<()> {
     for (path, before) in &changes.previous {
         match before {
-            Some(text) => crate::release::write_durably(path, text.as_bytes()),
+            Some(text) => crate::durable::write_durably(path, text.as_bytes()),
             None => std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display())),
         }
         .with_context(|| format!("cannot restore {}", path.display()))?;

@@ -84,7 +84,7 @@ fn a_hook_without_a_deployment_id_is_bad_input_and_needs_root_first() {
 /// the machine field set to the architecture wanted.
 #[test]
 fn a_bundle_is_of_one_architecture() {
-    use handoff::platform::Arch;
+    use handoff::arch::Arch;
     use std::os::unix::fs::PermissionsExt;
     let host = Arch::host();
     let other = if host == Arch::X86_64 {

@@ -12,12 +12,12 @@ use anyhow::{Context, Result, bail};
 use handoff::bundle::appspec::AppSpec;
 use handoff::fault::Fault;
 
-/// Writes a file atomically and durably ([`handoff::release::write_durably`]), creating its folder.
+/// Writes a file atomically and durably ([`handoff::durable::write_durably`]), creating its folder.
 pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    handoff::release::write_durably(path, text.as_bytes())
+    handoff::durable::write_durably(path, text.as_bytes())
 }
 
 /// Install, step one: delete what the previous deployment's Install created (files and

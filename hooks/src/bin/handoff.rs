@@ -137,7 +137,7 @@ enum Command {
         /// The hosts' CPU architecture: the hooks packed must be built for it. Default:
         /// deploy.yml's `arch:`, or this machine's.
         #[arg(long, value_enum)]
-        arch: Option<handoff::platform::Arch>,
+        arch: Option<handoff::arch::Arch>,
     },
 }
 
@@ -146,7 +146,7 @@ fn main() -> std::process::ExitCode {
     // A front unit starts this executable as `handoff-front` (a copy under that name): it
     // is the front then, and a revision carries no front binary of its own.
     if std::env::args_os().next().is_some_and(|a| {
-        std::path::Path::new(&a).file_name() == Some(handoff::switch::proxy::FRONT_NAME.as_ref())
+        std::path::Path::new(&a).file_name() == Some(handoff::bundle::project::FRONT_NAME.as_ref())
     }) {
         return handoff_front::entry::main();
     }
@@ -260,7 +260,7 @@ fn main() -> std::process::ExitCode {
                 let cfg = handoff::config::DeployConfig::load(&dir.join(handoff::config::FILE_NAME)).ok();
                 let arch = arch
                     .or(cfg.as_ref().and_then(|c| c.arch))
-                    .unwrap_or_else(handoff::platform::Arch::host);
+                    .unwrap_or_else(handoff::arch::Arch::host);
                 let hooks = match hooks {
                     Some(h) => h,
                     None => handoff::bundle::project::hooks_for(&std::env::current_exe()?, arch)?,

@@ -14,10 +14,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+
+use crate::links::stays_inside;
 
 /// The only name under which the agent finds the hooks.
 pub const FILE_NAME: &str = "appspec.yml";
@@ -631,25 +633,6 @@ fn nested_appspec(bundle: &Path) -> Option<String> {
         let name = e.file_name().to_string_lossy().to_string();
         (e.path().join(FILE_NAME).is_file()).then(|| format!("{name}/{FILE_NAME}"))
     })
-}
-
-/// Whether a path relative to the bundle stays inside it (no `..` above its root).
-pub(crate) fn stays_inside(relative: &Path) -> bool {
-    let mut depth = 0i32;
-    for c in relative.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
 }
 
 pub(crate) fn is_executable(path: &Path) -> bool {

@@ -223,7 +223,7 @@ fn problems_in(spec: &appspec::AppSpec, project: &Path, layout: &Layout) -> Vec<
                 "ApplicationStop" => [Control::Stop, Control::Restart].as_slice(),
                 _ => &[],
             };
-            if flagged.is_empty() || !appspec::stays_inside(Path::new(loc)) {
+            if flagged.is_empty() || !crate::links::stays_inside(Path::new(loc)) {
                 continue;
             }
             let Ok(script) = std::fs::read_to_string(project.join(loc)) else {

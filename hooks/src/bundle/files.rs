@@ -8,7 +8,7 @@
 //! - A file that looks like a secret ([`secret_reason`]: by name, or a private key or an AWS
 //!   secret in a small file's first 4 KiB) and is not excluded refuses the bundle (exit 2)
 //!   unless a `!` line of `.handoffignore` matches it: shipping it is then a decision.
-//! - Symlinks are packed as links, never followed ([`crate::bundle::links`] says which are kept).
+//! - Symlinks are packed as links, never followed ([`crate::links`] says which are kept).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -4,7 +4,7 @@
 //! `deploy.yml` with [`DeployConfig::load`], the unit templates with [`units::render`] and,
 //! where it is installed, `systemd-analyze verify`, the units' fit to the app
 //! ([`crate::bundle::fit`]), the hook timeouts against the deadlines ([`crate::bundle::timeouts`]), symlinks
-//! by [`crate::bundle::links`]' rule (relative ones that leave the bundle; absolute ones whose target
+//! by [`crate::links`]' rule (relative ones that leave the bundle; absolute ones whose target
 //! this machine lacks, a warning), and a zip's entries and modes.
 //!
 //! Every problem names the file, the field and the fix; all of them are reported, not only
@@ -17,8 +17,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::bundle::appspec::{Problem, Report, check_appspec, is_executable};
-use crate::bundle::links::{self, Link};
 use crate::config::{self, DeployConfig};
+use crate::links::{self, Link};
 use crate::units;
 
 /// `deploy.yml`, through the hooks' own loader, and `app.command` in the bundle.
@@ -74,7 +74,7 @@ fn check_deploy(bundle: &Path, problems: &mut Vec<Problem>) -> Option<DeployConf
             ),
         ));
     }
-    if cfg.is_proxy() && !is_executable(&crate::switch::proxy::front_binary(bundle)) {
+    if cfg.is_proxy() && !is_executable(&crate::bundle::project::front_binary(bundle)) {
         problems.push(Problem::error(
             file,
             "strategy",
@@ -82,7 +82,7 @@ fn check_deploy(bundle: &Path, problems: &mut Vec<Problem>) -> Option<DeployConf
                 "strategy: proxy runs the front from hooks/{} (or {}), and it is missing or not executable; build \
                  the bundle with `make bundle` or `handoff bundle`, which ship it",
                 crate::bundle::project::HOOK_BINARY,
-                crate::switch::proxy::FRONT_BINARY
+                crate::bundle::project::FRONT_BINARY
             ),
         ));
     }
@@ -243,7 +243,7 @@ fn check_units(cfg: &DeployConfig, bundle: &Path, report: &mut Report) {
     }
 }
 
-/// Symlinks by [`crate::bundle::links`]' rule: a relative one that climbs out of the bundle is an
+/// Symlinks by [`crate::links`]' rule: a relative one that climbs out of the bundle is an
 /// error (the archive is unpacked elsewhere, so it dangles or points at whatever the instance
 /// has there); one to an absolute path is kept, and a warning when this machine lacks its
 /// target (BeforeInstall refuses a host that lacks it).
@@ -295,14 +295,14 @@ fn check_symlinks(bundle: &Path, problems: &mut Vec<Problem>) {
 /// The bundle's executables (its hooks, the app's command when it is in the bundle) are of one
 /// architecture: the one deploy.yml states (`arch:`), or else the hooks' `handoff`'s.
 fn check_arch(cfg: &DeployConfig, bundle: &Path, problems: &mut Vec<Problem>) {
-    use crate::platform::elf_arch;
+    use crate::arch::elf_arch;
     let hooks = format!("hooks/{}", crate::bundle::project::HOOK_BINARY);
     let (arch, why) = match (cfg.arch, elf_arch(&bundle.join(&hooks))) {
         (Some(a), _) => (a, "deploy.yml says arch: ".to_string() + a.name()),
         (None, Some(Ok(a))) => (a, format!("{hooks} is {a}")),
         _ => return,
     };
-    for (path, what) in crate::platform::foreign_executables(bundle, &cfg.app.command, arch) {
+    for (path, what) in crate::arch::foreign_executables(bundle, &cfg.app.command, arch) {
         let rel = path.strip_prefix(bundle).unwrap_or(&path).display().to_string();
         problems.push(Problem::error(
             &rel,

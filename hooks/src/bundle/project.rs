@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::arch::Arch;
 use crate::bundle::files::Packed;
 use crate::config::{self, DeployConfig, Need, Ready, Strategy};
 use crate::fault::Fault;
-use crate::platform::Arch;
 
 /// The appspec the hooks ship: the four lifecycle hooks, timeouts that cover the default
 /// deadlines.
@@ -38,6 +38,26 @@ pub const TEMPLATES: &[(&str, &str)] = &[
 /// The one executable a bundle carries in `hooks/`: every lifecycle hook, and `status` and
 /// `rollback` for the operator.
 pub const HOOK_BINARY: &str = "handoff";
+
+/// A front build of its own inside a release, when the bundle ships one (tests do, to tell
+/// front builds apart); otherwise the release's hooks executable ([`HOOK_BINARY`]
+/// under `hooks/`) is the front.
+pub const FRONT_BINARY: &str = "front/handoff-front";
+
+/// The name the front runs under (`<root>/fronts/<id>/handoff-front`): `handoff` started
+/// under this name is the front.
+pub const FRONT_NAME: &str = "handoff-front";
+
+/// The front executable of a release: its own front build if it ships one, else its hooks
+/// executable.
+pub fn front_binary(release_dir: &Path) -> PathBuf {
+    let own = release_dir.join(FRONT_BINARY);
+    if own.exists() {
+        own
+    } else {
+        release_dir.join("hooks").join(HOOK_BINARY)
+    }
+}
 
 /// The lifecycle hooks appspec.yml names, each a [`HOOK_SCRIPT`] in `hooks/` that runs
 /// `handoff <hook>`: one static executable per revision instead of one per hook.
@@ -76,7 +96,7 @@ pub fn hooks_for(exe: &Path, arch: Arch) -> Result<PathBuf> {
 pub fn check_hooks_arch(hooks: &Path, arch: Arch) -> Result<()> {
     for name in [HOOK_BINARY, "handoff-front"] {
         let path = hooks.join(name);
-        if let Some(found) = crate::platform::elf_arch(&path)
+        if let Some(found) = crate::arch::elf_arch(&path)
             && found != Ok(arch)
         {
             bail!(Fault::input(format!(

@@ -53,33 +53,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::{Deployer, Switch, kill_point};
+use crate::bundle::project::{FRONT_BINARY, FRONT_NAME, front_binary};
 use crate::config::DeployConfig;
+use crate::durable::{write_durably, write_durably_mode};
 use crate::fault::Fault;
 use crate::health::Probe;
-use crate::release::{write_durably, write_durably_mode};
 use crate::timing::{self, Wait};
-
-/// A front build of its own inside a release, when the bundle ships one (tests do, to tell
-/// front builds apart); otherwise the release's hooks executable ([`crate::bundle::project::HOOK_BINARY`]
-/// under `hooks/`) is the front.
-pub const FRONT_BINARY: &str = "front/handoff-front";
-
-/// The name the front runs under (`<root>/fronts/<id>/handoff-front`): `handoff` started
-/// under this name is the front.
-pub const FRONT_NAME: &str = "handoff-front";
-
-/// The front executable of a release: its own front build if it ships one, else its hooks
-/// executable.
-pub fn front_binary(release_dir: &Path) -> PathBuf {
-    let own = release_dir.join(FRONT_BINARY);
-    if own.exists() {
-        own
-    } else {
-        release_dir
-            .join("hooks")
-            .join(crate::bundle::project::HOOK_BINARY)
-    }
-}
 
 /// Where the front sends requests: `<root>/routes.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -46,7 +46,7 @@ async fn the_sandbox_boots_the_systemd_it_was_given() {
     eprintln!("systemd booted: {booted} (root: {root})");
     assert_eq!(
         Some(booted),
-        handoff::platform::major_version(&expected),
+        handoff::systemd::major_version(&expected),
         "the sandbox (root: {root}) booted systemd {booted}, not {expected}"
     );
 }

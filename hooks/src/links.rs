@@ -10,11 +10,10 @@
 //! - A RELATIVE link that climbs out of the bundle (`../../shared/x`) is refused: the revision
 //!   is unpacked elsewhere, so it would point at whatever the host has there.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::bundle::appspec::stays_inside;
 use crate::fault::Fault;
 
 /// What a symlink of the bundle is, by the rule above.
@@ -137,6 +136,25 @@ pub fn check_absolute_links(revision_dir: &Path) -> Result<()> {
         missing.len(),
         lines.join("\n  ")
     )))
+}
+
+/// Whether a path relative to the bundle stays inside it (no `..` above its root).
+pub(crate) fn stays_inside(relative: &Path) -> bool {
+    let mut depth = 0i32;
+    for c in relative.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]
