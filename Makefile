@@ -31,15 +31,19 @@ setup-build:
 build: setup
 	$(CARGO) build --workspace --all-targets
 
-# Static binaries for the bundle (RELEASE stamps the sample app's release id).
+# Static binaries for the bundle (RELEASE stamps the sample app's release id): what ships, for
+# either architecture: handoff (the hooks, the CLI and the front), lint-bundle, beanstalk,
+# deploy-local, and the sample app the bundle carries. Not the benchmarks' tools nor the front's
+# own binary (handoff runs as the front): each binary here is linked with whole-program LTO, so
+# every one left out is a link less. scripts/dist builds the same set, to find these artifacts.
+export STATIC_PACKAGES := -p handoff -p handoff-rehearsal -p sample-app
 static: setup-build
-	$(CARGO) build --release --target $(TARGET) --workspace --bins
+	$(CARGO) build --release --target $(TARGET) $(STATIC_PACKAGES) --bins
 
-# The aarch64 (Graviton) build, linked by rust-lld (.cargo/config.toml): what ships and what the
-# aarch64 switch test runs, not the benchmarks (scripts/dist builds the same set).
-export AARCH64_PACKAGES := -p handoff -p handoff-rehearsal -p handoff-front -p sample-app
+# The aarch64 (Graviton) build, linked by rust-lld (.cargo/config.toml): what the aarch64 switch
+# test runs and the aarch64 packages hold.
 static-aarch64: setup
-	$(CARGO) build --release --target aarch64-unknown-linux-musl $(AARCH64_PACKAGES) --bins
+	$(CARGO) build --release --target aarch64-unknown-linux-musl $(STATIC_PACKAGES) --bins
 
 # The end-to-end tests deploy the static binaries the bundle ships (`static`); `dist` packs and
 # checks the release artifacts of both architectures; one switch and the

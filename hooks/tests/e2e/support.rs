@@ -136,7 +136,9 @@ impl Sandbox {
         std::fs::create_dir_all(&dir).unwrap();
         let dest = dir.join(name);
         if !dest.exists() {
-            let src = workspace_bin_for(self.arch, name);
+            // The front is the hooks' executable started under its name (the static build has
+            // no front binary of its own).
+            let src = workspace_bin_for(self.arch, if name == "handoff-front" { "handoff" } else { name });
             if std::fs::hard_link(&src, &dest).is_err() {
                 std::fs::copy(&src, &dest).unwrap();
             }
