@@ -20,11 +20,12 @@
 //!
 //! [`drain`] runs these steps for both processes, over what each shows through [`Draining`];
 //! [`accept_until_drain`] is their accept loop. [`listen`] takes the sockets systemd passes
-//! (`LISTEN_FDS`), the start of it all.
+//! (`LISTEN_FDS`), the start of it all; [`logging`] is how both log.
 
 pub mod coordinator;
 pub mod first_read;
 pub mod listen;
+pub mod logging;
 pub mod pacing;
 pub mod phase;
 pub mod ws;

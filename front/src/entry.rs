@@ -1,21 +1,19 @@
 //! The front's process from start to exit: flags, sockets, runtimes, signals and logging, so
 //! that a binary's `main` is one call.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use crate::{Config, exit_code};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 /// The front's process: parses the flags (and `HANDOFF_FRONT_*`), takes the sockets systemd
 /// passes, serves and drains on one runtime per core, and maps the end to an exit code. The
 /// `handoff-front` binary is this; `handoff` runs it too when started under that name.
 pub fn main() -> ExitCode {
     let mut config = Config::parse();
-    init_tracing(config.verbose);
+    handoff_drain::logging::init(config.verbose, "handoff_front");
     config.notify = true;
     // SAFETY: no other thread exists yet (the runtime is built afterwards); only call.
     let result = match unsafe { crate::listen::sockets(&config.bind) } {
@@ -80,19 +78,4 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
         };
         info!("{name}: draining");
     })
-}
-
-fn init_tracing(verbose: u8) {
-    let level = match verbose {
-        0 => "info",
-        1 => "info,handoff_front=debug",
-        _ => "debug,handoff_front=trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .init();
 }

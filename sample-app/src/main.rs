@@ -3,7 +3,6 @@
 //! Exit codes: 0 drained cleanly, 1 start failure / drain timeout / hard
 //! deadline, 2 usage error or no listening socket, 3 simulated crash.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
@@ -12,7 +11,6 @@ use sample_app::listen::{self, Listener};
 use sample_app::{Config, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let matches = Config::command().get_matches();
@@ -20,7 +18,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    init_tracing(config.verbose);
+    handoff_drain::logging::init(config.verbose, "sample_app");
     // The hooks' hold (deploy.yml drain.idle_hold) unless the app was given its own.
     let own_hold = matches.value_source("idle_hold_ms") != Some(ValueSource::DefaultValue);
     let host_hold = std::env::var("HANDOFF_IDLE_HOLD_MS").ok();
@@ -122,19 +120,4 @@ fn shutdown_signal(
         info!("{name}: shutting down");
         sample_app::arm_hard_deadline(hard_deadline);
     })
-}
-
-fn init_tracing(verbose: u8) {
-    let level = match verbose {
-        0 => "info",
-        1 => "info,sample_app=debug",
-        _ => "debug,sample_app=trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .init();
 }
