@@ -19,14 +19,6 @@ fn write_script(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// A hard link where the filesystem allows (the debug hooks are ~100 MB each), else a copy.
-fn link_or_copy(from: &Path, to: &Path) {
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
-    }
-}
-
 /// A bundle folder as scripts/bundle lays it out: the service's revision (deploy.yml, units/,
 /// bin/sample-app), the hook executable itself in hooks/ (it finds deploy.yml from its own
 /// path, so it must live in the bundle, not behind a launcher) with the four hook scripts that

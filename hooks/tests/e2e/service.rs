@@ -119,13 +119,10 @@ impl TestService {
         }
         if tag == "a" {
             std::fs::create_dir_all(dir.join("hooks")).unwrap();
-            let (from, to) = (
-                workspace_bin_for(self.sandbox.arch, "handoff"),
-                dir.join("hooks/handoff"),
+            link_or_copy(
+                &workspace_bin_for(self.sandbox.arch, "handoff"),
+                &dir.join("hooks/handoff"),
             );
-            if std::fs::hard_link(&from, &to).is_err() {
-                std::fs::copy(&from, &to).unwrap();
-            }
             return;
         }
         std::fs::create_dir_all(dir.join("front")).unwrap();

@@ -15,6 +15,14 @@ pub fn workspace() -> PathBuf {
 /// A binary of the workspace as the bundle ships it: static (musl), release, built by
 /// `make static` (`make test` builds it first). The end-to-end tests deploy these, never the
 /// debug builds of the unit tests.
+/// A hard link where the filesystem allows (the binaries are megabytes each), else a copy.
+pub fn link_or_copy(from: &Path, to: &Path) {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    }
+}
+
 pub fn workspace_bin(name: &str) -> PathBuf {
     workspace_bin_for("x86_64", name)
 }
@@ -139,9 +147,7 @@ impl Sandbox {
             // The front is the hooks' executable started under its name (the static build has
             // no front binary of its own).
             let src = workspace_bin_for(self.arch, if name == "handoff-front" { "handoff" } else { name });
-            if std::fs::hard_link(&src, &dest).is_err() {
-                std::fs::copy(&src, &dest).unwrap();
-            }
+            link_or_copy(&src, &dest);
         }
         format!("/opt/.test-bin/{name}")
     }
