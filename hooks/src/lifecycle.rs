@@ -228,7 +228,7 @@ pub async fn before_install(args: &HookArgs) -> Result<()> {
         );
     }
     if cfg.is_proxy() {
-        crate::switch::proxy::front_build(&cfg, &revision)?;
+        crate::switch::proxy::check_front(&cfg, &revision)?;
     }
     let systemd = connect(args).await?;
     let version = match std::env::var(crate::platform::TEST_VERSION_ENV) {

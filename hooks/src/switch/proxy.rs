@@ -120,18 +120,31 @@ pub fn front_env(cfg: &DeployConfig) -> Result<String> {
     Ok(env)
 }
 
+/// BeforeInstall's check of what [`front_build`] will need: the front executable is there and
+/// the `front:` settings render, without reading and hashing the executable (7 MB) in every
+/// preflight.
+pub fn check_front(cfg: &DeployConfig, release_dir: &Path) -> Result<()> {
+    let binary = front_binary(release_dir);
+    std::fs::File::open(&binary).map_err(|e| unreadable_front(&binary, e))?;
+    front_env(cfg)?;
+    Ok(())
+}
+
+fn unreadable_front(binary: &Path, e: std::io::Error) -> anyhow::Error {
+    Fault::input(format!(
+        "strategy: proxy runs the front from the bundle's hooks/{} (or {FRONT_BINARY}), but {} cannot be \
+         read ({e}); build the bundle with `make bundle` or `handoff bundle`, which ship it",
+        crate::bundle::project::HOOK_BINARY,
+        binary.display()
+    ))
+    .into()
+}
+
 /// The front build a release ships, with its id: the first 12 hex digits of the SHA-256 of
 /// its binary and settings.
 pub fn front_build(cfg: &DeployConfig, release_dir: &Path) -> Result<FrontBuild> {
     let binary = front_binary(release_dir);
-    let bytes = std::fs::read(&binary).map_err(|e| {
-        Fault::input(format!(
-            "strategy: proxy runs the front from the bundle's hooks/{} (or {FRONT_BINARY}), but {} cannot be \
-             read ({e}); build the bundle with `make bundle` or `handoff bundle`, which ship it",
-            crate::bundle::project::HOOK_BINARY,
-            binary.display()
-        ))
-    })?;
+    let bytes = std::fs::read(&binary).map_err(|e| unreadable_front(&binary, e))?;
     let env = front_env(cfg)?;
     let mut hash = Sha256::new();
     hash.update(&bytes);
@@ -720,6 +733,8 @@ mod tests {
         assert_ne!(a.id, front_build(&cfg, &dir).unwrap().id);
         std::fs::remove_dir_all(&dir).unwrap();
         let missing = front_build(&cfg, Path::new("/nonexistent")).unwrap_err();
+        assert!(format!("{missing:#}").contains("make bundle"), "{missing:#}");
+        let missing = check_front(&cfg, Path::new("/nonexistent")).unwrap_err();
         assert!(format!("{missing:#}").contains("make bundle"), "{missing:#}");
     }
 }
