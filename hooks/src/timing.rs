@@ -16,8 +16,13 @@
 //! Guards mark the waits ([`waiting`]); they nest and may overlap (futures raced with
 //! `select!`), and each one ends when dropped, also when its future is cancelled.
 
+use std::panic::Location;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Own work at least this long between two waits is logged at debug level (`-v`), with where it
+/// ran: the profile of a slow hook.
+const OWN_STRETCH_LOGGED: Duration = Duration::from_millis(3);
 
 /// What a hook waits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +81,9 @@ struct Clock {
     last: Instant,
     open: [u32; 3],
     spent: [Duration; 3],
+    /// Where the current stretch of own work began: the end of the wait opened there (None:
+    /// the hook's start).
+    own_since: (Instant, Option<&'static Location<'static>>),
 }
 
 impl Clock {
@@ -85,7 +93,12 @@ impl Clock {
             last: now,
             open: [0; 3],
             spent: [Duration::ZERO; 3],
+            own_since: (now, None),
         }
+    }
+
+    fn waiting(&self) -> bool {
+        self.open.iter().any(|n| *n > 0)
     }
 
     /// Gives the time since the last change to the kind that was open then (app first).
@@ -97,18 +110,34 @@ impl Clock {
         }
     }
 
-    fn open(&mut self, kind: Wait, now: Instant) {
+    /// Opens a wait; returns the stretch of own work it ends, if there was one.
+    fn open(&mut self, kind: Wait, now: Instant) -> Option<(Duration, Option<&'static Location<'static>>)> {
+        let own =
+            (!self.waiting()).then(|| (now.saturating_duration_since(self.own_since.0), self.own_since.1));
         self.advance(now);
         self.open[index(kind)] += 1;
+        own
     }
 
-    fn close(&mut self, kind: Wait, now: Instant) {
+    fn close(&mut self, kind: Wait, now: Instant, at: &'static Location<'static>) {
         self.advance(now);
         let n = &mut self.open[index(kind)];
         *n = n.saturating_sub(1);
+        if !self.waiting() {
+            self.own_since = (now, Some(at));
+        }
     }
 
     fn split(&mut self, now: Instant) -> Split {
+        if !self.waiting() && now.saturating_duration_since(self.own_since.0) >= OWN_STRETCH_LOGGED {
+            tracing::debug!(
+                "own work: {:.1} ms, from the end of {} to the hook's end",
+                now.saturating_duration_since(self.own_since.0).as_secs_f64() * 1e3,
+                self.own_since
+                    .1
+                    .map_or_else(|| "the start".to_string(), |l| format!("the wait at {l}"))
+            );
+        }
         self.advance(now);
         Split {
             total: now.saturating_duration_since(self.started),
@@ -140,17 +169,28 @@ pub fn split() -> Split {
 
 /// A wait in progress; it ends when dropped.
 #[must_use = "the wait ends when this guard is dropped"]
-pub struct Waiting(Wait);
+pub struct Waiting(Wait, &'static Location<'static>);
 
-/// Marks a wait on `kind` until the guard is dropped.
+/// Marks a wait on `kind` until the guard is dropped. With `-v`, a stretch of own work of 3 ms
+/// or more that this wait ends is logged with where it ran (from the end of the wait before).
+#[track_caller]
 pub fn waiting(kind: Wait) -> Waiting {
-    with_clock(|c, now| c.open(kind, now));
-    Waiting(kind)
+    let at = Location::caller();
+    if let Some((own, since)) = with_clock(|c, now| c.open(kind, now)) {
+        if own >= OWN_STRETCH_LOGGED {
+            let since = since.map_or_else(|| "the start".to_string(), |l| format!("the wait at {l}"));
+            tracing::debug!(
+                "own work: {:.1} ms, from the end of {since} to the wait at {at}",
+                own.as_secs_f64() * 1e3
+            );
+        }
+    }
+    Waiting(kind, at)
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        with_clock(|c, now| c.close(self.0, now));
+        with_clock(|c, now| c.close(self.0, now, self.1));
     }
 }
 
@@ -169,9 +209,9 @@ mod tests {
         c.open(Wait::Systemd, t0 + ms(10)); // 10 ms own work
         c.open(Wait::App, t0 + ms(30)); // 20 ms systemd
         c.open(Wait::Systemd, t0 + ms(40)); // a D-Bus call while the app is awaited
-        c.close(Wait::Systemd, t0 + ms(50));
-        c.close(Wait::App, t0 + ms(130)); // 100 ms app
-        c.close(Wait::Systemd, t0 + ms(135)); // 5 ms systemd
+        c.close(Wait::Systemd, t0 + ms(50), Location::caller());
+        c.close(Wait::App, t0 + ms(130), Location::caller()); // 100 ms app
+        c.close(Wait::Systemd, t0 + ms(135), Location::caller()); // 5 ms systemd
         let s = c.split(t0 + ms(200)); // 65 ms own work
         assert_eq!(s.total, ms(200));
         assert_eq!(s.app, ms(100));
@@ -185,15 +225,35 @@ mod tests {
     }
 
     #[test]
+    fn a_stretch_of_own_work_is_told_where_it_began() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(t0);
+        assert_eq!(
+            c.open(Wait::App, t0 + ms(7)),
+            Some((ms(7), None)),
+            "own work from the start"
+        );
+        assert_eq!(
+            c.open(Wait::Systemd, t0 + ms(8)),
+            None,
+            "a wait inside a wait ends no own work"
+        );
+        c.close(Wait::Systemd, t0 + ms(9), Location::caller());
+        let here = Location::caller();
+        c.close(Wait::App, t0 + ms(10), here);
+        assert_eq!(c.open(Wait::Lock, t0 + ms(25)), Some((ms(15), Some(here))));
+    }
+
+    #[test]
     fn overlapping_waits_of_one_kind_count_once() {
         let t0 = Instant::now();
         let mut c = Clock::new(t0);
         c.open(Wait::App, t0);
         c.open(Wait::App, t0 + ms(5)); // raced beside the first
-        c.close(Wait::App, t0 + ms(20));
-        c.close(Wait::App, t0 + ms(40));
+        c.close(Wait::App, t0 + ms(20), Location::caller());
+        c.close(Wait::App, t0 + ms(40), Location::caller());
         c.open(Wait::Lock, t0 + ms(40));
-        c.close(Wait::Lock, t0 + ms(45));
+        c.close(Wait::Lock, t0 + ms(45), Location::caller());
         let s = c.split(t0 + ms(50));
         assert_eq!(s.app, ms(40));
         assert_eq!(s.lock, ms(5));
