@@ -36,25 +36,36 @@ build: setup
 # deploy-local, and the sample app the bundle carries. Not the benchmarks' tools nor the front's
 # own binary (handoff runs as the front): each binary here is linked with whole-program LTO, so
 # every one left out is a link less. scripts/dist builds the same set, to find these artifacts.
+# PROFILE=ci builds them as `make test` does (no LTO, into target/<arch>-unknown-linux-musl/ci).
 export STATIC_PACKAGES := -p handoff -p handoff-rehearsal -p sample-app
+PROFILE ?= release
+export PROFILE
 static: setup-build
-	$(CARGO) build --release --target $(TARGET) $(STATIC_PACKAGES) --bins
+	$(CARGO) build --profile $(PROFILE) --target $(TARGET) $(STATIC_PACKAGES) --bins
 
 # The aarch64 (Graviton) build, linked by rust-lld (.cargo/config.toml): what the aarch64 switch
 # test runs and the aarch64 packages hold.
 static-aarch64: setup
-	$(CARGO) build --release --target aarch64-unknown-linux-musl $(STATIC_PACKAGES) --bins
+	$(CARGO) build --profile $(PROFILE) --target aarch64-unknown-linux-musl $(STATIC_PACKAGES) --bins
 
-# The end-to-end tests deploy the static binaries the bundle ships (`static`); `dist` packs and
-# checks the release artifacts of both architectures; one switch and the
-# hooks' unit tests run the aarch64 build under qemu-user-static. qemu-user does not implement
+# One build per architecture, with Cargo.toml's `ci` profile: the tests themselves are built for
+# the musl target, so the static binaries the end-to-end tests deploy (target/<arch>-unknown-
+# linux-musl/ci) share every dependency with them, and the aarch64 unit tests share theirs with
+# the aarch64 build. `dist` packs and checks that build's artifacts of both architectures (into
+# target/ci-dist; `make dist` packs the release build into dist/). One switch and the hooks' unit
+# tests run the aarch64 build under qemu-user-static. qemu-user does not implement
 # SO_ATTACH_REUSEPORT_CBPF (ENOPROTOOPT), so the takeover's steering test cannot run there.
 # cargo-nextest runs each test in its own process, two at a time, and the tests that measure a
 # switch's latency or carry the heaviest load alone (.config/nextest.toml).
-test: build static static-aarch64 dist
-	$(CARGO) nextest run --workspace --no-fail-fast
-	$(CARGO) test --workspace --doc
-	$(CARGO) test --target aarch64-unknown-linux-musl -p handoff -p handoff-rehearsal --lib -- \
+TEST_BUILD := --profile ci --target $(TARGET)
+test: setup
+	$(CARGO) build $(TEST_BUILD) --workspace --all-targets
+	$(CARGO) build --profile ci --target aarch64-unknown-linux-musl $(STATIC_PACKAGES) --bins
+	scripts/setup dist
+	PROFILE=ci DIST_OUT=target/ci-dist scripts/dist
+	$(CARGO) nextest run --cargo-profile ci --target $(TARGET) --workspace --no-fail-fast
+	$(CARGO) test $(TEST_BUILD) --workspace --doc
+	$(CARGO) test --profile ci --target aarch64-unknown-linux-musl -p handoff -p handoff-rehearsal --lib -- \
 	  --skip takeover::tests::a_plain_listener_is_joined_steered_and_its_queue_survives_its_close
 
 # Not part of `make test` (CI): about 3 minutes more on a fresh machine, 1 with the roots cached (README, Tests).

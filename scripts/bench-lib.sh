@@ -5,9 +5,12 @@
 # cover /tmp with a tmpfs of their own) and call `trap bl_cleanup EXIT`.
 
 SANDBOX_SH=$ROOT/scripts/sandbox
-LOADGEN=$ROOT/target/debug/loadgen
-REPORT=$ROOT/target/debug/report
-DEPLOY_LOCAL=$ROOT/target/debug/deploy-local
+# The host's tools: the debug build's, or HANDOFF_TOOLS (a build folder: `make test`'s e2e tests
+# run the scripts with their own build's).
+TOOLS=${HANDOFF_TOOLS:-$ROOT/target/debug}
+LOADGEN=$TOOLS/loadgen
+REPORT=$TOOLS/report
+DEPLOY_LOCAL=$TOOLS/deploy-local
 BL_SANDBOXES=()
 BL_PIDS=()
 

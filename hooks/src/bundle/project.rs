@@ -74,13 +74,15 @@ pub const HOOK_SCRIPT: &str = include_str!("../../hook.sh");
 
 /// Where `handoff bundle` takes the hooks for `arch` from when `--hooks` is not given: the
 /// folder of `exe` (this `handoff`) for its own architecture; for another, that
-/// architecture's static build beside it (`target/<arch>-unknown-linux-musl/release`).
+/// architecture's static build beside it, of the same profile (`target/<arch>-unknown-linux-musl/
+/// release` for `make static`).
 pub fn hooks_for(exe: &Path, arch: Arch) -> Result<PathBuf> {
     let own = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if arch == Arch::host() {
         return Ok(own);
     }
-    let beside = own.join("../..").join(arch.target_triple()).join("release");
+    let profile = own.file_name().unwrap_or("release".as_ref());
+    let beside = own.join("../..").join(arch.target_triple()).join(profile);
     if beside.join(HOOK_BINARY).is_file() {
         return Ok(beside);
     }

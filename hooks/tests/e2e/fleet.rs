@@ -20,6 +20,9 @@ async fn three_hosts_behind_haproxy_switch_at_once_and_reject_a_broken_release_w
         .env("FLEET_TIME_SCALE", "150")
         .env("FLEET_OUT", &out_dir)
         .env("FLEET_SKIP_BUILD", "1")
+        // This build's binaries: the static ones the bundle ships, the tools beside this test.
+        .env("PROFILE", static_profile())
+        .env("HANDOFF_TOOLS", own_build_dir())
         .env("FLEET_KEEP_RUN", "0");
     let out = tokio::task::block_in_place(|| run(&mut cmd));
     let report = std::fs::read_to_string(out_dir.join("fleet.md")).unwrap_or_default();

@@ -32,16 +32,49 @@ pub fn workspace_bin_for(arch: &str, name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
+    let profile = static_profile();
     let path = target
-        .join(format!("{arch}-unknown-linux-musl/release"))
+        .join(format!("{arch}-unknown-linux-musl/{profile}"))
         .join(name);
     assert!(
         path.exists(),
-        "{} is missing; build the shipped binaries first: make static{}",
+        "{} is missing; build the shipped binaries first: make static{}{}",
         path.display(),
-        if arch == "x86_64" { "" } else { " static-aarch64" }
+        if arch == "x86_64" { "" } else { " static-aarch64" },
+        if profile == "release" {
+            String::new()
+        } else {
+            format!(" PROFILE={profile}")
+        }
     );
     path
+}
+
+/// The cargo profile whose static build the tests deploy: this test binary's own when it is a
+/// musl build itself (`make test` builds everything with `--profile ci --target
+/// x86_64-unknown-linux-musl`: target/x86_64-unknown-linux-musl/ci/deps/e2e-…), otherwise
+/// `release`, what `make static` builds.
+pub fn static_profile() -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe.parent().and_then(Path::parent);
+    let triple = profile_dir.and_then(Path::parent).and_then(Path::file_name);
+    match (
+        triple.and_then(|t| t.to_str()),
+        profile_dir.and_then(Path::file_name),
+    ) {
+        (Some(t), Some(p)) if t.ends_with("-unknown-linux-musl") => p.to_string_lossy().into_owned(),
+        _ => "release".into(),
+    }
+}
+
+/// The folder of this test's own build (target/debug, or target/<triple>/<profile>): its
+/// workspace binaries (loadgen, report, deploy-local) are beside it.
+pub fn own_build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
 }
 
 /// Runs a command; on failure panics with the command, its status and its output.
