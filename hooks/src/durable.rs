@@ -45,15 +45,13 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot sync {}", dir.display()))
 }
 
-/// fsync of every file and folder in a tree.
-pub fn sync_tree(dir: &Path) -> Result<()> {
+/// fsync of every folder in a tree, deepest first: makes the names in them durable (the files
+/// themselves are synced by whoever wrote them).
+pub fn sync_dirs(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            sync_tree(&entry.path())?;
-        } else if ft.is_file() {
-            std::fs::File::open(entry.path())?.sync_all()?;
+        if entry.file_type()?.is_dir() {
+            sync_dirs(&entry.path())?;
         }
     }
     sync_dir(dir)

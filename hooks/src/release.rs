@@ -14,15 +14,19 @@
 //! A release is pruned by renaming it out of the list first, then deleting it.
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+mod copy;
+
+use copy::Copy;
+
 use crate::config::{self, DeployConfig};
-use crate::durable::{sync_dir, sync_tree, write_durably, write_durably_mode};
+use crate::durable::{sync_dir, sync_dirs, write_durably, write_durably_mode};
 use crate::fault::Fault;
 
 /// Marker written last into a release: its presence means the copy is complete.
@@ -212,9 +216,31 @@ impl ReleaseStore {
         let revision = revision
             .canonicalize()
             .with_context(|| format!("the revision folder {} is not readable", revision.display()))?;
-        copy_tree(&revision, &revision, &staging).inspect_err(|_| {
+        // Files unchanged since the serving release (the hooks' executable, most of a
+        // virtualenv or node_modules) are hard links to its copies, already on disk: only
+        // what changed is written and synced.
+        let serving = self
+            .load_state()
+            .ok()
+            .and_then(|s| s.serving)
+            .filter(|r| r != release && self.is_complete(r))
+            .map(|r| self.dir(&r));
+        let mut copy = Copy {
+            top: &revision,
+            like: serving.as_deref(),
+            written: Vec::new(),
+            linked: 0,
+        };
+        copy.tree(&revision, &staging).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&staging);
         })?;
+        if copy.linked > 0 {
+            tracing::debug!(
+                "{} files linked from the serving release (unchanged), {} written",
+                copy.linked,
+                copy.written.len()
+            );
+        }
         write_env_file(&staging.join("app.env"), cfg)?;
         let meta = ReleaseMeta {
             hooks_version: HOOKS_VERSION.into(),
@@ -225,8 +251,14 @@ impl ReleaseStore {
             &staging.join(META),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
         )?;
-        // Everything copied reaches the disk before the marker says it is complete.
-        sync_tree(&staging)?;
+        // Everything copied reaches the disk before the marker says it is complete: each file
+        // written, then every folder (which makes the links durable too).
+        for file in &copy.written {
+            std::fs::File::open(file)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", file.display()))?;
+        }
+        sync_dirs(&staging)?;
         write_durably(&staging.join(COMPLETE), format!("{}\n", now()).as_bytes())?;
         std::fs::rename(&staging, &final_dir)
             .with_context(|| format!("cannot move the staged release into {}", final_dir.display()))?;
@@ -411,66 +443,6 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 /// is kept if it stays inside the revision and refused if it climbs out or points nowhere.
 /// Anything that is not a file, a folder or a symlink is refused. Files lose group/other write
 /// permission.
-fn copy_tree(top: &Path, from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
-    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
-        let entry = entry?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&src)?;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = std::fs::read_link(&src)?;
-            let rel = src.strip_prefix(top).unwrap_or(&src);
-            match crate::links::classify(rel, &target) {
-                crate::links::Link::Absolute => {}
-                crate::links::Link::Escapes => bail!(Fault::input(format!(
-                    "the bundle's symlink {} points outside the bundle (to {}); ship the file itself instead, or \
-                     link relatively to a file inside",
-                    src.display(),
-                    target.display()
-                ))),
-                crate::links::Link::Inside => {
-                    if std::fs::metadata(&src).is_err() {
-                        bail!(Fault::input(format!(
-                            "the bundle's symlink {} points nowhere (to {}); remove it from the bundle or ship its target",
-                            src.display(),
-                            target.display()
-                        )));
-                    }
-                }
-            }
-            std::os::unix::fs::symlink(&target, &dst)
-                .with_context(|| format!("cannot create the symlink {}", dst.display()))?;
-        } else if ft.is_dir() {
-            copy_tree(top, &src, &dst)?;
-        } else if ft.is_file() {
-            std::fs::copy(&src, &dst).map_err(|e| copy_error(&src, &dst, e))?;
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o755))?;
-        } else {
-            bail!(Fault::input(format!(
-                "{} is not a regular file or folder; remove it from the bundle",
-                src.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn copy_error(src: &Path, dst: &Path, e: std::io::Error) -> anyhow::Error {
-    if matches!(e.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT)) {
-        anyhow::Error::new(Fault::environment(format!(
-            "no space left to copy {} to {}; free disk space (old releases: lower releases.keep) and retry",
-            src.display(),
-            dst.display()
-        )))
-    } else {
-        // The io error stays in the chain: one only the host can fix (EROFS, EACCES, …) exits 3.
-        anyhow::Error::new(e).context(format!("cannot copy {} to {}", src.display(), dst.display()))
-    }
-}
-
 /// The variable that gives a native release deploy.yml `drain.idle_hold`, in milliseconds.
 pub const IDLE_HOLD_ENV: &str = "HANDOFF_IDLE_HOLD_MS";
 
@@ -492,6 +464,9 @@ fn write_env_file(path: &Path, cfg: &DeployConfig) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::copy::copy_error;
     use super::*;
 
     fn cfg() -> DeployConfig {
@@ -540,6 +515,68 @@ mod tests {
         assert_eq!(
             (meta.hooks_version.as_str(), meta.deployment.as_str()),
             (HOOKS_VERSION, "d-1")
+        );
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn files_unchanged_since_the_serving_release_are_links_to_it_and_the_rest_copies() {
+        let base = temp("link");
+        let rev = base.join("rev");
+        revision(&rev);
+        std::fs::write(rev.join("bin/same-length"), "aaaa").unwrap();
+        std::fs::write(rev.join("bin/mode"), "m").unwrap();
+        let store = ReleaseStore::new(base.join("root"));
+        assert!(store.stage(&rev, "d-1", &cfg()).unwrap());
+        // d-2: bin/app as it was, one file with other bytes of the same length, one with another mode.
+        std::fs::write(rev.join("bin/same-length"), "aaab").unwrap();
+        std::fs::set_permissions(rev.join("bin/mode"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let ino = |release: &str, file: &str| std::fs::metadata(store.dir(release).join(file)).unwrap().ino();
+
+        // Not serving yet: nothing is linked.
+        assert!(store.stage(&rev, "d-2", &cfg()).unwrap());
+        assert_ne!(ino("d-1", "bin/app"), ino("d-2", "bin/app"));
+
+        let serving = State {
+            serving: Some("d-1".into()),
+            ..State::default()
+        };
+        store.save_state(&serving).unwrap();
+        assert!(store.stage(&rev, "d-3", &cfg()).unwrap());
+        assert_eq!(
+            ino("d-1", "bin/app"),
+            ino("d-3", "bin/app"),
+            "unchanged: a link to the serving copy"
+        );
+        assert_eq!(ino("d-1", "deploy.yml"), ino("d-3", "deploy.yml"));
+        assert_ne!(
+            ino("d-1", "bin/same-length"),
+            ino("d-3", "bin/same-length"),
+            "other bytes: copied"
+        );
+        assert_eq!(
+            std::fs::read_to_string(store.dir("d-3").join("bin/same-length")).unwrap(),
+            "aaab"
+        );
+        assert_eq!(
+            std::fs::read_to_string(store.dir("d-1").join("bin/same-length")).unwrap(),
+            "aaaa"
+        );
+        assert_ne!(
+            ino("d-1", "bin/mode"),
+            ino("d-3", "bin/mode"),
+            "another mode: copied"
+        );
+        assert_ne!(
+            ino("d-1", "app.env"),
+            ino("d-3", "app.env"),
+            "written by the hooks, never linked"
+        );
+        // Removing the serving release leaves the new one whole.
+        std::fs::remove_dir_all(store.dir("d-1")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(store.dir("d-3").join("bin/app")).unwrap(),
+            "#!/bin/sh\n"
         );
         std::fs::remove_dir_all(base).unwrap();
     }
