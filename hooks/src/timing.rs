@@ -129,13 +129,11 @@ impl Clock {
     }
 
     fn split(&mut self, now: Instant) -> Split {
-        if !self.waiting() && now.saturating_duration_since(self.own_since.0) >= OWN_STRETCH_LOGGED {
-            tracing::debug!(
-                "own work: {:.1} ms, from the end of {} to the hook's end",
-                now.saturating_duration_since(self.own_since.0).as_secs_f64() * 1e3,
-                self.own_since
-                    .1
-                    .map_or_else(|| "the start".to_string(), |l| format!("the wait at {l}"))
+        if !self.waiting() {
+            log_own_stretch(
+                now.saturating_duration_since(self.own_since.0),
+                self.own_since.1,
+                "the hook's end",
             );
         }
         self.advance(now);
@@ -177,15 +175,22 @@ pub struct Waiting(Wait, &'static Location<'static>);
 pub fn waiting(kind: Wait) -> Waiting {
     let at = Location::caller();
     if let Some((own, since)) = with_clock(|c, now| c.open(kind, now)) {
-        if own >= OWN_STRETCH_LOGGED {
-            let since = since.map_or_else(|| "the start".to_string(), |l| format!("the wait at {l}"));
-            tracing::debug!(
-                "own work: {:.1} ms, from the end of {since} to the wait at {at}",
-                own.as_secs_f64() * 1e3
-            );
-        }
+        log_own_stretch(own, since, format_args!("the wait at {at}"));
     }
     Waiting(kind, at)
+}
+
+/// Logs (debug) a stretch of own work of [`OWN_STRETCH_LOGGED`] or more: from the end of the
+/// wait opened at `since` (None: the hook's start) to `to`.
+fn log_own_stretch(own: Duration, since: Option<&'static Location<'static>>, to: impl std::fmt::Display) {
+    if own < OWN_STRETCH_LOGGED {
+        return;
+    }
+    let since = since.map_or_else(|| "the start".to_string(), |l| format!("the wait at {l}"));
+    tracing::debug!(
+        "own work: {:.1} ms, from the end of {since} to {to}",
+        own.as_secs_f64() * 1e3
+    );
 }
 
 impl Drop for Waiting {

@@ -55,13 +55,9 @@ pub fn workspace_bin_for(arch: &str, name: &str) -> PathBuf {
 /// x86_64-unknown-linux-musl`: target/x86_64-unknown-linux-musl/ci/deps/e2e-…), otherwise
 /// `release`, what `make static` builds.
 pub fn static_profile() -> String {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe.parent().and_then(Path::parent);
-    let triple = profile_dir.and_then(Path::parent).and_then(Path::file_name);
-    match (
-        triple.and_then(|t| t.to_str()),
-        profile_dir.and_then(Path::file_name),
-    ) {
+    let own = own_build_dir();
+    let triple = own.parent().and_then(Path::file_name).and_then(|t| t.to_str());
+    match (triple, own.file_name()) {
         (Some(t), Some(p)) if t.ends_with("-unknown-linux-musl") => p.to_string_lossy().into_owned(),
         _ => "release".into(),
     }
