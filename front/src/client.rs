@@ -114,6 +114,13 @@ impl ConnInfo {
 #[derive(Debug)]
 pub struct RequestGuard(Arc<ConnInfo>);
 
+impl RequestGuard {
+    /// The connection the request came on.
+    pub fn conn(&self) -> &ConnInfo {
+        &self.0
+    }
+}
+
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let mut s = self.0.activity.state.lock().expect("activity lock");

@@ -174,6 +174,21 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<Cidr>,
 
+    /// Serve Prometheus metrics at `GET /metrics` on this address (e.g. 127.0.0.1:9101), apart
+    /// from the clients' sockets. Off when absent.
+    #[arg(long, value_name = "ADDR", env = "HANDOFF_FRONT_METRICS")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// One JSON line per request on standard output (the journal, under systemd).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "HANDOFF_FRONT_ACCESS_LOG",
+        default_value_t = true,
+        action = ArgAction::Set
+    )]
+    pub access_log: bool,
+
     /// More logging (-v debug, -vv trace). RUST_LOG, if set, wins.
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -236,6 +251,19 @@ mod tests {
         assert_eq!(c.drain_timeout_ms, 30_000);
         assert!(c.bind.is_empty());
         assert!(c.trusted_proxies.is_empty());
+        assert!(c.access_log && c.metrics.is_none());
+        let off = Config::try_parse_from([
+            "f",
+            "--routes",
+            "/r",
+            "--control",
+            "/c",
+            "--id",
+            "a",
+            "--access-log",
+            "false",
+        ]);
+        assert!(!off.unwrap().access_log);
         assert!(Config::try_parse_from(["f", "--routes", "/r", "--id", "a"]).is_err());
     }
 

@@ -9,6 +9,8 @@
 //! * [`forwarded`]: `X-Forwarded-*` and `Forwarded`, kept from trusted proxies only;
 //!   [`cidr`]: `--trusted-proxies` and the match of a peer against them.
 //! * [`ws`]: the WebSocket relay and its close codes.
+//! * [`metrics`]: the Prometheus metrics (`--metrics`); [`access_log`]: one JSON line per
+//!   request (`--access-log`).
 //! * [`control`]: the unix control socket (`route`, `status`).
 //! * [`conn`]: accepting client connections, their timeouts and their part of
 //!   the own drain.
@@ -21,6 +23,7 @@
 //! code); the `handoff-front` binary calls it, and so does `handoff` when a front unit starts it
 //! under that name, so a revision needs no front binary of its own.
 
+pub mod access_log;
 pub mod cidr;
 pub mod client;
 pub mod config;
@@ -30,6 +33,7 @@ pub mod entry;
 pub mod forwarded;
 pub mod headers;
 pub mod listen;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;

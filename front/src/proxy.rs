@@ -40,6 +40,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
@@ -47,8 +48,10 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tracing::{debug, info, warn};
 
+use crate::access_log;
 use crate::client::{ConnInfo, RequestGuard};
 use crate::headers::{H_FRONT, H_PROBE, H_RELEASE, strip_handoff, strip_hop_by_hop};
+use crate::metrics::{self, Cause, ReleaseStats};
 use crate::route::{self, InFlight, Pool, ProxyBody, Sender, Upstream, UpstreamError};
 use crate::state::Shared;
 use crate::{forwarded, ws};
@@ -76,12 +79,16 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let request_guard = conn.request_started();
     let probe = req.headers().contains_key(H_PROBE);
-    let (mut resp, upstream) = route(req, &shared, &conn, request_guard).await;
+    let mut seen = Some(Seen::new(&req));
+    let (mut resp, upstream) = route(req, &shared, &conn, request_guard, &mut seen).await;
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     if probe {
         h.insert(H_FRONT, shared.h_id.clone());
-        if let Some(r) = upstream.and_then(|u| HeaderValue::from_str(&u.release).ok()) {
+        if let Some(r) = upstream
+            .as_ref()
+            .and_then(|u| HeaderValue::from_str(&u.release).ok())
+        {
             h.insert(H_RELEASE, r);
         }
     }
@@ -89,7 +96,60 @@ pub async fn handle(
     if !shared.is_serving() && !upgraded {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    // Answered here (an error, a WebSocket's 101): counted now; a relayed body counts at its end.
+    if let Some(seen) = seen {
+        let bytes = resp.body().size_hint().exact().unwrap_or(0);
+        let (release, stats) = match &upstream {
+            Some(u) => (u.release.as_str(), &*u.stats),
+            None => ("", &shared.router.stats.unrouted),
+        };
+        seen.done(&conn, release, stats, resp.status(), bytes, false);
+    }
     Ok(resp)
+}
+
+/// What the metrics and the access log need of a request until its response has ended.
+struct Seen {
+    start: Instant,
+    method: Method,
+    uri: Uri,
+}
+
+impl Seen {
+    fn new(req: &Request<Incoming>) -> Self {
+        Self {
+            start: Instant::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+        }
+    }
+
+    /// Counts the request under its release and logs it.
+    #[allow(clippy::too_many_arguments)]
+    fn done(
+        self,
+        conn: &ConnInfo,
+        release: &str,
+        stats: &ReleaseStats,
+        status: StatusCode,
+        bytes: u64,
+        aborted: bool,
+    ) {
+        let took = self.start.elapsed();
+        stats.record(metrics::method_index(&self.method), status, took);
+        if access_log::enabled() {
+            access_log::log(&access_log::Entry {
+                client: conn.peer.ip(),
+                method: self.method.as_str(),
+                path: self.uri.path(),
+                status: status.as_u16(),
+                bytes,
+                took,
+                release,
+                aborted,
+            });
+        }
+    }
 }
 
 /// Smuggling guard: ambiguous framing that reached the handler.
@@ -121,6 +181,7 @@ async fn route(
     shared: &Arc<Shared>,
     conn: &Arc<ConnInfo>,
     request_guard: RequestGuard,
+    seen: &mut Option<Seen>,
 ) -> (Response<ProxyBody>, Option<Arc<Upstream>>) {
     if ambiguous_framing(req.headers()) {
         debug!(peer = %conn.peer, "ambiguous Content-Length/Transfer-Encoding: 400");
@@ -198,6 +259,10 @@ async fn route(
         if let Some((method, uri, headers)) = again
             && f.retry
         {
+            // The attempt retried counts here; a last one that fails, in `bad_gateway`.
+            if let Some(cause) = f.cause_kind {
+                acq.upstream.stats.upstream_error(cause);
+            }
             debug!(release = %acq.upstream.release, "{}: retrying once on a fresh connection", f.cause);
             res = send_fresh(&acq.pool, build(method, uri, headers, empty()))
                 .await
@@ -234,9 +299,13 @@ async fn route(
     // The request stays counted (in flight to the upstream, active on the
     // connection) until the body has been sent or dropped; then the upstream
     // connection goes back to the pool if the response was complete.
+    let status = parts.status;
     let body = Relay {
         body,
         done: false,
+        seen: seen.take(),
+        status,
+        bytes: 0,
         back: Some((sender, pooled.then(|| acq.pool.clone()))),
         _guards: (acq.guard, request_guard),
     }
@@ -277,6 +346,11 @@ async fn send_fresh(
 struct Relay {
     body: Incoming,
     done: bool,
+    /// Counted and logged when the body ends or is dropped.
+    seen: Option<Seen>,
+    status: StatusCode,
+    /// Body bytes relayed.
+    bytes: u64,
     back: Option<(Sender, Option<Arc<Pool>>)>,
     _guards: (InFlight, RequestGuard),
 }
@@ -290,8 +364,10 @@ impl Body for Relay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let f = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if f.is_none() {
-            self.done = true;
+        match &f {
+            None => self.done = true,
+            Some(Ok(frame)) => self.bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(_)) => {}
         }
         Poll::Ready(f)
     }
@@ -307,8 +383,20 @@ impl Body for Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        let complete = self.done || self.body.is_end_stream();
+        if let Some(seen) = self.seen.take() {
+            let (upstream, conn) = (self._guards.0.upstream(), self._guards.1.conn());
+            seen.done(
+                conn,
+                &upstream.release,
+                &upstream.stats,
+                self.status,
+                self.bytes,
+                !complete,
+            );
+        }
         if let Some((sender, Some(pool))) = self.back.take()
-            && (self.done || self.body.is_end_stream())
+            && complete
         {
             pool.put(sender);
         }
@@ -325,6 +413,8 @@ fn empty() -> ProxyBody {
 struct Failure {
     /// Failed before any byte of the response head: may be retried.
     retry: bool,
+    /// The release's failure, as the metrics count it (`None`: the client's).
+    cause_kind: Option<Cause>,
     /// The client's own request body failed (the client went away).
     client: bool,
     cause: String,
@@ -344,50 +434,75 @@ fn classify(e: &UpstreamError, shared: &Shared) -> Failure {
         .map(io::Error::kind);
     let hyper_err = chain(e).find_map(|e| e.downcast_ref::<hyper::Error>());
     let text = chain(e).map(|e| e.to_string()).collect::<Vec<_>>().join(": ");
-    let f = |retry, client, cause: String| Failure { retry, client, cause };
+    // `None`: the client's failure, not the release's.
+    let f = |retry, kind: Option<Cause>, cause: String| Failure {
+        retry,
+        cause_kind: kind,
+        client: kind.is_none(),
+        cause,
+    };
     if connect {
         return match io_kind {
             Some(io::ErrorKind::ConnectionRefused) => f(
                 true,
-                false,
+                Some(Cause::Refused),
                 "refused the connection: is it running? systemd restarts a crashed release".into(),
             ),
             Some(io::ErrorKind::TimedOut) => f(
                 true,
-                false,
+                Some(Cause::ConnectTimeout),
                 format!(
                     "did not accept the connection within {} ms",
                     shared.connect_timeout.as_millis()
                 ),
             ),
-            _ => f(true, false, format!("could not be connected to ({text})")),
+            _ => f(
+                true,
+                Some(Cause::Connect),
+                format!("could not be connected to ({text})"),
+            ),
         };
     }
     if let Some(h) = hyper_err {
         if h.is_user() || h.is_body_write_aborted() {
             return f(
                 false,
-                true,
+                None,
                 format!("request body from the client failed ({text})"),
             );
         }
         if h.is_incomplete_message() || h.is_canceled() {
-            return f(true, false, "closed the connection before answering".into());
+            return f(
+                true,
+                Some(Cause::Closed),
+                "closed the connection before answering".into(),
+            );
         }
         if h.is_parse() {
-            return f(false, false, format!("sent an invalid response ({text})"));
+            return f(
+                false,
+                Some(Cause::Invalid),
+                format!("sent an invalid response ({text})"),
+            );
         }
     }
     match io_kind {
         Some(
             io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe,
-        ) => f(true, false, "reset the connection before answering".into()),
-        _ => f(false, false, format!("failed ({text})")),
+        ) => f(
+            true,
+            Some(Cause::Closed),
+            "reset the connection before answering".into(),
+        ),
+        _ => f(false, Some(Cause::Other), format!("failed ({text})")),
     }
 }
 
 fn bad_gateway(up: &Upstream, e: &UpstreamError, shared: &Shared) -> Response<ProxyBody> {
     let f = classify(e, shared);
+    if let Some(cause) = f.cause_kind {
+        up.stats.upstream_error(cause);
+    }
     if f.client {
         debug!(release = %up.release, upstream = %up.addr, "{}", f.cause);
         return text(StatusCode::BAD_REQUEST, "bad request: request body failed\n");

@@ -36,6 +36,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::metrics::{ReleaseStats, StatsBook};
+
 /// The body type sent upstream and back to clients.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 /// One upstream HTTP/1.1 connection's request handle.
@@ -127,6 +129,11 @@ pub fn set_worker_index(i: usize) {
     WORKER_INDEX.with(|w| w.set(i));
 }
 
+/// The calling thread's worker index.
+pub fn worker_index() -> usize {
+    WORKER_INDEX.with(std::cell::Cell::get)
+}
+
 /// Idle keep-alive connections to one upstream (see the module documentation).
 /// One stack per worker thread: a connection is driven by a task on the
 /// runtime that opened it and only used from there.
@@ -169,7 +176,7 @@ impl Pool {
     }
 
     fn mine(&self) -> &Mutex<Stack> {
-        &self.idle[WORKER_INDEX.with(std::cell::Cell::get) % self.idle.len()]
+        &self.idle[worker_index() % self.idle.len()]
     }
 
     /// An idle connection ready for a request, if there is one.
@@ -298,11 +305,14 @@ pub struct Upstream {
     /// Its WebSockets' close turns when it is drained: only the WebSocket whose turn came
     /// wakes (10,000 relays that each computed their own delay all woke at once).
     pub ws_turns: handoff_drain::WsTurns,
+    /// Its release's metrics.
+    pub stats: Arc<ReleaseStats>,
 }
 
 impl Upstream {
-    fn new(route: &Route, connect_timeout: Duration) -> Arc<Self> {
+    fn new(route: &Route, connect_timeout: Duration, stats: Arc<ReleaseStats>) -> Arc<Self> {
         Arc::new(Self {
+            stats,
             release: route.release.clone(),
             addr: route.upstream,
             pool: Mutex::new(Some(Pool::new(route.upstream, connect_timeout))),
@@ -400,6 +410,13 @@ pub struct Drained {
 #[derive(Debug)]
 pub struct InFlight(Arc<Upstream>);
 
+impl InFlight {
+    /// The upstream it counts against.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.draining.load(Ordering::SeqCst) {
@@ -441,6 +458,8 @@ struct Routes {
 pub struct Router {
     routes: Mutex<Routes>,
     connect_timeout: Duration,
+    /// Each routed release's metrics.
+    pub stats: StatsBook,
 }
 
 /// What [`Router::switch`] did.
@@ -455,13 +474,15 @@ pub enum Switch {
 impl Router {
     /// A router, routed to `initial` if any.
     pub fn new(initial: Option<Route>, connect_timeout: Duration) -> Self {
-        let current = initial.map(|r| Upstream::new(&r, connect_timeout));
+        let stats = StatsBook::default();
+        let current = initial.map(|r| Upstream::new(&r, connect_timeout, stats.for_release(&r.release)));
         Self {
             routes: Mutex::new(Routes {
                 current,
                 retired: Vec::new(),
             }),
             connect_timeout,
+            stats,
         }
     }
 
@@ -493,9 +514,14 @@ impl Router {
         {
             return Switch::Unchanged;
         }
-        let new = Upstream::new(route, self.connect_timeout);
+        let new = Upstream::new(
+            route,
+            self.connect_timeout,
+            self.stats.for_release(&route.release),
+        );
         if let Some(old) = routes.current.replace(new) {
             routes.retired.push(old);
+            self.stats.drains.fetch_add(1, Ordering::Relaxed);
         }
         Switch::Switched(routes.retired.clone())
     }

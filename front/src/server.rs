@@ -131,6 +131,16 @@ pub async fn run_on(
         ),
     }
     let shared = Shared::new(&config, initial);
+    if config.access_log {
+        crate::access_log::start(workers.len() + 1);
+    }
+    if let Some(addr) = config.metrics {
+        tokio::spawn(crate::metrics::serve(
+            addr,
+            shared.clone(),
+            crate::access_log::dropped,
+        ));
+    }
 
     let mut addrs: Vec<SocketAddr> = Vec::new();
     let mut tokio_listeners = Vec::new();
@@ -189,6 +199,7 @@ pub async fn run_on(
     };
     let drained = handoff_drain::drain(&shared, budget, accept_loops, &notifier).await;
     control_task.abort();
+    crate::access_log::flush();
     let (open_at_shutdown, elapsed) = (drained.open_at_shutdown, drained.elapsed);
     let outcome = match drained.dropped {
         Some(dropped) => Outcome::DrainTimedOut { dropped },

@@ -12,6 +12,8 @@
 //!   max_connections: 16384     # client connections; more wait in the socket's queue
 //!   max_header_bytes: 16384    # larger request heads get 431
 //!   trusted_proxies: []        # e.g. [10.0.0.0/24, 10.0.1.0/24]: the ALB's subnets; their X-Forwarded-* count
+//!   metrics: 127.0.0.1:9101    # Prometheus metrics at GET /metrics; none when absent
+//!   access_log: true           # one JSON line per request to the journal
 //! app:
 //!   command: bin/sample-app    # relative to the release directory, or a host program: /usr/bin/gunicorn
 //!   args: ["-v"]
@@ -501,7 +503,7 @@ impl DeployConfig {
             );
         }
         if self.strategy == Strategy::Proxy {
-            self.front.validate()?;
+            self.front.validate(&self.listen)?;
             if self.app.environment.contains_key("PORT") {
                 bail!(
                     "app.environment.PORT: with strategy: proxy the hooks choose the port (front.ports); remove it"

@@ -37,6 +37,7 @@ pub const SINCE: &[(&str, u32)] = &[
     ("ProtectProc=", 247),
     ("ProcSubset=", 247),
     ("ProtectClock=", 245),
+    ("LogRateLimitIntervalSec=", 240),
     ("ProtectKernelLogs=", 244),
     ("ExecCondition=", 243),
     ("ProtectHostname=", 242),

@@ -42,6 +42,8 @@ pub struct Front {
     pub control: PathBuf,
     pub dir: PathBuf,
     pub log: mpsc::UnboundedReceiver<String>,
+    /// Its standard output's lines: the access log.
+    pub access: mpsc::UnboundedReceiver<String>,
     /// What the front logged before it was ready.
     pub startup: Vec<String>,
 }
@@ -103,8 +105,17 @@ impl Front {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        let (to_access, access) = mpsc::unbounded_channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = to_access.send(line);
+            }
+        });
         let (tx, mut log) = mpsc::unbounded_channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -129,6 +140,7 @@ impl Front {
             control,
             dir,
             log,
+            access,
             startup,
         }
     }
@@ -141,6 +153,18 @@ impl Front {
                 return line;
             }
         }
+    }
+
+    /// The next `n` access log lines, each parsed.
+    pub async fn access_lines(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let line = soon(self.access.recv())
+                .await
+                .expect("front's standard output ended");
+            out.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")));
+        }
+        out
     }
 
     /// One control request.

@@ -1,5 +1,6 @@
 //! deploy.yml's `front:` section (`strategy: proxy`): the front's settings, checked.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
@@ -26,6 +27,11 @@ pub struct Front {
     /// Peers whose `X-Forwarded-*` and `Forwarded` headers the front keeps (CIDR blocks or
     /// addresses): the load balancer's subnets. Empty: every client's are replaced.
     pub trusted_proxies: Vec<String>,
+    /// Prometheus metrics at `GET /metrics` on this address (IP:port, loopback advised);
+    /// none when absent.
+    pub metrics: Option<String>,
+    /// One JSON line per request to the journal.
+    pub access_log: bool,
 }
 
 impl Default for Front {
@@ -40,13 +46,15 @@ impl Default for Front {
             max_connections: 16384,
             max_header_bytes: 16384,
             trusted_proxies: Vec::new(),
+            metrics: None,
+            access_log: true,
         }
     }
 }
 
 impl Front {
     /// Every field checked (`strategy: proxy`).
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self, listen: &[String]) -> Result<()> {
         self.port_range()?;
         for (field, d) in [
             ("front.header_read_timeout", self.header_read_timeout),
@@ -73,7 +81,36 @@ impl Front {
             );
         }
         self.trusted_proxies()?;
+        self.metrics_addr(listen)?;
         Ok(())
+    }
+
+    /// `metrics`, parsed: an IP:port that none of `listen` and none of `ports` take.
+    pub fn metrics_addr(&self, listen: &[String]) -> Result<Option<SocketAddr>> {
+        let Some(m) = &self.metrics else { return Ok(None) };
+        let bad = |why: &str| {
+            anyhow!(
+                "front.metrics: '{m}' {why}; write a loopback address and a free port, e.g. metrics: 127.0.0.1:9101"
+            )
+        };
+        let addr: SocketAddr = m.parse().map_err(|_| bad("is not IP:port"))?;
+        if addr.port() == 0 {
+            return Err(bad("has port 0, and Prometheus needs a fixed one"));
+        }
+        if self.port_range()?.contains(&addr.port()) {
+            return Err(bad("is in front.ports, where the releases listen"));
+        }
+        if listen
+            .iter()
+            .filter_map(|l| l.parse::<SocketAddr>().ok())
+            .any(|l| {
+                l.port() == addr.port()
+                    && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())
+            })
+        {
+            return Err(bad("is an address of listen:, where the clients connect"));
+        }
+        Ok(Some(addr))
     }
 
     /// `trusted_proxies`, parsed: each entry a CIDR block or an address, never all of them.
@@ -196,5 +233,40 @@ mod tests {
             DeployConfig::parse(&format!("{handoff}front:\n  trusted_proxies: [10.0.0.0/24]\n")).unwrap_err()
         );
         assert!(e.contains("strategy: proxy only"), "{e}");
+    }
+
+    #[test]
+    fn metrics_and_the_access_log_reach_the_fronts_environment_and_a_taken_address_is_refused() {
+        let front = |lines: &str| DeployConfig::parse(&format!("{PROXY}front:\n{lines}"));
+        let env = |lines: &str| crate::switch::proxy::front_env(&front(lines).unwrap()).unwrap();
+        let e = env("  metrics: 127.0.0.1:9101\n  access_log: false\n");
+        assert!(
+            e.lines().any(|l| l == "HANDOFF_FRONT_METRICS=127.0.0.1:9101"),
+            "{e}"
+        );
+        assert!(e.lines().any(|l| l == "HANDOFF_FRONT_ACCESS_LOG=false"), "{e}");
+        // The defaults (no metrics, the access log on) add no line: a front's id stays as before.
+        let plain = crate::switch::proxy::front_env(&DeployConfig::parse(PROXY).unwrap()).unwrap();
+        assert!(
+            !plain.contains("METRICS") && !plain.contains("ACCESS_LOG"),
+            "{plain}"
+        );
+        assert_eq!(env("  access_log: true\n"), plain);
+        let err = |m: &str| format!("{:#}", front(&format!("  metrics: \"{m}\"\n")).unwrap_err());
+        for (m, why) in [
+            ("localhost:9101", "is not IP:port"),
+            ("127.0.0.1:0", "has port 0"),
+            ("127.0.0.1:20007", "is in front.ports"),
+            ("127.0.0.1:8080", "is an address of listen:"),
+            ("0.0.0.0:8080", "is an address of listen:"),
+        ] {
+            let e = err(m);
+            assert!(e.contains(&format!("front.metrics: '{m}' {why}")), "{e}");
+            assert!(e.contains("e.g. metrics: 127.0.0.1:9101"), "{e}");
+        }
+        assert!(
+            front("  metrics: \"127.0.0.2:8080\"\n").is_ok(),
+            "another address, the same port"
+        );
     }
 }

@@ -112,10 +112,17 @@ pub fn front_env(cfg: &DeployConfig) -> Result<String> {
         drain.as_millis(),
         cfg.drain.idle_hold.as_millis()
     );
-    // Only when set: the settings of a front without trusted proxies keep their id.
+    // Only when set (or, for the access log, when off): the settings of a front without them
+    // keep their id.
     let trusted = f.trusted_proxies_env()?;
     if !trusted.is_empty() {
         env.push_str(&format!("HANDOFF_FRONT_TRUSTED_PROXIES={trusted}\n"));
+    }
+    if let Some(addr) = f.metrics_addr(&cfg.listen)? {
+        env.push_str(&format!("HANDOFF_FRONT_METRICS={addr}\n"));
+    }
+    if !f.access_log {
+        env.push_str("HANDOFF_FRONT_ACCESS_LOG=false\n");
     }
     Ok(env)
 }

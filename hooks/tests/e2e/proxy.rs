@@ -60,13 +60,32 @@ async fn apps_that_die_on_sigterm_switch_behind_the_front_and_the_front_is_repla
     assert_eq!(front_id(&svc), first_front, "the same front serves");
     assert_eq!(svc.live_instances(), vec!["shop@d-2.service"]);
 
-    // 2. A front switch: v1 again, with another front build and other front settings.
+    // 2. A front switch: v1 again, with another front build and other front settings, among
+    //    them its metrics.
     let v1b = svc.proxied_revision("v1", &[], "b", "");
-    edit_deploy_yml(&v1b, "front:\n", "front:\n  idle_timeout: 30s\n");
+    let metrics = free_port();
+    edit_deploy_yml(
+        &v1b,
+        "front:\n",
+        &format!("front:\n  idle_timeout: 30s\n  metrics: 127.0.0.1:{metrics}\n"),
+    );
     let slow = slow_requests(svc.port, 5);
     tokio::time::sleep(Duration::from_millis(100)).await;
     svc.deploy_ok("d-3", &v1b);
     assert_answered(slow, "front switch").await;
+    // The new front, under its systemd unit, counts the load's requests to d-3.
+    let scrape = http_get(metrics, "/metrics").unwrap();
+    let d3_ok = scrape
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"handoff_front_requests_total{release="d-3",method="GET",status_class="2xx"} "#)
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(d3_ok.is_some_and(|n| n > 0), "{scrape}");
+    assert!(
+        scrape.contains(r#",release="d-3"} 1"#),
+        "handoff_front_info: {scrape}"
+    );
     let second_front = front_id(&svc);
     assert_ne!(second_front, first_front);
     assert_eq!(
