@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::cidr::Cidr;
 
@@ -174,6 +174,11 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<Cidr>,
 
+    /// How the front speaks to the release: http1 (HTTP/1.1, with WebSockets), or h2c (HTTP/2
+    /// with prior knowledge, for gRPC and other HTTP/2 apps; no WebSockets).
+    #[arg(long, value_enum, value_name = "PROTOCOL", env = "HANDOFF_FRONT_UPSTREAM", default_value_t = Upstream::Http1)]
+    pub upstream: Upstream,
+
     /// Serve Prometheus metrics at `GET /metrics` on this address (e.g. 127.0.0.1:9101), apart
     /// from the clients' sockets. Off when absent.
     #[arg(long, value_name = "ADDR", env = "HANDOFF_FRONT_METRICS")]
@@ -196,6 +201,15 @@ pub struct Config {
     /// Send sd_notify messages (READY=1, STOPPING=1, STATUS=). Tests turn it off.
     #[arg(skip = true)]
     pub notify: bool,
+}
+
+/// `--upstream`: the protocol spoken to the release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Upstream {
+    /// HTTP/1.1 (and WebSockets).
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    H2c,
 }
 
 fn ms(v: u64) -> Duration {

@@ -84,6 +84,11 @@ async fn serve(
     permit: OwnedSemaphorePermit,
 ) {
     let info = Arc::new(ConnInfo::new(peer, shared.is_trusted(peer.ip()), port, permit));
+    match crate::h2c::prior_knowledge(&stream, &shared).await {
+        None => return trace!(%peer, "no request in time: closing"),
+        Some(true) => return serve_h2(stream, peer, info, shared).await,
+        Some(false) => {}
+    }
     let (first_tx, mut first_rx) = oneshot::channel();
     // One pass-through for both: the timeouts' note of every read, the drain's first byte.
     let io = TokioIo::new(OnRead::new(stream, {
@@ -93,18 +98,7 @@ async fn serve(
             first.fire();
         }
     }));
-    let svc = {
-        let (shared, info) = (shared.clone(), info.clone());
-        service_fn(move |req| {
-            let busy = shared.busy.enter();
-            let handled = proxy::handle(req, shared.clone(), info.clone());
-            async move {
-                let resp = handled.await;
-                drop(busy);
-                resp
-            }
-        })
-    };
+    let svc = service(shared.clone(), info.clone());
     let conn = http1::Builder::new()
         // Flattened writes (head and small bodies copied into one buffer, one
         // write): less CPU per request than writev here, by measurement.
@@ -174,6 +168,68 @@ async fn serve(
         () = sleep_until(idle_until) => {}
     }
     trace!(%peer, "graceful shutdown");
+    conn.as_mut().graceful_shutdown();
+    finished(peer, conn.await);
+}
+
+/// The proxy as a hyper service for one connection's requests.
+fn service(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<crate::route::ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<hyper::Response<crate::route::ProxyBody>, std::convert::Infallible>>
+             + Send,
+> + Clone {
+    service_fn(move |req| {
+        let busy = shared.busy.enter();
+        let handled = proxy::handle(req, shared.clone(), info.clone());
+        async move {
+            let resp = handled.await;
+            drop(busy);
+            resp
+        }
+    })
+}
+
+/// An HTTP/2 client connection ([`crate::h2c`]): its streams are its requests. The header
+/// read timeout bounds the wait for the first one, the idle timeout the time between them
+/// (then GOAWAY); the front's drain sends GOAWAY at once, and the streams in flight finish.
+async fn serve_h2(stream: TcpStream, peer: SocketAddr, info: Arc<ConnInfo>, shared: Arc<Shared>) {
+    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(shared.max_header_bytes).unwrap_or(u32::MAX))
+        .serve_connection(TokioIo::new(stream), service(shared.clone(), info.clone()));
+    tokio::pin!(conn);
+    let (header, idle) = (shared.header_read_timeout, shared.idle_timeout);
+    let closing = shared.wait_phase(Phase::is_closing);
+    tokio::pin!(closing);
+    let timer = sleep_until(Instant::now() + header);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => return finished(peer, res),
+            _ = &mut closing => break,
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                match info.activity.due(header, idle) {
+                    Some((t, Due::Header)) if t <= now => {
+                        debug!(%peer, "HTTP/2: no request within the header read timeout: closing");
+                        return;
+                    }
+                    Some((t, Due::Idle)) if t <= now => {
+                        trace!(%peer, "HTTP/2 idle timeout: GOAWAY");
+                        break;
+                    }
+                    Some((t, _)) => timer.as_mut().reset(t),
+                    None => timer.as_mut().reset(now + header.min(idle)),
+                }
+            }
+        }
+    }
     conn.as_mut().graceful_shutdown();
     finished(peer, conn.await);
 }

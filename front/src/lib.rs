@@ -8,6 +8,7 @@
 //! * [`client`]: one client connection's facts and request timing.
 //! * [`forwarded`]: `X-Forwarded-*` and `Forwarded`, kept from trusted proxies only;
 //!   [`cidr`]: `--trusted-proxies` and the match of a peer against them.
+//! * [`h2c`]: HTTP/2 with prior knowledge, from clients and (`--upstream h2c`) to the release.
 //! * [`ws`]: the WebSocket relay and its close codes.
 //! * [`metrics`]: the Prometheus metrics (`--metrics`); [`access_log`]: one JSON line per
 //!   request (`--access-log`).
@@ -31,6 +32,7 @@ pub mod conn;
 pub mod control;
 pub mod entry;
 pub mod forwarded;
+pub mod h2c;
 pub mod headers;
 pub mod listen;
 pub mod metrics;

@@ -31,6 +31,10 @@
 //!   a retryable request keeps a copy of its head; header rewriting allocates
 //!   nothing in the usual case (no hop-by-hop or `X-Handoff-*` header, no
 //!   prior `X-Forwarded-For` from a trusted proxy).
+//! * HTTP/2 ([`crate::h2c`]): a client's HTTP/2 request goes to an HTTP/1.1 release with its
+//!   authority as `Host`, and to an h2c release (`--upstream h2c`) with `Host` as its
+//!   authority and `TE: trailers` kept; the response goes back in the client's own version,
+//!   trailers included. WebSockets are relayed to HTTP/1.1 releases only (else 501).
 //! * Errors: `502` with a short body and a `warn!` naming release, address and
 //!   cause; no route yet: `503 no release is routed yet`.
 
@@ -50,7 +54,8 @@ use tracing::{debug, info, warn};
 
 use crate::access_log;
 use crate::client::{ConnInfo, RequestGuard};
-use crate::headers::{H_FRONT, H_PROBE, H_RELEASE, strip_handoff, strip_hop_by_hop};
+use crate::h2c;
+use crate::headers::{H_FRONT, H_PROBE, H_RELEASE, has_token, strip_handoff, strip_hop_by_hop};
 use crate::metrics::{self, Cause, ReleaseStats};
 use crate::route::{self, InFlight, Pool, ProxyBody, Sender, Upstream, UpstreamError};
 use crate::state::Shared;
@@ -80,6 +85,7 @@ pub async fn handle(
     let request_guard = conn.request_started();
     let probe = req.headers().contains_key(H_PROBE);
     let mut seen = Some(Seen::new(&req));
+    let h2_client = req.version() == Version::HTTP_2;
     let (mut resp, upstream) = route(req, &shared, &conn, request_guard, &mut seen).await;
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -92,8 +98,9 @@ pub async fn handle(
             h.insert(H_RELEASE, r);
         }
     }
-    // Lame duck (own drain): clients leave after this response.
-    if !shared.is_serving() && !upgraded {
+    // Lame duck (own drain): clients leave after this response (an HTTP/2 client is sent
+    // GOAWAY instead, when the drain closes its connection).
+    if !shared.is_serving() && !upgraded && !h2_client {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // Answered here (an error, a WebSocket's 101): counted now; a relayed body counts at its end.
@@ -210,19 +217,42 @@ async fn route(
     };
     let upstream = Some(acq.upstream.clone());
     let websocket = ws::is_websocket_upgrade(&req);
+    let h2c = acq.pool.h2c.is_some();
+    if websocket && h2c {
+        return (
+            text(
+                StatusCode::NOT_IMPLEMENTED,
+                "WebSockets are relayed only to releases that speak HTTP/1.1 (front.upstream: http1)\n",
+            ),
+            upstream,
+        );
+    }
     let retryable = idempotent(req.method()) && without_body(&req);
     let on_client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
+    let client_version = parts.version;
     let mut headers = parts.headers;
+    // gRPC needs `TE: trailers` on the way to the release, which the front honours: it relays
+    // trailers.
+    let te_trailers = h2c && has_token(&headers, &header::TE, "trailers");
     strip_hop_by_hop(&mut headers, websocket);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     strip_handoff(&mut headers);
     if websocket {
         headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     forwarded::rewrite(&mut headers, conn.trusted, &conn.xff, &conn.port);
     if !headers.contains_key(header::HOST) {
-        headers.insert(header::HOST, acq.pool.host.clone());
+        // An HTTP/2 client names the host in the request's authority.
+        let host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .unwrap_or_else(|| acq.pool.host.clone());
+        headers.insert(header::HOST, host);
     }
     // Origin form (`/path?query`); `*` (OPTIONS) and absolute-form targets are rewritten.
     let uri = match parts.uri.path_and_query().map(|p| p.as_str()) {
@@ -238,11 +268,31 @@ async fn route(
             }
         }
     };
+    // HTTP/2 to the release: the host goes in the authority, the Host header goes.
+    let (uri, version) = if h2c {
+        let host = headers.remove(header::HOST).expect("set above");
+        let absolute = Uri::builder()
+            .scheme("http")
+            .authority(host.as_bytes())
+            .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .build();
+        match absolute {
+            Ok(u) => (u, Version::HTTP_2),
+            Err(_) => {
+                return (
+                    text(StatusCode::BAD_REQUEST, "bad request: invalid Host\n"),
+                    upstream,
+                );
+            }
+        }
+    } else {
+        (uri, Version::HTTP_11)
+    };
     let build = |method: Method, uri: Uri, headers: HeaderMap, body: ProxyBody| {
         let mut r = Request::new(body);
         *r.method_mut() = method;
         *r.uri_mut() = uri;
-        *r.version_mut() = Version::HTTP_11;
+        *r.version_mut() = version;
         *r.headers_mut() = headers;
         r
     };
@@ -295,7 +345,7 @@ async fn route(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     strip_handoff(&mut parts.headers);
-    parts.version = Version::HTTP_11;
+    parts.version = client_version;
     // The request stays counted (in flight to the upstream, active on the
     // connection) until the body has been sent or dropped; then the upstream
     // connection goes back to the pool if the response was complete.
@@ -306,20 +356,35 @@ async fn route(
         seen: seen.take(),
         status,
         bytes: 0,
-        back: Some((sender, pooled.then(|| acq.pool.clone()))),
+        back: sender.map(|s| (s, pooled.then(|| acq.pool.clone()))),
         _guards: (acq.guard, request_guard),
     }
     .boxed_unsync();
     (Response::from_parts(parts, body), upstream)
 }
 
-/// Sends on an idle pooled connection, or on a new one if there is none or
-/// the pooled one turned out closed before the request went out.
-async fn send(pool: &Pool, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+/// A response, and the HTTP/1.1 connection it came on (to go back to the pool).
+type Sent = (Response<Incoming>, Option<Sender>);
+
+/// Sends on an idle pooled connection (HTTP/2: on this worker's connection), or on a new one
+/// if there is none or the one taken turned out closed before the request went out.
+async fn send(pool: &Pool, req: Request<ProxyBody>) -> Result<Sent, UpstreamError> {
     let mut req = req;
+    if let Some(h2c) = &pool.h2c {
+        if let Some(mut s) = h2c.checkout() {
+            match s.try_send_request(req).await {
+                Ok(r) => return Ok((r, None)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+        return send_fresh(pool, req).await;
+    }
     if let Some(mut s) = pool.checkout() {
         match s.try_send_request(req).await {
-            Ok(r) => return Ok((r, s)),
+            Ok(r) => return Ok((r, Some(s))),
             Err(mut e) => match e.take_message() {
                 Some(r) => req = r,
                 None => return Err(UpstreamError::Http(e.into_error())),
@@ -329,14 +394,18 @@ async fn send(pool: &Pool, req: Request<ProxyBody>) -> Result<(Response<Incoming
     send_fresh(pool, req).await
 }
 
-/// Sends on a new connection.
-async fn send_fresh(
-    pool: &Pool,
-    req: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+/// Sends on a new connection (HTTP/2: which becomes this worker's connection).
+async fn send_fresh(pool: &Pool, req: Request<ProxyBody>) -> Result<Sent, UpstreamError> {
+    if let Some(h2c) = &pool.h2c {
+        let mut s = h2c.keep(h2c::connect(pool.addr, pool.connect_timeout).await?);
+        return match s.try_send_request(req).await {
+            Ok(r) => Ok((r, None)),
+            Err(e) => Err(UpstreamError::Http(e.into_error())),
+        };
+    }
     let mut s = route::connect(pool.addr, pool.connect_timeout).await?;
     match s.try_send_request(req).await {
-        Ok(r) => Ok((r, s)),
+        Ok(r) => Ok((r, Some(s))),
         Err(e) => Err(UpstreamError::Http(e.into_error())),
     }
 }

@@ -36,6 +36,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::h2c;
 use crate::metrics::{ReleaseStats, StatsBook};
 
 /// The body type sent upstream and back to clients.
@@ -80,9 +81,8 @@ impl std::error::Error for UpstreamError {
     }
 }
 
-/// Opens a new connection to `addr` (TCP_NODELAY, `timeout` to connect) and
-/// spawns the task that drives it (with upgrades, for WebSockets).
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, UpstreamError> {
+/// A TCP connection to `addr` (TCP_NODELAY), within `timeout`.
+pub async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
@@ -94,6 +94,13 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, Upst
         }
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Opens a new HTTP/1.1 connection to `addr` (TCP_NODELAY, `timeout` to connect) and
+/// spawns the task that drives it (with upgrades, for WebSockets).
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, UpstreamError> {
+    let stream = tcp(addr, timeout).await?;
     // Flattened writes, as toward clients (see `conn`).
     let (sender, conn) = http1::Builder::new()
         .writev(false)
@@ -148,11 +155,13 @@ pub struct Pool {
     /// Per worker, oldest first; each with the time it became idle.
     idle: Box<[Mutex<Stack>]>,
     closed: AtomicBool,
+    /// `--upstream h2c`: the release's HTTP/2 connections (the idle stacks stay empty).
+    pub h2c: Option<h2c::Conns>,
 }
 
 impl Pool {
     /// An empty pool; a task evicts idle connections while it exists.
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Arc<Self> {
+    pub fn new(addr: SocketAddr, connect_timeout: Duration, h2c: bool) -> Arc<Self> {
         let pool = Arc::new(Self {
             addr,
             connect_timeout,
@@ -161,6 +170,7 @@ impl Pool {
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             closed: AtomicBool::new(false),
+            h2c: h2c.then(|| h2c::Conns::new(WORKERS.load(Ordering::Relaxed))),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak: Weak<Self> = Arc::downgrade(&pool);
@@ -221,6 +231,9 @@ impl Pool {
     /// Closes the idle connections; later ones are closed instead of pooled.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+        if let Some(h2c) = &self.h2c {
+            h2c.close();
+        }
         for idle in &self.idle {
             let idle = std::mem::take(&mut *idle.lock().expect("pool lock"));
             drop(idle);
@@ -310,12 +323,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(route: &Route, connect_timeout: Duration, stats: Arc<ReleaseStats>) -> Arc<Self> {
+    fn new(route: &Route, connect_timeout: Duration, h2c: bool, stats: Arc<ReleaseStats>) -> Arc<Self> {
         Arc::new(Self {
             stats,
             release: route.release.clone(),
             addr: route.upstream,
-            pool: Mutex::new(Some(Pool::new(route.upstream, connect_timeout))),
+            pool: Mutex::new(Some(Pool::new(route.upstream, connect_timeout, h2c))),
             in_flight: AtomicUsize::new(0),
             in_flight_zero: Notify::new(),
             draining: AtomicBool::new(false),
@@ -458,6 +471,8 @@ struct Routes {
 pub struct Router {
     routes: Mutex<Routes>,
     connect_timeout: Duration,
+    /// `--upstream h2c`.
+    h2c: bool,
     /// Each routed release's metrics.
     pub stats: StatsBook,
 }
@@ -473,15 +488,16 @@ pub enum Switch {
 
 impl Router {
     /// A router, routed to `initial` if any.
-    pub fn new(initial: Option<Route>, connect_timeout: Duration) -> Self {
+    pub fn new(initial: Option<Route>, connect_timeout: Duration, h2c: bool) -> Self {
         let stats = StatsBook::default();
-        let current = initial.map(|r| Upstream::new(&r, connect_timeout, stats.for_release(&r.release)));
+        let current = initial.map(|r| Upstream::new(&r, connect_timeout, h2c, stats.for_release(&r.release)));
         Self {
             routes: Mutex::new(Routes {
                 current,
                 retired: Vec::new(),
             }),
             connect_timeout,
+            h2c,
             stats,
         }
     }
@@ -517,6 +533,7 @@ impl Router {
         let new = Upstream::new(
             route,
             self.connect_timeout,
+            self.h2c,
             self.stats.for_release(&route.release),
         );
         if let Some(old) = routes.current.replace(new) {
@@ -615,7 +632,7 @@ mod tests {
 
     #[tokio::test]
     async fn acquire_counts_and_switch_retires() {
-        let r = Router::new(Some(route("v1", 1)), Duration::from_secs(1));
+        let r = Router::new(Some(route("v1", 1)), Duration::from_secs(1), false);
         let a = r.acquire().unwrap();
         assert_eq!(a.upstream.in_flight(), 1);
         assert!(matches!(r.switch(&route("v1", 1)), Switch::Unchanged));

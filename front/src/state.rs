@@ -13,7 +13,7 @@ use hyper::header::HeaderValue;
 use tokio::sync::watch;
 
 use crate::cidr::{self, Cidr};
-use crate::config::Config;
+use crate::config::{Config, Upstream};
 use crate::route::{Route, Router};
 
 /// Everything tasks need.
@@ -65,7 +65,7 @@ impl Shared {
         Arc::new(Self {
             id: config.id.clone(),
             h_id: HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("?")),
-            router: Router::new(route, config.connect_timeout()),
+            router: Router::new(route, config.connect_timeout(), config.upstream == Upstream::H2c),
             phase: watch::Sender::new(Phase::Serving),
             serving: AtomicBool::new(true),
             open: watch::Sender::new(Open::default()),

@@ -532,3 +532,116 @@ async fn a_file_limit_below_max_connections_is_named_and_the_rest_wait() {
     drop(held.pop());
     assert_eq!(soon(waiting).await.unwrap().unwrap(), StatusCode::OK);
 }
+
+/// The body and the trailers of a response.
+async fn body_and_trailers(r: hyper::Response<hyper::body::Incoming>) -> (String, Option<hyper::HeaderMap>) {
+    let collected = soon(r.into_body().collect()).await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (
+        String::from_utf8(collected.to_bytes().to_vec()).unwrap(),
+        trailers,
+    )
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_reaches_an_h2c_release_with_its_trailers_and_streams_across_a_switch() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let front = Front::start(Some(("v1", v1.addr)), &["--upstream", "h2c"]).await;
+    let (mut h2, _) = client_h2(front.addr).await;
+
+    // HTTP/2 both ways: TE: trailers reaches the release, its trailers reach the client.
+    let r = soon(h2.send_request(get_h2("/trailers"))).await.unwrap();
+    assert_eq!(
+        (r.status(), r.version()),
+        (StatusCode::OK, hyper::Version::HTTP_2)
+    );
+    let (body, trailers) = body_and_trailers(r).await;
+    assert_eq!(body, "v1 HTTP/2.0 te=Some(\"trailers\")");
+    assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+    // Many streams on one client connection share one connection to the release per worker.
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut h2 = h2.clone();
+        streams.push(tokio::spawn(async move {
+            h2.send_request(get_h2("/")).await.unwrap().status()
+        }));
+    }
+    for s in streams {
+        assert_eq!(soon(s).await.unwrap(), StatusCode::OK);
+    }
+    assert!(
+        v1.conns.load(Ordering::SeqCst) <= 4,
+        "{} connections to v1",
+        v1.conns.load(Ordering::SeqCst)
+    );
+
+    // An HTTP/1.1 client reaches the same release over HTTP/2 (its Host as the authority).
+    let mut c = client(front.addr).await;
+    let r = soon(c.send_request(get("/headers"))).await.unwrap();
+    assert_eq!(r.version(), hyper::Version::HTTP_11);
+    let seen = text(r).await;
+    assert!(seen.lines().any(|l| l == "x-forwarded-for: 127.0.0.1"), "{seen}");
+
+    // A stream in flight on v1 across a switch to v2 ends whole; the next ones go to v2.
+    let streaming = tokio::spawn({
+        let mut h2 = h2.clone();
+        async move {
+            let r = h2.send_request(get_h2("/stream")).await.unwrap();
+            text(r).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let switched = tokio::spawn({
+        let control = front.control.clone();
+        let to = format!(r#"{{"op":"route","release":"v2","upstream":"{}"}}"#, v2.addr);
+        async move { control_at(&control, &to).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = soon(h2.send_request(get_h2("/trailers"))).await.unwrap();
+    assert!(body_and_trailers(r).await.0.starts_with("v2 HTTP/2.0"));
+    assert!(
+        !switched.is_finished(),
+        "the switch waits for the stream in flight"
+    );
+    v1.stream_go.notify_one();
+    assert_eq!(soon(streaming).await.unwrap(), "first\nsecond\n");
+    let reply = soon(switched).await.unwrap();
+    assert_eq!(reply["drained"][0]["release"], "v1", "{reply}");
+    assert_eq!(reply["drained"][0]["requests_left"], 0, "{reply}");
+
+    // WebSockets are relayed only to HTTP/1.1 releases: 501, said plainly.
+    let ws = tokio_tungstenite::connect_async(front.url("/ws").replace("http", "ws")).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(resp)) = ws else {
+        panic!("a WebSocket to an h2c release: {ws:?}")
+    };
+    assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
+}
+
+#[tokio::test]
+async fn an_http2_client_of_a_draining_front_gets_goaway_after_its_stream_in_flight_ends() {
+    let up = Upstream::start("v1").await;
+    let mut front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let (mut h2, conn) = client_h2(front.addr).await;
+    let r = soon(h2.send_request(get_h2("/trailers"))).await.unwrap();
+    // An HTTP/1.1 release: the front speaks HTTP/2 to the client all the same.
+    assert_eq!(r.version(), hyper::Version::HTTP_2);
+    assert!(body_and_trailers(r).await.0.starts_with("v1 HTTP/1.1 te=None"));
+    let held = tokio::spawn({
+        let mut h2 = h2.clone();
+        async move { text(h2.send_request(get_h2("/hold")).await.unwrap()).await }
+    });
+    soon(up.holding.notified()).await;
+    front.sigterm();
+    front.wait_log("draining").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !conn.is_finished(),
+        "the connection is open while its stream is in flight"
+    );
+    up.release_hold.notify_one();
+    assert_eq!(soon(held).await.unwrap(), "v1 held");
+    // GOAWAY: the client's connection ends without an error, then the front exits drained.
+    soon(conn).await.unwrap();
+    assert_eq!(front.wait_exit().await, 0);
+}

@@ -15,7 +15,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -261,10 +260,12 @@ impl Upstream {
                         let u = u.clone();
                         async move { Ok::<_, Infallible>(u.handle(req).await) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .with_upgrades()
-                        .await;
+                    // HTTP/1.1 (with upgrades) or, from a client that starts with its preface,
+                    // HTTP/2 (the front's --upstream h2c).
+                    let _ =
+                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .await;
                 });
             }
         });
@@ -297,6 +298,22 @@ impl Upstream {
                 self.holding.notify_one();
                 self.release_hold.notified().await;
                 Response::new(full(format!("{} held", self.name)))
+            }
+            // What a gRPC server answers: its body, then trailers; the head tells the protocol
+            // the request came in and its TE.
+            "/trailers" => {
+                let te = req
+                    .headers()
+                    .get(header::TE)
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let body = format!("{} {:?} te={te:?}", self.name, req.version());
+                let mut trailers = hyper::HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                let frames = futures_util::stream::iter([
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(body))),
+                    Ok(Frame::trailers(trailers)),
+                ]);
+                Response::new(BodyExt::boxed(StreamBody::new(frames)))
             }
             "/stream" => {
                 let u = self.clone();
@@ -418,6 +435,35 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = soon(s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An HTTP/2 client connection to `addr`, with prior knowledge (h2c); the task driving it ends
+/// when the connection does.
+pub async fn client_h2(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<UpBody>,
+    tokio::task::JoinHandle<()>,
+) {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, task)
+}
+
+/// A request to `path` for an HTTP/2 client (the authority in the URI) with `te: trailers`.
+pub fn get_h2(path: &str) -> Request<UpBody> {
+    Request::builder()
+        .uri(format!("http://example.test{path}"))
+        .version(hyper::Version::HTTP_2)
+        .header(header::TE, "trailers")
+        .body(full(""))
+        .unwrap()
 }
 
 /// A keep-alive HTTP/1.1 client connection to `addr`.
