@@ -14,6 +14,7 @@
 //!   trusted_proxies: []        # e.g. [10.0.0.0/24, 10.0.1.0/24]: the ALB's subnets; their X-Forwarded-* count
 //!   metrics: 127.0.0.1:9101    # Prometheus metrics at GET /metrics; none when absent
 //!   access_log: true           # one JSON line per request to the journal
+//!   upstream: http1            # or h2c: HTTP/2 to the release (gRPC)
 //! app:
 //!   command: bin/sample-app    # relative to the release directory, or a host program: /usr/bin/gunicorn
 //!   args: ["-v"]
@@ -36,6 +37,7 @@
 //!   timeout: 2s                  # one probe's wait for its answer (raise it for a lazy first request)
 //!   host: shop.example           # the probes' Host header (default: the address probed)
 //!   expect: [200]                # the statuses that count as healthy
+//!   protocol: http               # or grpc: grpc.health.v1.Health/Check over h2c, SERVING is healthy
 //! deadlines:
 //!   start: 60s                   # READY=1 within this, or the new release is stopped
 //!   validate: 30s                # health checks retry until this
@@ -62,7 +64,7 @@ use serde::{Deserialize, Deserializer};
 pub mod app_env;
 pub mod before_switch;
 mod front;
-pub use front::Front;
+pub use front::{Front, Upstream};
 
 /// The name of the deploy config in a revision bundle and in every release directory.
 pub const FILE_NAME: &str = "deploy.yml";
@@ -243,6 +245,20 @@ pub struct Health {
     pub host: Option<String>,
     /// The statuses that count as healthy.
     pub expect: Vec<u16>,
+    /// What the probes speak: `http` (a GET of `path`), or `grpc` (the gRPC health check,
+    /// `grpc.health.v1.Health/Check`, over HTTP/2 with prior knowledge: SERVING is healthy).
+    pub protocol: HealthProtocol,
+}
+
+/// `health.protocol`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthProtocol {
+    /// A GET of `health.path`.
+    #[default]
+    Http,
+    /// `grpc.health.v1.Health/Check` for the whole server.
+    Grpc,
 }
 
 impl Default for Health {
@@ -254,6 +270,7 @@ impl Default for Health {
             timeout: Duration::from_secs(2),
             host: None,
             expect: vec![200],
+            protocol: HealthProtocol::Http,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Probe {
     host: Option<String>,
     /// `health.expect`: the statuses that count as healthy.
     expect: Vec<u16>,
+    /// `health.protocol: grpc`: the gRPC health check over HTTP/2 ([`grpc_serving`]).
+    grpc: bool,
 }
 
 /// A verdict whose evidence cannot be pinned on the new release: probes through a shared socket
@@ -72,12 +74,53 @@ pub const FRONT_ID_HEADER: &str = "X-Handoff-Front";
 /// One answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
+    /// The HTTP status; for a gRPC health check, 200 only when it answered SERVING.
     pub status: u16,
     pub instance: Option<String>,
+    /// What a gRPC health check answered, when not SERVING.
+    pub grpc: Option<String>,
 }
 
-fn client(timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// The gRPC health check's path (grpc.health.v1).
+pub const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
+
+/// A gRPC message frame of an empty `HealthCheckRequest` (the whole server's health): not
+/// compressed, 0 bytes long.
+const GRPC_CHECK_ALL: [u8; 5] = [0, 0, 0, 0, 0];
+
+/// Whether a gRPC health check's response body says SERVING: one message frame (a flag byte,
+/// a 4-byte length) holding a `HealthCheckResponse` whose field 1 (`status`, a varint) is 1.
+/// `Err` names what it says instead.
+pub fn grpc_serving(body: &[u8]) -> std::result::Result<(), String> {
+    const NAMES: [&str; 4] = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
+    let Some((head, message)) = body.split_first_chunk::<5>() else {
+        return Err("no message (is the health service registered?)".into());
+    };
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if head[0] != 0 || message.len() < len {
+        return Err("a message that is compressed or cut short".into());
+    }
+    // Field 1, wire type 0 (a varint); an absent field is its default, UNKNOWN.
+    let status = match &message[..len] {
+        [0x08, v, ..] if *v < 0x80 => usize::from(*v),
+        [] => 0,
+        _ => return Err("a message that is not a HealthCheckResponse".into()),
+    };
+    match status {
+        1 => Ok(()),
+        n => Err(NAMES.get(n).map_or(format!("status {n}"), |s| (*s).to_string())),
+    }
+}
+
+fn client(timeout: Duration, grpc: bool) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder();
+    // gRPC is HTTP/2; the probe starts it without an upgrade, as gRPC clients do.
+    let builder = if grpc {
+        builder.http2_prior_knowledge()
+    } else {
+        builder
+    };
+    builder
         .pool_max_idle_per_host(0)
         .connect_timeout(PROBE_TIMEOUT.min(timeout))
         .timeout(timeout)
@@ -86,16 +129,30 @@ fn client(timeout: Duration) -> Result<reqwest::Client> {
         .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))
 }
 
+/// `health.protocol: grpc`.
+fn grpc(cfg: &DeployConfig) -> bool {
+    cfg.health.protocol == crate::config::HealthProtocol::Grpc
+}
+
+/// The path probed: `health.path`, or the gRPC health check's.
+fn probe_path(cfg: &DeployConfig) -> String {
+    if grpc(cfg) {
+        GRPC_HEALTH_PATH.into()
+    } else {
+        cfg.health.path.clone()
+    }
+}
+
 impl Probe {
     /// Probes through the service's port. With `strategy: proxy` the front answers which
     /// release it routed each probe to, so no header is asked of the app.
     pub fn new(cfg: &DeployConfig) -> Result<Self> {
         let proxy = cfg.is_proxy();
         Ok(Self {
-            client: client(cfg.health.timeout)?,
+            client: client(cfg.health.timeout, grpc(cfg))?,
             timeout: cfg.health.timeout,
             addrs: cfg.probe_addrs(),
-            path: cfg.health.path.clone(),
+            path: probe_path(cfg),
             instance_header: if proxy {
                 Some(FRONT_RELEASE_HEADER.into())
             } else {
@@ -110,6 +167,7 @@ impl Probe {
             shared_socket: !proxy,
             host: cfg.health.host.clone(),
             expect: cfg.health.expect.clone(),
+            grpc: grpc(cfg),
         })
     }
 
@@ -126,17 +184,23 @@ impl Probe {
     /// Probes of a release on its private port (strategy: proxy), before it takes traffic.
     pub fn direct(cfg: &DeployConfig, port: u16) -> Result<Self> {
         Ok(Self {
-            client: client(cfg.health.timeout)?,
+            client: client(cfg.health.timeout, grpc(cfg))?,
             timeout: cfg.health.timeout,
             addrs: vec![SocketAddr::from(([127, 0, 0, 1], port))],
-            path: cfg.health.path.clone(),
+            path: probe_path(cfg),
             instance_header: None,
             ask_front: false,
             ready: crate::config::Ready::Probe,
             shared_socket: false,
             host: cfg.health.host.clone(),
             expect: cfg.health.expect.clone(),
+            grpc: grpc(cfg),
         })
+    }
+
+    /// What a probe is, for messages: `GET` of the path, or the gRPC health check.
+    fn verb(&self) -> &'static str {
+        if self.grpc { "gRPC health check" } else { "GET" }
     }
 
     pub fn addrs(&self) -> &[SocketAddr] {
@@ -147,10 +211,18 @@ impl Probe {
         self.instance_header.is_some()
     }
 
-    /// One GET of the health path on `addr`.
+    /// One GET of the health path on `addr` (or one gRPC health check).
     async fn fetch(&self, addr: SocketAddr) -> std::result::Result<Reply, reqwest::Error> {
         let url = format!("http://{addr}{}", self.path);
-        let mut req = self.client.get(&url);
+        let mut req = if self.grpc {
+            self.client
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/grpc")
+                .header(reqwest::header::TE, "trailers")
+                .body(GRPC_CHECK_ALL.to_vec())
+        } else {
+            self.client.get(&url)
+        };
         if self.ask_front {
             req = req.header(FRONT_PROBE_HEADER, "1");
         }
@@ -164,9 +236,37 @@ impl Probe {
             .and_then(|h| resp.headers().get(h.as_str()))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        Ok(Reply {
-            status: resp.status().as_u16(),
-            instance,
+        let status = resp.status().as_u16();
+        if !self.grpc || status != 200 {
+            return Ok(Reply {
+                status,
+                instance,
+                grpc: None,
+            });
+        }
+        // A gRPC error comes in a `grpc-status` header when there is no message.
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let verdict = match code {
+            Some(code) if code != "0" => {
+                Err(format!("grpc-status {code} (is the health service registered?)"))
+            }
+            _ => grpc_serving(&resp.bytes().await?),
+        };
+        Ok(match verdict {
+            Ok(()) => Reply {
+                status: 200,
+                instance,
+                grpc: None,
+            },
+            Err(said) => Reply {
+                status: 503,
+                instance,
+                grpc: Some(said),
+            },
         })
     }
 
@@ -182,16 +282,18 @@ impl Probe {
         match self.fetch(addr).await {
             Ok(r) if self.expect.contains(&r.status) => Ok(r),
             Ok(r) => bail!(
-                "GET http://{addr}{} answered {}",
+                "{} http://{addr}{} answered {}",
+                self.verb(),
                 self.path,
-                self.unexpected(r.status, addr)
+                self.unexpected(&r, addr)
             ),
             Err(e) if e.is_timeout() && !e.is_connect() => bail!(
-                "GET http://{addr}{}: no answer within {:.1} s (health.timeout)",
+                "{} http://{addr}{}: no answer within {:.1} s (health.timeout)",
+                self.verb(),
                 self.path,
                 self.timeout.as_secs_f64()
             ),
-            Err(e) => bail!("GET http://{addr}{}: {e}", self.path),
+            Err(e) => bail!("{} http://{addr}{}: {e}", self.verb(), self.path),
         }
     }
 
@@ -234,7 +336,7 @@ impl Probe {
                             }
                         }
                         Ok(r) if self.expect.contains(&r.status) => healthy = true,
-                        Ok(r) => last_own = Some(self.unexpected(r.status, *addr)),
+                        Ok(r) => last_own = Some(self.unexpected(&r, *addr)),
                         // Connected and no answer. A connection that did not even complete
                         // (a full accept queue drops the SYN) says nothing about the release.
                         Err(e) if e.is_timeout() && !e.is_connect() => {
@@ -244,7 +346,9 @@ impl Probe {
                                 self.timeout.as_secs_f64()
                             ));
                         }
-                        Err(e) => last_error = Some(format!("GET http://{addr}{}: {e}", self.path)),
+                        Err(e) => {
+                            last_error = Some(format!("{} http://{addr}{}: {e}", self.verb(), self.path))
+                        }
                     }
                 }
                 let (after, said) = match self.ready {
@@ -321,8 +425,12 @@ impl Probe {
     }
 
     /// An answer outside `health.expect`, with the setting that fixes the usual causes.
-    fn unexpected(&self, status: u16, addr: SocketAddr) -> String {
+    fn unexpected(&self, reply: &Reply, addr: SocketAddr) -> String {
         let host = self.host.clone().unwrap_or_else(|| addr.to_string());
+        let status = reply.status;
+        if let Some(said) = &reply.grpc {
+            return format!("{said}, not SERVING");
+        }
         match status {
             400 | 421 if self.host.is_none() => format!(
                 "HTTP {status} to Host {host} (set health.host to a name the app accepts, e.g. its ALLOWED_HOSTS)"
@@ -338,5 +446,43 @@ impl Probe {
 
     fn is_from(&self, release: &str, reply: &Reply) -> bool {
         self.instance_header.is_none() || reply.instance.as_deref() == Some(release)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_health_answer_is_serving_only_when_its_status_is_1() {
+        assert_eq!(grpc_serving(&[0, 0, 0, 0, 2, 0x08, 0x01]), Ok(()));
+        let not = |body: &[u8]| grpc_serving(body).unwrap_err();
+        assert_eq!(not(&[0, 0, 0, 0, 2, 0x08, 0x02]), "NOT_SERVING");
+        assert_eq!(not(&[0, 0, 0, 0, 2, 0x08, 0x03]), "SERVICE_UNKNOWN");
+        assert_eq!(not(&[0, 0, 0, 0, 2, 0x08, 0x09]), "status 9");
+        // An empty message is all defaults: UNKNOWN.
+        assert_eq!(not(&[0, 0, 0, 0, 0]), "UNKNOWN");
+        assert!(not(&[]).contains("no message"));
+        assert!(not(&[1, 0, 0, 0, 2, 0x08, 0x01]).contains("compressed"));
+        assert!(not(&[0, 0, 0, 0, 9, 0x08, 0x01]).contains("cut short"));
+        assert!(not(&[0, 0, 0, 0, 2, 0x12, 0x01]).contains("not a HealthCheckResponse"));
+    }
+
+    #[test]
+    fn grpc_probes_post_the_health_check_and_http_ones_get_the_path() {
+        let base = "service: shop\nlisten: [\"127.0.0.1:8080\"]\napp:\n  command: bin/shop\nhealth:\n  instance_header: none\n";
+        let http = DeployConfig::parse(base).unwrap();
+        let grpc = DeployConfig::parse(&format!("{base}  protocol: grpc\n")).unwrap();
+        let (h, g) = (Probe::new(&http).unwrap(), Probe::new(&grpc).unwrap());
+        assert_eq!((h.path.as_str(), h.verb()), ("/healthz", "GET"));
+        assert_eq!(
+            (g.path.as_str(), g.verb()),
+            (GRPC_HEALTH_PATH, "gRPC health check")
+        );
+        let e = format!(
+            "{:#}",
+            DeployConfig::parse(&format!("{base}  protocol: grpcweb\n")).unwrap_err()
+        );
+        assert!(e.contains("protocol") && e.contains("grpc"), "{e}");
     }
 }

@@ -32,6 +32,19 @@ pub struct Front {
     pub metrics: Option<String>,
     /// One JSON line per request to the journal.
     pub access_log: bool,
+    /// How the front speaks to the release.
+    pub upstream: Upstream,
+}
+
+/// `front.upstream`: the protocol the front speaks to the release.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Upstream {
+    /// HTTP/1.1, with WebSockets.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge: gRPC servers and other HTTP/2 apps (no WebSockets).
+    H2c,
 }
 
 impl Default for Front {
@@ -48,6 +61,7 @@ impl Default for Front {
             trusted_proxies: Vec::new(),
             metrics: None,
             access_log: true,
+            upstream: Upstream::Http1,
         }
     }
 }
@@ -268,5 +282,23 @@ mod tests {
             front("  metrics: \"127.0.0.2:8080\"\n").is_ok(),
             "another address, the same port"
         );
+    }
+
+    #[test]
+    fn an_h2c_upstream_reaches_the_fronts_environment() {
+        let c = DeployConfig::parse(&format!("{PROXY}front:\n  upstream: h2c\n")).unwrap();
+        let env = crate::switch::proxy::front_env(&c).unwrap();
+        assert!(env.lines().any(|l| l == "HANDOFF_FRONT_UPSTREAM=h2c"), "{env}");
+        let http1 = DeployConfig::parse(&format!("{PROXY}front:\n  upstream: http1\n")).unwrap();
+        assert!(
+            !crate::switch::proxy::front_env(&http1)
+                .unwrap()
+                .contains("UPSTREAM")
+        );
+        let e = format!(
+            "{:#}",
+            DeployConfig::parse(&format!("{PROXY}front:\n  upstream: h2\n")).unwrap_err()
+        );
+        assert!(e.contains("upstream") && e.contains("h2c"), "{e}");
     }
 }

@@ -124,6 +124,9 @@ pub fn front_env(cfg: &DeployConfig) -> Result<String> {
     if !f.access_log {
         env.push_str("HANDOFF_FRONT_ACCESS_LOG=false\n");
     }
+    if f.upstream == crate::config::Upstream::H2c {
+        env.push_str("HANDOFF_FRONT_UPSTREAM=h2c\n");
+    }
     Ok(env)
 }
 
