@@ -417,3 +417,59 @@ fn a_project_with_only_its_app_deploys_after_init_and_bundle() {
     // The Go example names no RELEASE unless told: "dev".
     assert_eq!(svc.answering_release(), "dev");
 }
+
+/// A gRPC server behind the front (`examples/grpc-python`: Debian's python3-grpcio, HTTP/2 from
+/// the front with `front.upstream: h2c`, `health.protocol: grpc`): `load.py`'s unary and
+/// server-streaming calls (each stream open about a second) go on across v1 → v2 → v3 with none
+/// failed, and every release answers some of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grpc_server_behind_the_front_keeps_unary_and_streaming_calls_across_switches() {
+    let mut svc = TestService::new();
+    let private_ports = |src: &Path| {
+        let ports = 20000 + (free_port() % 250) * 40;
+        edit_deploy_yml(
+            src,
+            "front:\n",
+            &format!("front:\n  ports: \"{ports}-{}\"\n", ports + 39),
+        );
+    };
+    let revisions: Vec<PathBuf> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|label| example_revision_with(&svc, "grpc-python", label, private_ports))
+        .collect();
+    if let Err(f) = tokio::task::block_in_place(|| svc.deploy("d-1", &revisions[0])) {
+        panic!("{}\ngrpc-python's log:\n{}", f.output, svc.app_log("d-1"));
+    }
+    // Debian's python3, where python3-grpcio is (not another python3 on the PATH).
+    let load = Command::new("/usr/bin/python3")
+        .arg(workspace().join("examples/grpc-python/load.py"))
+        .arg(format!("127.0.0.1:{}", svc.port))
+        .arg("12")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for (deployment, revision) in [("d-2", &revisions[1]), ("d-3", &revisions[2])] {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        svc.deploy_ok(deployment, revision);
+    }
+    let out = tokio::task::block_in_place(|| load.wait_with_output()).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "load.py: {}\n{text}", out.status);
+    let report: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    eprintln!("grpc-python behind the front: {report}");
+    assert_eq!(
+        (report["unary_failed"].as_u64(), report["streams_failed"].as_u64()),
+        (Some(0), Some(0)),
+        "{report}"
+    );
+    assert!(report["unary_ok"].as_u64().unwrap() >= 100, "{report}");
+    assert!(report["streams_ok"].as_u64().unwrap() >= 12, "{report}");
+    for release in ["v1", "v2", "v3"] {
+        assert!(
+            report["releases"][release].as_u64().unwrap_or(0) > 0,
+            "{release} answered no call: {report}"
+        );
+    }
+    assert_eq!(svc.state()["serving"], "d-3", "{}", svc.state());
+}
