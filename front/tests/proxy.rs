@@ -645,3 +645,44 @@ async fn an_http2_client_of_a_draining_front_gets_goaway_after_its_stream_in_fli
     soon(conn).await.unwrap();
     assert_eq!(front.wait_exit().await, 0);
 }
+
+/// 16 streams at a time on one HTTP/2 connection, each sent as soon as the last one ended,
+/// while the front drains: every request sent is answered, and once GOAWAY came, nothing more
+/// is sent (the client takes back the request it had not sent). Then the connection ends.
+#[tokio::test]
+async fn http2_streams_sent_without_pause_across_the_fronts_drain_are_all_answered() {
+    let up = Upstream::start("v1").await;
+    let front = Front::start(Some(("v1", up.addr)), &[]).await;
+    let (h2, conn) = client_h2(front.addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let mut h2 = h2.clone();
+        streams.push(tokio::spawn(async move {
+            let (mut answered, mut failed) = (0, Vec::new());
+            while h2.ready().await.is_ok() {
+                match h2.try_send_request(get_h2("/")).await {
+                    Ok(r) => match r.into_body().collect().await {
+                        Ok(_) => answered += 1,
+                        Err(e) => failed.push(format!("body: {e}")),
+                    },
+                    Err(mut e) => match e.take_message() {
+                        // Not sent: the connection was going away.
+                        Some(_) => break,
+                        None => failed.push(e.into_error().to_string()),
+                    },
+                }
+            }
+            (answered, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    front.sigterm();
+    let mut answered = 0;
+    for s in streams {
+        let (n, failed) = soon(s).await.unwrap();
+        assert!(failed.is_empty(), "requests sent and not answered: {failed:?}");
+        answered += n;
+    }
+    assert!(answered > 100, "{answered} answered");
+    soon(conn).await.unwrap();
+}

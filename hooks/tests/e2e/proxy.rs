@@ -49,6 +49,18 @@ async fn apps_that_die_on_sigterm_switch_behind_the_front_and_the_front_is_repla
     assert!(is_status(&http_get(port, "/healthz").unwrap(), 200));
 
     let load = Load::start(svc.port, Duration::from_secs(30), 4).await;
+    // HTTP/2 clients beside them: h2load (Debian's nghttp2-client), with prior knowledge, over
+    // the route switch and the front switch (the old front sends its connections GOAWAY, and
+    // h2load opens new ones on the socket the next front serves).
+    let h2log = svc.sandbox.scratch("h2load.log");
+    let h2load = std::process::Command::new("h2load")
+        .args(["-c", "4", "-m", "4", "-D", "15", "--log-file"])
+        .arg(&h2log)
+        .arg(format!("http://127.0.0.1:{}/", svc.port))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("h2load: run scripts/setup test, which installs nghttp2-client");
 
     // 1. A route switch: same front, new release (which takes 300 ms to start).
     let v2 = svc.proxied_revision("v2", &[("SAMPLE_STARTUP_DELAY_MS", "300")], "a", "");
@@ -85,6 +97,54 @@ async fn apps_that_die_on_sigterm_switch_behind_the_front_and_the_front_is_repla
     assert!(
         scrape.contains(r#",release="d-3"} 1"#),
         "handoff_front_info: {scrape}"
+    );
+    let mut h2load = h2load;
+    assert!(
+        h2load.try_wait().unwrap().is_none(),
+        "h2load ended before the front switch did: raise its -D"
+    );
+    let h2load = tokio::task::block_in_place(|| h2load.wait_with_output()).unwrap();
+    let h2 = String::from_utf8_lossy(&h2load.stdout);
+    let line = |prefix: &str| {
+        h2.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {h2}"))
+    };
+    let counts = |l: &str| -> Vec<u64> {
+        l.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    };
+    // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+    let r = counts(line("requests:"));
+    // Its log, a line per request: when it was sent (0: never), its status (-1: none), its time.
+    // nghttp2, h2load's library, refuses the requests h2load queued but had not sent when the
+    // old front's GOAWAY came (a client retries those on its next connection; h2load counts
+    // them as errored). Every request that left h2load must have been answered 2xx.
+    let log = std::fs::read_to_string(&h2log).unwrap();
+    let (mut sent, mut never_sent, mut unanswered) = (0, 0, Vec::new());
+    for l in log.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        match (f[0], f[1]) {
+            ("0", "-1") => never_sent += 1,
+            (_, "-1") => unanswered.push(l.to_string()),
+            (_, status) => {
+                sent += 1;
+                assert!(status.starts_with('2'), "h2load got {status}: {l}");
+            }
+        }
+    }
+    eprintln!(
+        "h2load: {}; {}; {sent} answered, {never_sent} refused by h2load's own library after GOAWAY, before they were sent",
+        line("requests:"),
+        line("finished in")
+    );
+    assert!(
+        h2load.status.success() && sent > 1000 && unanswered.is_empty() && r[5] == never_sent && r[6] == 0,
+        "h2load across the route switch and the front switch: {} sent and unanswered:\n{}\n{h2}{}",
+        unanswered.len(),
+        unanswered.join("\n"),
+        String::from_utf8_lossy(&h2load.stderr)
     );
     let second_front = front_id(&svc);
     assert_ne!(second_front, first_front);
