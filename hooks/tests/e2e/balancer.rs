@@ -33,14 +33,19 @@ fn request(conn: &mut BufReader<TcpStream>) -> (String, String) {
     (status, headers.to_ascii_lowercase())
 }
 
-/// A balancer's pooled connection to v1, idle for 55 s across the switch to v2 (past the
-/// drain budget, 10 s, and the app's hard deadline, 8 s; within the ALB's 60 s):
+/// The balancer's idle timeout, and so `drain.idle_hold`: 20 s here (the ALB's is 60 s, the
+/// default hold), still past the drain budget (10 s) and the app's hard deadline (8 s).
+const HOLD: Duration = Duration::from_secs(20);
+
+/// A balancer's pooled connection to v1, idle for 15 s across the switch to v2 (past the
+/// drain budget, 10 s, and the app's hard deadline, 8 s; within the balancer's 20 s):
 /// ApplicationStart does not wait for it, v1 keeps it (its status says so), serves the
 /// balancer's next request on it with `Connection: close`, and only then exits.
 #[test]
 fn an_idle_pooled_connection_outlives_the_switch_without_holding_the_hook() {
     let mut svc = TestService::new();
-    let v1 = svc.revision("v1", &[], "");
+    let hold = format!("  idle_hold: {}s\n", HOLD.as_secs());
+    let v1 = svc.revision("v1", &[], &hold);
     svc.deploy_ok("d-1", &v1);
 
     let mut pooled = BufReader::new(TcpStream::connect(("127.0.0.1", svc.port)).unwrap());
@@ -53,7 +58,7 @@ fn an_idle_pooled_connection_outlives_the_switch_without_holding_the_hook() {
     assert!(headers.contains("x-release: v1"), "{headers}");
     let idle_since = Instant::now();
 
-    let v2 = svc.revision("v2", &[], "");
+    let v2 = svc.revision("v2", &[], &hold);
     let hooks_started = Instant::now();
     let log = svc.deploy_ok("d-2", &v2);
     let hooks_took = hooks_started.elapsed();
@@ -64,10 +69,10 @@ fn an_idle_pooled_connection_outlives_the_switch_without_holding_the_hook() {
         "{log}"
     );
     assert_eq!(svc.answering_release(), "v2");
-    // The hooks did not wait for the hold (60 s): the whole lifecycle, ValidateService's
+    // The hooks did not wait for the hold (20 s): the whole lifecycle, ValidateService's
     // stable_for included, takes a few seconds.
     assert!(
-        hooks_took < Duration::from_secs(30),
+        hooks_took < Duration::from_secs(12),
         "the hooks took {hooks_took:?}: they waited for the idle hold"
     );
     // v1 still runs, says why, and is no longer enabled.
@@ -84,13 +89,10 @@ fn an_idle_pooled_connection_outlives_the_switch_without_holding_the_hook() {
     );
     assert_ne!(svc.is_enabled("shop@d-1.service"), "enabled");
 
-    // The balancer sends on its pooled connection 55 s after the hooks began (so at most
-    // 55 s after v1's SIGTERM, and still within its own 60 s idle timeout).
-    let at = hooks_started + Duration::from_secs(55);
-    assert!(
-        at - idle_since < Duration::from_secs(60),
-        "the balancer would have closed it"
-    );
+    // The balancer sends on its pooled connection 15 s after the hooks began (so at most
+    // 15 s after v1's SIGTERM, and still within its own 20 s idle timeout).
+    let at = hooks_started + HOLD - Duration::from_secs(5);
+    assert!(at - idle_since < HOLD, "the balancer would have closed it");
     std::thread::sleep(at.saturating_duration_since(Instant::now()));
     let (status, headers) = request(&mut pooled);
     assert!(
