@@ -86,7 +86,9 @@ async fn serve(
     let info = Arc::new(ConnInfo::new(peer, shared.is_trusted(peer.ip()), port, permit));
     match crate::h2c::prior_knowledge(&stream, &shared).await {
         None => return trace!(%peer, "no request in time: closing"),
-        Some(true) => return serve_h2(stream, peer, info, shared).await,
+        // Boxed: the HTTP/2 connection's state is large, and every HTTP/1 connection's task
+        // would reserve room for it.
+        Some(true) => return Box::pin(serve_h2(stream, peer, info, shared)).await,
         Some(false) => {}
     }
     let (first_tx, mut first_rx) = oneshot::channel();
