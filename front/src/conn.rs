@@ -113,40 +113,17 @@ async fn serve(
         .with_upgrades();
     tokio::pin!(conn);
 
-    // Serving: watch the header and idle timeouts until the drain closes us.
-    // The timer is always set no later than any deadline that can be in force
-    // when it fires: exactly at a request head's deadline; while idle, at the
-    // idle deadline but at most a header timeout ahead (a head may begin any
-    // time); while a request runs, a header or idle timeout ahead. So request
-    // starts and ends need not wake this loop.
-    let (header, idle) = (shared.header_read_timeout, shared.idle_timeout);
-    let closing = shared.wait_phase(Phase::is_closing);
-    tokio::pin!(closing);
-    let timer = sleep_until(Instant::now() + header);
-    tokio::pin!(timer);
-    let phase = loop {
-        tokio::select! {
-            biased;
-            res = conn.as_mut() => return finished(peer, res),
-            phase = &mut closing => break phase,
-            () = timer.as_mut() => {
-                let now = Instant::now();
-                match info.activity.due(header, idle) {
-                    Some((t, Due::Header)) if t <= now => {
-                        debug!(%peer, "request head not complete within the header read timeout: closing");
-                        return;
-                    }
-                    Some((t, Due::Idle)) if t <= now => {
-                        trace!(%peer, "idle timeout: closing");
-                        conn.as_mut().graceful_shutdown();
-                        return finished(peer, conn.await);
-                    }
-                    Some((t, Due::Header)) => timer.as_mut().reset(t),
-                    Some((t, Due::Idle)) => timer.as_mut().reset(t.min(now + header)),
-                    None => timer.as_mut().reset(now + header.min(idle)),
-                }
-            }
+    let phase = match watch(conn.as_mut(), &info, &shared).await {
+        Watched::Ended(res) => return finished(peer, res),
+        Watched::HeaderTimeout => {
+            return debug!(%peer, "request head not complete within the header read timeout: closing");
         }
+        Watched::IdleTimeout => {
+            trace!(%peer, "idle timeout: closing");
+            conn.as_mut().graceful_shutdown();
+            return finished(peer, conn.await);
+        }
+        Watched::Closing(phase) => phase,
     };
     let (grace_until, idle_until) = match phase {
         Phase::Closing {
@@ -205,6 +182,41 @@ async fn serve_h2(stream: TcpStream, peer: SocketAddr, info: Arc<ConnInfo>, shar
         .max_header_list_size(u32::try_from(shared.max_header_bytes).unwrap_or(u32::MAX))
         .serve_connection(TokioIo::new(stream), service(shared.clone(), info.clone()));
     tokio::pin!(conn);
+    match watch(conn.as_mut(), &info, &shared).await {
+        Watched::Ended(res) => return finished(peer, res),
+        Watched::HeaderTimeout => {
+            return debug!(%peer, "HTTP/2: no request within the header read timeout: closing");
+        }
+        Watched::IdleTimeout => trace!(%peer, "HTTP/2 idle timeout: GOAWAY"),
+        Watched::Closing(_) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    finished(peer, conn.await);
+}
+
+/// How [`watch`] ended.
+enum Watched {
+    /// The connection ended by itself.
+    Ended(hyper::Result<()>),
+    /// A request head (or, over HTTP/2, the first request) did not come in time: drop it.
+    HeaderTimeout,
+    /// Idle for the idle timeout: shut it down gracefully.
+    IdleTimeout,
+    /// The front's drain reached its closing phase.
+    Closing(Phase),
+}
+
+/// Serves `conn` (HTTP/1 or HTTP/2) while watching its header and idle timeouts, until one of
+/// them is due, the connection ends or the drain closes connections.
+///
+/// The timer is always set no later than any deadline that can be in force when it fires:
+/// exactly at a request head's deadline; while idle, at the idle deadline but at most a header
+/// timeout ahead (a head may begin any time); while a request runs, a header or idle timeout
+/// ahead. So request starts and ends need not wake this loop.
+async fn watch<C>(mut conn: std::pin::Pin<&mut C>, info: &ConnInfo, shared: &Shared) -> Watched
+where
+    C: Future<Output = hyper::Result<()>>,
+{
     let (header, idle) = (shared.header_read_timeout, shared.idle_timeout);
     let closing = shared.wait_phase(Phase::is_closing);
     tokio::pin!(closing);
@@ -213,27 +225,20 @@ async fn serve_h2(stream: TcpStream, peer: SocketAddr, info: Arc<ConnInfo>, shar
     loop {
         tokio::select! {
             biased;
-            res = conn.as_mut() => return finished(peer, res),
-            _ = &mut closing => break,
+            res = conn.as_mut() => return Watched::Ended(res),
+            phase = &mut closing => return Watched::Closing(phase),
             () = timer.as_mut() => {
                 let now = Instant::now();
                 match info.activity.due(header, idle) {
-                    Some((t, Due::Header)) if t <= now => {
-                        debug!(%peer, "HTTP/2: no request within the header read timeout: closing");
-                        return;
-                    }
-                    Some((t, Due::Idle)) if t <= now => {
-                        trace!(%peer, "HTTP/2 idle timeout: GOAWAY");
-                        break;
-                    }
-                    Some((t, _)) => timer.as_mut().reset(t),
+                    Some((t, Due::Header)) if t <= now => return Watched::HeaderTimeout,
+                    Some((t, Due::Idle)) if t <= now => return Watched::IdleTimeout,
+                    Some((t, Due::Header)) => timer.as_mut().reset(t),
+                    Some((t, Due::Idle)) => timer.as_mut().reset(t.min(now + header)),
                     None => timer.as_mut().reset(now + header.min(idle)),
                 }
             }
         }
     }
-    conn.as_mut().graceful_shutdown();
-    finished(peer, conn.await);
 }
 
 fn finished(peer: SocketAddr, res: hyper::Result<()>) {

@@ -235,25 +235,22 @@ pub fn render(shared: &Shared, access_log_dropped: u64) -> String {
     }
 
     let (in_flight, websockets) = shared.router.counts();
-    let name = "handoff_front_in_flight_requests";
-    help(
-        &mut out,
-        name,
-        "gauge",
-        "Requests on their way to a release or back, by release.",
-    );
-    for (r, n) in &in_flight {
-        let _ = writeln!(out, "{name}{{release=\"{}\"}} {n}", label(r));
-    }
-    let name = "handoff_front_open_websockets";
-    help(
-        &mut out,
-        name,
-        "gauge",
-        "WebSockets relayed to a release, by release.",
-    );
-    for (r, n) in &websockets {
-        let _ = writeln!(out, "{name}{{release=\"{}\"}} {n}", label(r));
+    for (name, text, counts) in [
+        (
+            "handoff_front_in_flight_requests",
+            "Requests on their way to a release or back, by release.",
+            &in_flight,
+        ),
+        (
+            "handoff_front_open_websockets",
+            "WebSockets relayed to a release, by release.",
+            &websockets,
+        ),
+    ] {
+        help(&mut out, name, "gauge", text);
+        for (r, n) in counts {
+            let _ = writeln!(out, "{name}{{release=\"{}\"}} {n}", label(r));
+        }
     }
 
     let open = shared.open();
